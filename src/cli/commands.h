@@ -1,0 +1,10 @@
+// Subcommand registration; each lives in its own file under src/cli/.
+#pragma once
+#include <CLI/CLI.hpp>
+
+namespace g4::cli {
+
+void register_inspect(CLI::App& app);
+void register_logits(CLI::App& app);
+
+}  // namespace g4::cli

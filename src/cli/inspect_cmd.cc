@@ -1,0 +1,23 @@
+#include <cstdio>
+
+#include "cli/commands.h"
+#include "tools/inspect.h"
+
+namespace g4::cli {
+
+void register_inspect(CLI::App& app) {
+  struct Opts { std::string model; bool json = false; bool lenient = false; };
+  auto o = std::make_shared<Opts>();
+  auto* cmd = app.add_subcommand("inspect", "Describe a model (HF directory or GGUF) and validate it; exit 0 only if valid");
+  cmd->add_option("-m,--model", o->model, "HF checkpoint directory or .gguf file")->required();
+  cmd->add_flag("--json", o->json, "machine-readable output");
+  cmd->add_flag("--lenient", o->lenient, "report tensors that contradict the config as warnings, not errors");
+  cmd->final_callback([o] {
+    Model m = open_model(o->model, LoadOptions{o->lenient});
+    if (o->json) std::printf("%s\n", inspect_json(m).dump(2).c_str());
+    else std::fputs(inspect_text(m).c_str(), stdout);
+    if (!m.valid()) std::exit(1);
+  });
+}
+
+}  // namespace g4::cli

@@ -1,0 +1,29 @@
+// g4: one binary, subcommands. Every user-caused failure is a g4::Error printed as
+// one line with exit code 1.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <iostream>
+
+#include "cli/commands.h"
+#include "util/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"g4: a self-checking inference engine for Gemma 4 text models"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "g4 0.1.0");
+  g4::cli::register_inspect(app);
+  g4::cli::register_logits(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const g4::Error& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "g4: error: %s\n", e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "g4: error: out of memory\n");
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,158 @@
+#include "formats/hf_config.h"
+
+#include "util/error.h"
+#include "util/mapped_file.h"
+
+namespace g4 {
+namespace {
+
+// Typed field access with messages that name the key and what was found.
+struct Fields {
+  const json& j;
+  const std::string& src;
+
+  bool has(const char* k) const { return j.contains(k) && !j[k].is_null(); }
+  int get_int(const char* k, std::optional<int> def = std::nullopt) const {
+    if (!has(k)) {
+      if (def) return *def;
+      fail("{}: required key \"{}\" is missing from the text config", src, k);
+    }
+    const auto& v = j[k];
+    if (!v.is_number_integer()) fail("{}: \"{}\" must be an integer, found {}", src, k, v.dump());
+    const auto x = v.get<int64_t>();
+    if (x < INT32_MIN || x > INT32_MAX) fail("{}: \"{}\" = {} is out of range", src, k, x);
+    return static_cast<int>(x);
+  }
+  double get_num(const char* k, double def) const {
+    if (!has(k)) return def;
+    if (!j[k].is_number()) fail("{}: \"{}\" must be a number, found {}", src, k, j[k].dump());
+    return j[k].get<double>();
+  }
+  bool get_bool(const char* k, bool def) const {
+    if (!has(k)) return def;
+    if (!j[k].is_boolean()) fail("{}: \"{}\" must be true or false, found {}", src, k, j[k].dump());
+    return j[k].get<bool>();
+  }
+};
+
+RopeSpec parse_rope(const json& r, const std::string& src, const char* layer_type) {
+  if (!r.is_object()) fail("{}: rope_parameters.{} must be an object", src, layer_type);
+  RopeSpec out;
+  Fields f{r, src};
+  if (f.has("rope_type")) {
+    if (!r["rope_type"].is_string()) fail("{}: rope_parameters.{}.rope_type must be a string", src, layer_type);
+    out.type = r["rope_type"].get<std::string>();
+  }
+  out.theta = f.get_num("rope_theta", 10000.0);
+  out.partial_rotary_factor = f.get_num("partial_rotary_factor", 1.0);
+  if (f.has("factor") && f.get_num("factor", 1.0) != 1.0)
+    fail("{}: rope_parameters.{}.factor = {} is not supported (Gemma 4 uses 1.0)", src, layer_type, r["factor"].dump());
+  return out;
+}
+
+}  // namespace
+
+ModelSpec spec_from_hf_config(const json& root, const std::string& src) {
+  if (!root.is_object()) fail("{}: config is not a JSON object", src);
+  const json& tc = root.contains("text_config") && root["text_config"].is_object() ? root["text_config"] : root;
+  Fields f{tc, src};
+  ModelSpec s;
+  s.source_format = "hf";
+  if (tc.contains("model_type") && tc["model_type"].is_string()) {
+    const auto mt = tc["model_type"].get<std::string>();
+    if (mt.rfind("gemma4", 0) != 0)
+      fail("{}: model_type \"{}\" is not a Gemma 4 text model (expected gemma4_text or gemma4)", src, mt);
+  }
+  s.n_layers = f.get_int("num_hidden_layers");
+  s.hidden = f.get_int("hidden_size");
+  s.vocab = f.get_int("vocab_size");
+  s.n_heads = f.get_int("num_attention_heads");
+  s.head_dim = f.get_int("head_dim");
+  s.global_head_dim = f.get_int("global_head_dim", 0);
+  s.n_kv_heads = f.get_int("num_key_value_heads");
+  if (f.has("num_global_key_value_heads")) s.n_global_kv_heads = f.get_int("num_global_key_value_heads");
+  s.intermediate = f.get_int("intermediate_size");
+  s.double_wide_mlp = f.get_bool("use_double_wide_mlp", false);
+  s.k_eq_v = f.get_bool("attention_k_eq_v", false);
+  s.ple_dim = f.get_int("hidden_size_per_layer_input", 0);
+  s.ple_vocab = f.get_int("vocab_size_per_layer_input", s.vocab);
+  s.n_kv_shared = f.get_int("num_kv_shared_layers", 0);
+  s.sliding_window = f.get_int("sliding_window", 512);
+  s.rms_eps = f.get_num("rms_norm_eps", 1e-6);
+  if (f.has("final_logit_softcapping")) s.final_softcap = f.get_num("final_logit_softcapping", 0);
+  s.max_ctx = f.get_int("max_position_embeddings", 131072);
+  s.moe = f.get_bool("enable_moe_block", false);
+  if (s.moe) {
+    s.n_experts = f.get_int("num_experts");
+    s.top_k = f.get_int("top_k_experts");
+    s.moe_ff = f.get_int("moe_intermediate_size");
+  }
+  if (f.has("attention_bias") && f.get_bool("attention_bias", false))
+    fail("{}: attention_bias = true is not part of Gemma 4 and is not supported", src);
+  if (f.has("hidden_activation")) {
+    if (!tc["hidden_activation"].is_string() || tc["hidden_activation"] != "gelu_pytorch_tanh")
+      fail("{}: hidden_activation {} is not supported (Gemma 4 uses \"gelu_pytorch_tanh\")", src, tc["hidden_activation"].dump());
+  }
+  if (f.has("use_bidirectional_attention")) {
+    const auto& b = tc["use_bidirectional_attention"];
+    if (b == "all") fail("{}: use_bidirectional_attention = \"all\" (non-causal text) is not supported", src);
+  }
+  if (f.has("rope_parameters")) {
+    const auto& rp = tc["rope_parameters"];
+    if (!rp.is_object()) fail("{}: rope_parameters must be an object keyed by layer type", src);
+    if (rp.contains("sliding_attention")) s.rope_sliding = parse_rope(rp["sliding_attention"], src, "sliding_attention");
+    if (rp.contains("full_attention")) s.rope_full = parse_rope(rp["full_attention"], src, "full_attention");
+  }
+  if (f.has("layer_types")) {
+    const auto& lt = tc["layer_types"];
+    if (!lt.is_array()) fail("{}: layer_types must be an array", src);
+    for (const auto& t : lt) {
+      if (t == "sliding_attention") s.layer_types.push_back(AttnType::Sliding);
+      else if (t == "full_attention") s.layer_types.push_back(AttnType::Full);
+      else fail("{}: layer_types entry {} is not \"sliding_attention\" or \"full_attention\"", src, t.dump());
+    }
+    // HF forces the last layer to full attention.
+    if (!s.layer_types.empty()) s.layer_types.back() = AttnType::Full;
+  }
+  s.layer_head_dim.resize(static_cast<size_t>(std::max(0, s.n_layers)));
+  s.layer_kv_heads.resize(s.layer_head_dim.size());
+  s.layer_n_heads.resize(s.layer_head_dim.size());
+  if (f.has("per_layer_config")) {
+    const auto& plc = tc["per_layer_config"];
+    if (!plc.is_object() && !plc.is_array()) fail("{}: per_layer_config must be an object keyed by layer index", src);
+    auto apply = [&](int idx, const json& e) {
+      if (idx < 0 || idx >= s.n_layers) fail("{}: per_layer_config names layer {} but the model has {}", src, idx, s.n_layers);
+      if (!e.is_object()) fail("{}: per_layer_config[{}] must be an object", src, idx);
+      Fields ef{e, src};
+      if (ef.has("head_dim")) s.layer_head_dim[idx] = ef.get_int("head_dim");
+      if (ef.has("num_key_value_heads")) s.layer_kv_heads[idx] = ef.get_int("num_key_value_heads");
+      if (ef.has("num_attention_heads")) s.layer_n_heads[idx] = ef.get_int("num_attention_heads");
+    };
+    if (plc.is_object()) {
+      for (auto it = plc.begin(); it != plc.end(); ++it) {
+        int idx = -1;
+        try { size_t used = 0; idx = std::stoi(it.key(), &used); if (used != it.key().size()) idx = -1; } catch (...) {}
+        if (idx < 0) fail("{}: per_layer_config key \"{}\" is not a layer index", src, it.key());
+        apply(idx, it.value());
+      }
+    } else {
+      for (size_t i = 0; i < plc.size(); ++i) if (!plc[i].is_null()) apply(static_cast<int>(i), plc[i]);
+    }
+  }
+  if (root.contains("eos_token_id") || tc.contains("eos_token_id")) {
+    const auto& e = root.contains("eos_token_id") ? root["eos_token_id"] : tc["eos_token_id"];
+    s.eos_ids.clear();
+    if (e.is_array()) { for (const auto& x : e) if (x.is_number_integer()) s.eos_ids.push_back(x.get<int>()); }
+    else if (e.is_number_integer()) s.eos_ids.push_back(e.get<int>());
+  }
+  s.bos_id = f.get_int("bos_token_id", 2);
+  s.pad_id = f.get_int("pad_token_id", 0);
+  finalize_spec(s, src);
+  return s;
+}
+
+ModelSpec spec_from_hf_config_file(const std::string& path) {
+  return spec_from_hf_config(parse_json_strict(read_text_file(path), path), path);
+}
+
+}  // namespace g4

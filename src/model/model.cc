@@ -1,0 +1,172 @@
+#include "model/model.h"
+
+#include <filesystem>
+#include <set>
+
+#include "formats/gguf_config.h"
+#include "formats/hf_config.h"
+#include "formats/safetensors.h"
+#include "kernels/dequant.h"
+#include "util/error.h"
+
+namespace g4 {
+namespace fs = std::filesystem;
+
+bool dtype_computable(DType t) { return dequant_supported(t); }
+
+namespace {
+
+void bind(Model& m) {
+  auto get = [&](const std::string& hf) -> const TensorView* {
+    auto it = m.by_hf_name.find(hf);
+    return it == m.by_hf_name.end() ? nullptr : &it->second;
+  };
+  m.w.embed = get("embed_tokens.weight");
+  m.w.ple_embed = get("embed_tokens_per_layer.weight");
+  m.w.ple_model_proj = get("per_layer_model_projection.weight");
+  m.w.ple_proj_norm = get("per_layer_projection_norm.weight");
+  m.w.final_norm = get("norm.weight");
+  m.w.layers.assign(static_cast<size_t>(m.spec.n_layers), {});
+  for (int i = 0; i < m.spec.n_layers; ++i) {
+    auto L = [&](const char* suffix) { return get("layers." + std::to_string(i) + "." + suffix); };
+    auto& lw = m.w.layers[i];
+    lw.attn_norm = L("input_layernorm.weight");
+    lw.q = L("self_attn.q_proj.weight");
+    lw.k = L("self_attn.k_proj.weight");
+    lw.v = L("self_attn.v_proj.weight");
+    lw.o = L("self_attn.o_proj.weight");
+    lw.q_norm = L("self_attn.q_norm.weight");
+    lw.k_norm = L("self_attn.k_norm.weight");
+    lw.post_attn_norm = L("post_attention_layernorm.weight");
+    lw.ffn_norm = L("pre_feedforward_layernorm.weight");
+    lw.gate = L("mlp.gate_proj.weight");
+    lw.up = L("mlp.up_proj.weight");
+    lw.down = L("mlp.down_proj.weight");
+    lw.post_ffn_norm = L("post_feedforward_layernorm.weight");
+    lw.layer_scalar = L("layer_scalar");
+    lw.ple_gate = L("per_layer_input_gate.weight");
+    lw.ple_proj = L("per_layer_projection.weight");
+    lw.ple_post_norm = L("post_per_layer_input_norm.weight");
+    lw.router_proj = L("router.proj.weight");
+    lw.router_scale = L("router.scale");
+    lw.per_expert_scale = L("router.per_expert_scale");
+    lw.experts_gate_up = L("experts.gate_up_proj");
+    lw.experts_down = L("experts.down_proj");
+    lw.pre_ffn_norm_2 = L("pre_feedforward_layernorm_2.weight");
+    lw.post_ffn_norm_1 = L("post_feedforward_layernorm_1.weight");
+    lw.post_ffn_norm_2 = L("post_feedforward_layernorm_2.weight");
+  }
+}
+
+void validate(Model& m, const LoadOptions& opt) {
+  const bool hf = m.format == FileFormat::HF;
+  std::map<std::string, const TensorView*> by_file_name;  // catalogue name in file -> tensor
+  std::set<std::string> ignored;
+  for (const auto& t : m.file_tensors) {
+    if (hf) {
+      auto stripped = strip_hf_prefix(t.name);
+      if (!stripped) {
+        ignored.insert(t.name);
+        continue;
+      }
+      if (*stripped == "lm_head.weight") {  // tied: HF drops it too; warn so nobody is surprised
+        m.warnings.push_back({t.name, "lm_head.weight is ignored: Gemma 4 ties the LM head to embed_tokens"});
+        continue;
+      }
+      if (!by_file_name.emplace(*stripped, &t).second)
+        m.errors.push_back({t.name, "the same tensor appears twice (under two prefixes); remove one copy"});
+    } else {
+      by_file_name.emplace(t.name, &t);
+    }
+  }
+  if (!ignored.empty())
+    m.warnings.push_back({"", fmt::format("{} non-text tensors (vision/audio towers, e.g. '{}') are ignored",
+                                          ignored.size(), *ignored.begin())});
+
+  const auto slots = expected_tensors(m.spec, m.format);
+  std::set<std::string> used;
+  for (const auto& slot : slots) {
+    const std::string& fname = hf ? slot.hf : slot.gguf;
+    auto it = by_file_name.find(fname);
+    const std::string shown = hf ? "model.language_model." + slot.hf : slot.gguf;
+    if (it == by_file_name.end()) {
+      if (!slot.required) continue;
+      std::string why;
+      if (slot.cls == "inp_gate" || slot.cls == "proj" || slot.cls == "post_norm" || slot.gguf.rfind("per_layer", 0) == 0)
+        why = fmt::format(" The config says hidden_size_per_layer_input = {}: this model uses per-layer embeddings and "
+                          "cannot run without them (a known extractor bug drops them); re-export from the original checkpoint.",
+                          m.spec.ple_dim);
+      else if (slot.gguf == "rope_freqs.weight")
+        why = " Full-attention layers need it for proportional RoPE; re-convert with a current llama.cpp converter.";
+      else if (slot.cls == "layer_output_scale")
+        why = " The per-layer scalar multiplies the whole hidden state; without it PPL explodes. Re-convert the model.";
+      m.errors.push_back({shown, fmt::format("missing: expected {} {} (layer {}).{}", slot.hf.empty() ? slot.gguf : slot.hf,
+                                             shape_to_string(slot.shape), slot.layer, why)});
+      continue;
+    }
+    const TensorView& t = *it->second;
+    used.insert(fname);
+    if (t.shape != slot.shape) {
+      m.errors.push_back({t.name, fmt::format("shape {} but the config implies {} ({}); the checkpoint and config.json "
+                                              "do not belong together", t.shape_str(), shape_to_string(slot.shape),
+                                              slot.layer >= 0 ? fmt::format("layer {}", slot.layer) : "global")});
+      continue;
+    }
+    if (!dtype_computable(t.dtype)) {
+      m.errors.push_back({t.name, fmt::format("dtype {} is not supported for compute (supported: F32, F16, BF16, F64, "
+                                              "Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K)", dtype_name(t.dtype))});
+      continue;
+    }
+    if (!slot.hf.empty()) {
+      TensorView v = t;
+      m.by_hf_name.emplace(slot.hf, std::move(v));
+    }
+  }
+  for (const auto& [name, t] : by_file_name) {
+    if (used.count(name)) continue;
+    if (auto why = contradiction(m.spec, m.format, name)) {
+      auto& list = opt.lenient ? m.warnings : m.errors;
+      list.push_back({t->name, fmt::format("present, but {}. Either config and weights do not match, or the file carries "
+                                           "stale tensors (use --lenient to load anyway and ignore it)", *why)});
+    } else {
+      m.warnings.push_back({t->name, "unknown tensor, not used by the Gemma 4 text forward pass"});
+    }
+  }
+  if (m.errors.empty()) bind(m);
+}
+
+}  // namespace
+
+Model open_model(const std::string& path, const LoadOptions& opt) {
+  Model m;
+  m.path = path;
+  if (fs::is_directory(path)) {
+    m.format = FileFormat::HF;
+    const fs::path cfg = fs::path(path) / "config.json";
+    if (!fs::exists(cfg)) fail("{}: no config.json in this directory; is it an HF checkpoint?", path);
+    m.spec = spec_from_hf_config_file(cfg.string());
+    m.file_tensors = read_safetensors_dir(path);
+  } else if (fs::exists(path)) {
+    m.format = FileFormat::GGUF;
+    m.gguf = read_gguf(path);
+    m.spec = spec_from_gguf(*m.gguf);
+    m.file_tensors = m.gguf->tensors;
+  } else {
+    fail("'{}' does not exist (expected an HF checkpoint directory or a .gguf file)", path);
+  }
+  validate(m, opt);
+  return m;
+}
+
+Model load_model(const std::string& path, const LoadOptions& opt) {
+  Model m = open_model(path, opt);
+  if (!m.valid()) {
+    std::string msg = fmt::format("{}: the model failed validation ({} error{}):", path, m.errors.size(),
+                                  m.errors.size() == 1 ? "" : "s");
+    for (const auto& e : m.errors) msg += fmt::format("\n  {}: {}", e.tensor.empty() ? "model" : e.tensor, e.message);
+    throw Error(msg);
+  }
+  return m;
+}
+
+}  // namespace g4

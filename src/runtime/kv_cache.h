@@ -1,0 +1,72 @@
+// KV cache. Layers that own K/V store post-norm, post-RoPE K and post-norm V per
+// position; sliding layers keep only their window (ring buffer), full layers grow.
+// KV-shared layers own nothing: they read their source layer's cache.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "model/spec.h"
+#include "util/error.h"
+
+namespace g4 {
+
+template <typename T>
+struct LayerKv {
+  int64_t width = 0;     // n_kv_heads * head_dim; 0 for KV-shared layers
+  int64_t capacity = 0;  // ring slots for sliding layers; 0 = unbounded
+  std::vector<T> k, v;
+  // Entries computed by the current eval() call, committed at its end, so that
+  // queries early in a long batch still see keys the ring has no room for.
+  std::vector<T> pending_k, pending_v;
+
+  const T* k_at(int64_t pos) const { return &k[static_cast<size_t>(slot(pos) * width)]; }
+  const T* v_at(int64_t pos) const { return &v[static_cast<size_t>(slot(pos) * width)]; }
+  int64_t slot(int64_t pos) const { return capacity ? pos % capacity : pos; }
+};
+
+template <typename T>
+struct KvCache {
+  int64_t n_past = 0;
+  std::vector<LayerKv<T>> layers;
+
+  explicit KvCache(const ModelSpec& s) {
+    layers.resize(static_cast<size_t>(s.n_layers));
+    for (const auto& l : s.layers) {
+      if (!l.owns_kv) continue;
+      layers[l.index].width = int64_t{l.n_kv_heads} * l.head_dim;
+      layers[l.index].capacity = l.window;
+    }
+  }
+
+  void reset() {
+    n_past = 0;
+    for (auto& l : layers) {
+      l.k.clear(); l.v.clear(); l.pending_k.clear(); l.pending_v.clear();
+    }
+  }
+
+  // Moves the pending entries of every layer into its store.
+  void commit(int64_t n_new) {
+    for (auto& l : layers) {
+      if (l.width == 0) continue;
+      for (int64_t t = 0; t < n_new; ++t) {
+        const int64_t pos = n_past + t;
+        const size_t need = static_cast<size_t>((l.capacity ? std::min(pos + 1, l.capacity) : pos + 1) * l.width);
+        if (l.k.size() < need) { l.k.resize(need); l.v.resize(need); }
+        std::copy_n(&l.pending_k[static_cast<size_t>(t * l.width)], l.width, &l.k[static_cast<size_t>(l.slot(pos) * l.width)]);
+        std::copy_n(&l.pending_v[static_cast<size_t>(t * l.width)], l.width, &l.v[static_cast<size_t>(l.slot(pos) * l.width)]);
+      }
+      l.pending_k.clear();
+      l.pending_v.clear();
+    }
+    n_past += n_new;
+  }
+
+  size_t bytes() const {
+    size_t b = 0;
+    for (const auto& l : layers) b += (l.k.size() + l.v.size()) * sizeof(T);
+    return b;
+  }
+};
+
+}  // namespace g4

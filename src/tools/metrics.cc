@@ -1,0 +1,49 @@
+#include "tools/metrics.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <limits>
+
+#include "util/error.h"
+
+namespace g4 {
+
+std::string CompareStats::summary() const {
+  return fmt::format("NMSE {:.3e}  max|diff| {:.3e}  mean|diff| {:.3e}  argmax {}/{}", nmse, max_abs, mean_abs,
+                     argmax_equal, rows);
+}
+
+CompareStats compare_arrays(std::span<const float> test, std::span<const float> ref, int64_t cols) {
+  if (test.size() != ref.size()) fail("compare: sizes differ ({} vs {})", test.size(), ref.size());
+  if (cols <= 0 || ref.size() % static_cast<size_t>(cols) != 0) fail("compare: {} values are not rows of {}", ref.size(), cols);
+  CompareStats s;
+  s.rows = static_cast<int64_t>(ref.size()) / cols;
+  double sum = 0, sum2 = 0, se = 0, sa = 0;
+  int64_t n = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    if (!std::isfinite(ref[i])) continue;
+    const double r = ref[i], d = static_cast<double>(test[i]) - r;
+    sum += r;
+    sum2 += r * r;
+    se += d * d;
+    sa += std::abs(d);
+    s.max_abs = std::max(s.max_abs, std::abs(d));
+    ++n;
+  }
+  if (n == 0) return s;
+  const double mean = sum / n, var = sum2 / n - mean * mean, mse = se / n;
+  s.nmse = var > 0 ? mse / var : (mse > 0 ? std::numeric_limits<double>::infinity() : 0.0);
+  s.mean_abs = sa / n;
+  for (int64_t r = 0; r < s.rows; ++r) {
+    int64_t at = 0, ar = 0;
+    for (int64_t c = 1; c < cols; ++c) {
+      if (test[r * cols + c] > test[r * cols + at]) at = c;
+      if (ref[r * cols + c] > ref[r * cols + ar]) ar = c;
+    }
+    s.argmax_equal += at == ar;
+  }
+  return s;
+}
+
+}  // namespace g4

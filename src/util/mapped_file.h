@@ -1,0 +1,32 @@
+// Read-only memory map of a whole file. Weights are used in place (zero-copy).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace g4 {
+
+class MappedFile {
+ public:
+  // Throws g4::Error naming the path when the file cannot be opened or mapped.
+  static std::shared_ptr<MappedFile> open(const std::string& path);
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+
+  const uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  MappedFile() = default;
+  std::string path_;
+  const uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+// Whole file into a string (small text files: config.json, token lists).
+std::string read_text_file(const std::string& path);
+
+}  // namespace g4

@@ -1,0 +1,46 @@
+// Shared helpers for tests: fixture paths, gold tensors, scratch directories.
+#pragma once
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "formats/safetensors.h"
+
+namespace g4::test {
+
+inline std::string fixture(const std::string& rel) { return std::string(G4_FIXTURES) + "/" + rel; }
+inline std::string model_dir(const std::string& name) {
+  return name == "brown-mini" ? std::string(G4_MODELS) + "/brown-mini" : fixture(name);
+}
+
+// Gold tensors of a fixture's gold.safetensors, by name.
+struct Gold {
+  SafetensorsFile file;
+  explicit Gold(const std::string& path) : file(read_safetensors(path)) {}
+  const TensorView& t(const std::string& name) const {
+    for (const auto& v : file.tensors)
+      if (v.name == name) return v;
+    throw std::runtime_error("gold tensor missing: " + name);
+  }
+  std::vector<float> f32(const std::string& name) const { return tensor_to_f32(t(name)); }
+  std::vector<int32_t> i32(const std::string& name) const { return tensor_to_i32(t(name)); }
+};
+
+// A fresh directory under the build tree's temp area, removed at scope exit.
+struct ScratchDir {
+  std::filesystem::path path;
+  ScratchDir() {
+    path = std::filesystem::temp_directory_path() /
+           ("g4test-" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()) + "-" +
+            std::to_string(reinterpret_cast<uintptr_t>(this)) + "-" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::remove_all(path);
+    std::filesystem::create_directories(path);
+  }
+  ~ScratchDir() { std::filesystem::remove_all(path); }
+  std::string str(const std::string& rel = "") const { return rel.empty() ? path.string() : (path / rel).string(); }
+};
+
+}  // namespace g4::test
