@@ -107,3 +107,110 @@ INSTANTIATE_TEST_SUITE_P(Variants, TinyForward, ::testing::Values("tiny-e", "tin
 
 }  // namespace
 }  // namespace g4
+
+namespace g4 {
+namespace {
+
+// brown-mini: the trained model; chunk 0 of brown-heldout (128 tokens) is where the
+// bf16-rounded sqrt(P=32) changes the logits.
+TEST(BrownMiniForward, Chunk0F64AndF64b) {
+  Model m = load_model(test::model_dir("brown-mini"));
+  Gold gold(test::fixture("brown-mini/gold.safetensors"));
+  const auto ids = gold.i32("heldout_chunk0_ids");
+  const auto ref = gold.f32("heldout_chunk0_logits_f64");
+  const auto ref_b = gold.f32("heldout_chunk0_logits_f64b");
+  Session exact(m, {Precision::F64, false});
+  auto out = exact.eval(ids);
+  auto st = compare_arrays(out.logits, ref, m.spec.vocab);
+  std::printf("[brown-mini] f64 vs chunk0 logits_f64: %s\n", st.summary().c_str());
+  EXPECT_LE(st.nmse, 1e-11);
+  EXPECT_EQ(st.argmax_equal, st.rows);
+  auto cross = compare_arrays(out.logits, ref_b, m.spec.vocab);
+  std::printf("[brown-mini] f64 (exact scale) vs logits_f64b: %s\n", cross.summary().c_str());
+  EXPECT_GT(cross.nmse, 1e-11) << "the fixture is meant to tell the two scales apart";
+
+  Session rounded(m, {Precision::F64, true});
+  auto outb = rounded.eval(ids);
+  auto stb = compare_arrays(outb.logits, ref_b, m.spec.vocab);
+  std::printf("[brown-mini] f64 --bf16-embed-scale vs logits_f64b: %s\n", stb.summary().c_str());
+  EXPECT_LE(stb.nmse, 1e-11);
+
+  Session f32(m, {Precision::F32, false});
+  auto o32 = f32.eval(ids);
+  auto s32 = compare_arrays(o32.logits, ref, m.spec.vocab);
+  auto s32bf = compare_arrays(o32.logits, gold.f32("heldout_chunk0_logits_bf16"), m.spec.vocab);
+  std::printf("[brown-mini] f32 vs logits_f64: %s\n[brown-mini] f32 vs logits_bf16: %s\n", s32.summary().c_str(),
+              s32bf.summary().c_str());
+  EXPECT_LE(s32.nmse, 1e-8);
+  EXPECT_EQ(s32.argmax_equal, s32.rows);
+}
+
+TEST(BrownMiniForward, PrefillThenStepsEqualsFullPass) {
+  Model m = load_model(test::model_dir("brown-mini"));
+  Gold gold(test::fixture("brown-mini/gold.safetensors"));
+  const auto ids = gold.i32("heldout_chunk0_ids");  // 128 tokens > window 64: exercises the ring buffer
+  Session s(m, {Precision::F64});
+  auto first = s.eval(std::span(ids).subspan(0, 50));
+  std::vector<float> logits = first.logits;
+  for (size_t t = 50; t < 100; ++t) {
+    auto r = s.eval(std::span(ids).subspan(t, 1));
+    logits.insert(logits.end(), r.logits.begin(), r.logits.end());
+  }
+  auto rest = s.eval(std::span(ids).subspan(100));  // a second multi-token batch on a warm cache
+  logits.insert(logits.end(), rest.logits.begin(), rest.logits.end());
+  auto st = compare_arrays(logits, gold.f32("heldout_chunk0_logits_f64"), m.spec.vocab);
+  std::printf("[brown-mini] prefill 50 + 50 steps + batch 28 vs gold: %s\n", st.summary().c_str());
+  EXPECT_LE(st.nmse, 1e-11);
+  EXPECT_EQ(st.argmax_equal, st.rows);
+}
+
+TEST(BrownMiniForward, GreedyContinuationsMatchGold) {
+  Model m = load_model(test::model_dir("brown-mini"));
+  Gold gold(test::fixture("brown-mini/gold.safetensors"));
+  for (int p = 0; p < 3; ++p) {
+    const auto prompt = gold.i32("prompt" + std::to_string(p) + "_ids");
+    const auto want = gold.i32("prompt" + std::to_string(p) + "_greedy");
+    Session s(m, {Precision::F64});
+    auto r = s.eval(prompt, false, true);
+    std::vector<int32_t> got;
+    for (size_t i = 0; i < want.size(); ++i) {
+      got.push_back(static_cast<int32_t>(std::max_element(r.logits.begin(), r.logits.end()) - r.logits.begin()));
+      r = s.eval(std::span<const int32_t>(&got.back(), 1), false, true);
+    }
+    EXPECT_EQ(got, want) << "prompt " << p;
+  }
+}
+
+// llama.cpp's F32 GGUF conversions of the tiny fixtures: same numbers as the
+// safetensors path (they hold the same bf16 values widened to f32).
+class GgufForward : public ::testing::TestWithParam<std::string> {};
+TEST_P(GgufForward, F32GgufMatchesGold) {
+  const std::string v = GetParam();
+  Model m = load_model(test::fixture("gguf/" + v + "-f32.gguf"));
+  Gold gold(test::fixture(v + "/gold.safetensors"));
+  Session s(m, {Precision::F64});
+  auto out = s.eval(gold.i32("input_ids"));
+  auto st = compare_arrays(out.logits, gold.f32("logits_f64"), m.spec.vocab);
+  std::printf("[%s-f32.gguf] f64 vs logits_f64: %s\n", v.c_str(), st.summary().c_str());
+  EXPECT_LE(st.nmse, 1e-11);
+  EXPECT_EQ(st.argmax_equal, st.rows);
+}
+INSTANTIATE_TEST_SUITE_P(Variants, GgufForward, ::testing::Values("tiny-e", "tiny-dense", "tiny-moe"));
+
+TEST(GgufForward, BrownMiniBf16AndQ8_0) {
+  Gold gold(test::fixture("brown-mini/gold.safetensors"));
+  const auto ids = gold.i32("heldout_chunk0_ids");
+  const auto ref = gold.f32("heldout_chunk0_logits_f64");
+  Model bf16 = load_model(test::fixture("gguf/brown-mini-bf16.gguf"));
+  auto st = compare_arrays(Session(bf16, {Precision::F64}).eval(ids).logits, ref, bf16.spec.vocab);
+  std::printf("[brown-mini-bf16.gguf] f64 vs logits_f64: %s\n", st.summary().c_str());
+  EXPECT_LE(st.nmse, 1e-11);
+  Model q8 = load_model(test::fixture("gguf/brown-mini-Q8_0.gguf"));
+  auto sq = compare_arrays(Session(q8, {Precision::F64}).eval(ids).logits, ref, q8.spec.vocab);
+  std::printf("[brown-mini-Q8_0.gguf] f64 vs logits_f64: %s\n", sq.summary().c_str());
+  EXPECT_LE(sq.nmse, 1e-3);  // 8-bit weights: close, not identical
+  EXPECT_GE(sq.argmax_equal, sq.rows * 9 / 10);
+}
+
+}  // namespace
+}  // namespace g4

@@ -146,9 +146,9 @@ GgufFile read_gguf(const std::string& path) {
   // Each KV pair takes at least 13 bytes and each tensor info at least 32: a count
   // beyond that cannot be honest, so reject it before allocating anything.
   if (n_kv < 0 || static_cast<uint64_t>(n_kv) > c.remaining() / 13)
-    fail("{}: metadata count {} (byte 16) is impossible for a file of {} bytes", path, n_kv, file->size());
+    fail("{}: metadata count {} (byte 16) is impossible for a file of {} bytes; it is truncated or corrupt", path, n_kv, file->size());
   if (n_tensors < 0 || static_cast<uint64_t>(n_tensors) > c.remaining() / 32)
-    fail("{}: tensor count {} (byte 8) is impossible for a file of {} bytes", path, n_tensors, file->size());
+    fail("{}: tensor count {} (byte 8) is impossible for a file of {} bytes; it is truncated or corrupt", path, n_tensors, file->size());
 
   for (int64_t k = 0; k < n_kv; ++k) {
     const uint64_t at = c.pos();

@@ -111,9 +111,12 @@ ModelSpec spec_from_hf_config(const json& root, const std::string& src) {
       else if (t == "full_attention") s.layer_types.push_back(AttnType::Full);
       else fail("{}: layer_types entry {} is not \"sliding_attention\" or \"full_attention\"", src, t.dump());
     }
-    // HF forces the last layer to full attention.
-    if (!s.layer_types.empty()) s.layer_types.back() = AttnType::Full;
+  } else {
+    // HF rule when layer_types is absent: every 6th layer is full.
+    for (int i = 0; i < s.n_layers; ++i) s.layer_types.push_back((i + 1) % 6 == 0 ? AttnType::Full : AttnType::Sliding);
   }
+  // HF forces the last layer to full attention (llama.cpp does not; no released config differs).
+  if (!s.layer_types.empty()) s.layer_types.back() = AttnType::Full;
   s.layer_head_dim.resize(static_cast<size_t>(std::max(0, s.n_layers)));
   s.layer_kv_heads.resize(s.layer_head_dim.size());
   s.layer_n_heads.resize(s.layer_head_dim.size());

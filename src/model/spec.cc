@@ -31,10 +31,6 @@ void finalize_spec(ModelSpec& s, const std::string& src) {
     if (s.top_k > s.n_experts) fail("{}: top_k_experts {} > num_experts {}", src, s.top_k, s.n_experts);
   }
   if (s.ple_dim > 0 && s.ple_vocab <= 0) fail("{}: vocab_size_per_layer_input must be positive with PLE", src);
-  if (s.layer_types.empty()) {
-    // HF rule when layer_types is absent: every 6th layer is full.
-    for (int i = 0; i < s.n_layers; ++i) s.layer_types.push_back((i + 1) % 6 == 0 ? AttnType::Full : AttnType::Sliding);
-  }
   if (static_cast<int>(s.layer_types.size()) != s.n_layers)
     fail("{}: layer_types has {} entries but num_hidden_layers is {}", src, s.layer_types.size(), s.n_layers);
   auto resize = [&](auto& v) { v.resize(static_cast<size_t>(s.n_layers)); };
