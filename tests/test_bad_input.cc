@@ -317,3 +317,12 @@ TEST(InspectCli, JsonOnAllFixtures) {
 
 }  // namespace
 }  // namespace g4
+
+namespace g4 {
+namespace {
+// Found by fuzz_gguf: a tensor row whose byte count overflowed int64 (UBSan).
+TEST(FuzzRegressions, GgufRowBytesOverflow) {
+  EXPECT_NE(error_of([] { read_gguf(test::fixture("fuzz-gguf-rowbytes-overflow.bin")); }), "<no error>");
+}
+}  // namespace
+}  // namespace g4

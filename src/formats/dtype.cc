@@ -1,6 +1,7 @@
 #include "formats/dtype.h"
 
 #include <array>
+#include <cstdint>
 
 #include "util/error.h"
 
@@ -61,6 +62,7 @@ std::optional<DType> dtype_from_safetensors(std::string_view s) {
 std::optional<int64_t> row_bytes(DType t, int64_t n) {
   const auto& i = dtype_info(t);
   if (n < 0 || n % i.block_elems != 0) return std::nullopt;
+  if (n / i.block_elems > INT64_MAX / i.block_bytes) return std::nullopt;  // byte count overflows
   return n / i.block_elems * i.block_bytes;
 }
 

@@ -129,8 +129,10 @@ std::optional<bool> GgufFile::get_bool(const std::string& key) const {
   return v->i != 0;
 }
 
-GgufFile read_gguf(const std::string& path) {
-  auto file = MappedFile::open(path);
+GgufFile read_gguf(const std::string& path) { return read_gguf(MappedFile::open(path)); }
+
+GgufFile read_gguf(std::shared_ptr<MappedFile> file) {
+  const std::string& path = file->path();
   GgufFile g;
   g.path = path;
   Cursor c(*file);
@@ -218,7 +220,9 @@ GgufFile read_gguf(const std::string& path) {
     if (t.ne[0] % t.type.block_elems != 0)
       fail("{}: tensor '{}' of type {} has ne[0] = {}, not a multiple of the block size {}", path, t.name,
            t.type.name, t.ne[0], t.type.block_elems);
-    const auto rb = *row_bytes(t.type.type, t.ne[0]);
+    const auto rb_opt = row_bytes(t.type.type, t.ne[0]);
+    if (!rb_opt) fail("{}: tensor '{}' row of {} {} elements overflows a 64-bit byte count", path, t.name, t.ne[0], t.type.name);
+    const int64_t rb = *rb_opt;
     const int64_t rows = t.ne[0] == 0 ? 0 : *numel / t.ne[0];
     if (rows != 0 && rb > INT64_MAX / rows) fail("{}: tensor '{}' byte size overflows", path, t.name);
     t.nbytes = static_cast<uint64_t>(rb * rows);

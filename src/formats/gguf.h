@@ -55,5 +55,6 @@ struct GgufFile {
 };
 
 GgufFile read_gguf(const std::string& path);
+GgufFile read_gguf(std::shared_ptr<MappedFile> file);
 
 }  // namespace g4

@@ -27,8 +27,10 @@ int64_t json_int(const json& v, const std::string& where) {
 
 }  // namespace
 
-SafetensorsFile read_safetensors(const std::string& path) {
-  auto file = MappedFile::open(path);
+SafetensorsFile read_safetensors(const std::string& path) { return read_safetensors(MappedFile::open(path)); }
+
+SafetensorsFile read_safetensors(std::shared_ptr<MappedFile> file) {
+  const std::string& path = file->path();
   const uint64_t fsize = file->size();
   if (fsize < 8) fail("{}: file is {} bytes, too short for the 8-byte safetensors header length", path, fsize);
   uint64_t hlen;

@@ -20,6 +20,7 @@ struct SafetensorsFile {
 // ranges inside the data buffer and not overlapping. Throws g4::Error naming the
 // file, the tensor and the byte offset.
 SafetensorsFile read_safetensors(const std::string& path);
+SafetensorsFile read_safetensors(std::shared_ptr<MappedFile> file);
 
 // All tensors of a checkpoint directory: model.safetensors, or the shards listed by
 // model.safetensors.index.json (every listed shard must exist and hold exactly the

@@ -32,13 +32,23 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
       fail("cannot mmap '{}' ({} bytes): {}", path, f->size_, std::strerror(errno));
     }
     f->data_ = static_cast<const uint8_t*>(p);
+    f->mapped_ = true;
   }
   ::close(fd);
   return f;
 }
 
+std::shared_ptr<MappedFile> MappedFile::from_memory(const std::string& name, std::string bytes) {
+  std::shared_ptr<MappedFile> f(new MappedFile());
+  f->path_ = name;
+  f->owned_ = std::move(bytes);
+  f->data_ = reinterpret_cast<const uint8_t*>(f->owned_.data());
+  f->size_ = f->owned_.size();
+  return f;
+}
+
 MappedFile::~MappedFile() {
-  if (data_) munmap(const_cast<uint8_t*>(data_), size_);
+  if (mapped_) munmap(const_cast<uint8_t*>(data_), size_);
 }
 
 std::string read_text_file(const std::string& path) {

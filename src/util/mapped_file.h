@@ -11,6 +11,8 @@ class MappedFile {
  public:
   // Throws g4::Error naming the path when the file cannot be opened or mapped.
   static std::shared_ptr<MappedFile> open(const std::string& path);
+  // An in-memory "file" (fuzzers, tests): same interface, owns the bytes.
+  static std::shared_ptr<MappedFile> from_memory(const std::string& name, std::string bytes);
   ~MappedFile();
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;
@@ -24,6 +26,8 @@ class MappedFile {
   std::string path_;
   const uint8_t* data_ = nullptr;
   size_t size_ = 0;
+  bool mapped_ = false;
+  std::string owned_;
 };
 
 // Whole file into a string (small text files: config.json, token lists).
