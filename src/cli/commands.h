@@ -6,5 +6,7 @@ namespace g4::cli {
 
 void register_inspect(CLI::App& app);
 void register_logits(CLI::App& app);
+void register_tokenize(CLI::App& app);
+void register_detokenize(CLI::App& app);
 
 }  // namespace g4::cli

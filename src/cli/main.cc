@@ -13,6 +13,8 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "g4 0.1.0");
   g4::cli::register_inspect(app);
   g4::cli::register_logits(app);
+  g4::cli::register_tokenize(app);
+  g4::cli::register_detokenize(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,12 +1,21 @@
 #include "tools/token_input.h"
 
 #include <charconv>
+#include <filesystem>
 
 #include "util/error.h"
 #include "util/json.h"
 #include "util/mapped_file.h"
 
 namespace g4 {
+
+Tokenizer load_tokenizer(const Model& m) {
+  if (m.gguf) return Tokenizer::from_gguf(*m.gguf);
+  const auto path = std::filesystem::path(m.path) / "tokenizer.json";
+  if (!std::filesystem::exists(path))
+    fail("{}: no tokenizer.json in the model directory; pass token ids (--tokens) instead", m.path);
+  return Tokenizer::from_hf_file(path.string());
+}
 
 std::vector<int32_t> parse_token_list(const std::string& csv) {
   std::vector<int32_t> ids;
@@ -42,10 +51,9 @@ std::vector<int32_t> read_token_file(const std::string& path) {
 
 std::vector<int32_t> resolve_token_input(const Model& m, const std::string& csv, const std::string& file,
                                          const std::string& prompt) {
-  (void)m;
   if (!csv.empty()) return parse_token_list(csv);
   if (!file.empty()) return read_token_file(file);
-  if (!prompt.empty()) fail("-p needs the tokenizer, which is not built yet; pass --tokens or --tokens-file");
+  if (!prompt.empty()) return load_tokenizer(m).encode(prompt, true);
   return {};
 }
 

@@ -5,8 +5,12 @@
 #include <vector>
 
 #include "model/model.h"
+#include "tokenizer/tokenizer.h"
 
 namespace g4 {
+
+// The model's tokenizer: tokenizer.json beside an HF checkpoint, or the GGUF's metadata.
+Tokenizer load_tokenizer(const Model& m);
 
 std::vector<int32_t> parse_token_list(const std::string& csv);
 std::vector<int32_t> read_token_file(const std::string& path);
