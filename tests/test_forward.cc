@@ -21,7 +21,7 @@ class TinyForward : public ::testing::TestWithParam<std::string> {};
 EvalOutput run(const Model& m, const std::vector<int32_t>& ids, Precision p, bool hidden, bool step = false,
                bool bf16_scale = false) {
   Session s(m, {p, bf16_scale});
-  if (!step) return s.eval(ids, hidden);
+  if (!step) return s.eval(ids, EvalRequest{hidden});
   EvalOutput all;
   for (size_t t = 0; t < ids.size(); ++t) {
     auto r = s.eval(std::span<const int32_t>(&ids[t], 1));
@@ -93,12 +93,12 @@ TEST_P(TinyForward, GreedyGenerationMatchesGold) {
   const auto want = gold.i32("greedy_tokens");
   Session s(m, {Precision::F64});
   std::vector<int32_t> got;
-  auto r = s.eval(prompt, false, true);
+  auto r = s.eval_last(prompt);
   for (size_t i = 0; i < want.size(); ++i) {
-    const auto best = std::max_element(r.logits.begin(), r.logits.end()) - r.logits.begin();
+    const auto best = std::max_element(r.begin(), r.end()) - r.begin();
     got.push_back(static_cast<int32_t>(best));
     const int32_t tok = got.back();
-    r = s.eval(std::span<const int32_t>(&tok, 1), false, true);
+    r = s.eval_last(std::span<const int32_t>(&tok, 1));
   }
   EXPECT_EQ(got, want);
 }
@@ -171,11 +171,11 @@ TEST(BrownMiniForward, GreedyContinuationsMatchGold) {
     const auto prompt = gold.i32("prompt" + std::to_string(p) + "_ids");
     const auto want = gold.i32("prompt" + std::to_string(p) + "_greedy");
     Session s(m, {Precision::F64});
-    auto r = s.eval(prompt, false, true);
+    auto r = s.eval_last(prompt);
     std::vector<int32_t> got;
     for (size_t i = 0; i < want.size(); ++i) {
-      got.push_back(static_cast<int32_t>(std::max_element(r.logits.begin(), r.logits.end()) - r.logits.begin()));
-      r = s.eval(std::span<const int32_t>(&got.back(), 1), false, true);
+      got.push_back(static_cast<int32_t>(std::max_element(r.begin(), r.end()) - r.begin()));
+      r = s.eval_last(std::span<const int32_t>(&got.back(), 1));
     }
     EXPECT_EQ(got, want) << "prompt " << p;
   }

@@ -8,5 +8,9 @@ void register_inspect(CLI::App& app);
 void register_logits(CLI::App& app);
 void register_tokenize(CLI::App& app);
 void register_detokenize(CLI::App& app);
+void register_perplexity(CLI::App& app);
+
+// -t N (0 = all cores).
+void set_threads(int n);
 
 }  // namespace g4::cli

@@ -40,13 +40,13 @@ void register_logits(CLI::App& app) {
     if (o->step) {
       if (o->hidden) hidden.resize(static_cast<size_t>((L + 1) * T * H));
       for (int64_t t = 0; t < T; ++t) {
-        EvalOutput r = session.eval(std::span<const int32_t>(&ids[t], 1), o->hidden);
+        EvalOutput r = session.eval(std::span<const int32_t>(&ids[t], 1), EvalRequest{o->hidden});
         logits.insert(logits.end(), r.logits.begin(), r.logits.end());
         for (int64_t e = 0; o->hidden && e <= L; ++e)
           std::copy_n(&r.hidden[e * H], H, &hidden[(e * T + t) * H]);
       }
     } else {
-      EvalOutput r = session.eval(ids, o->hidden);
+      EvalOutput r = session.eval(ids, EvalRequest{o->hidden});
       logits = std::move(r.logits);
       hidden = std::move(r.hidden);
     }

@@ -50,7 +50,8 @@ std::vector<float> rope_inv_freq(const LayerSpec& l) {
 template <typename T>
 class Gemma4 {
  public:
-  Gemma4(const Model& m, const ForwardOptions& opt) : m_(m), s_(m.spec), w_(m.w), cache_(m.spec) {
+  Gemma4(const Model& m, const ForwardOptions& opt)
+      : m_(m), s_(m.spec), w_(m.w), cache_(m.spec), f32_islands_(opt.hf_float32_islands && std::is_same_v<T, double>) {
     const double sqrt_h = std::sqrt(static_cast<double>(s_.hidden));
     const double sqrt_p = std::sqrt(static_cast<double>(s_.ple_dim));
     embed_scale_ = opt.bf16_embed_scale ? bf16_to_f32(f32_to_bf16(static_cast<float>(sqrt_h))) : static_cast<T>(sqrt_h);
@@ -80,7 +81,16 @@ class Gemma4 {
 
   KvCache<T>& cache() { return cache_; }
 
-  EvalOutput forward(std::span<const int32_t> tokens, bool want_hidden, bool last_only) {
+  // Every RMSNorm of the model goes through here (w = nullptr: weightless).
+  void norm(const T* x, int64_t n, const T* w, T* out) const {
+    if constexpr (std::is_same_v<T, double>) {
+      if (f32_islands_) return ops::rms_norm_hf_f32(x, n, w, s_.rms_eps, out);
+    }
+    ops::rms_norm(x, n, w, s_.rms_eps, out);
+  }
+
+  EvalOutput forward(std::span<const int32_t> tokens, const EvalRequest& req) {
+    const bool want_hidden = req.hidden;
     const int64_t n = static_cast<int64_t>(tokens.size()), H = s_.hidden, L = s_.n_layers;
     if (n == 0) return {};
     for (int64_t t = 0; t < n; ++t)
@@ -112,18 +122,19 @@ class Gemma4 {
       if (i + 1 < L) record(i + 1, h);
     }
     // 4. Final norm (the last hidden state is recorded after it, as HF does).
-    for (int64_t t = 0; t < n; ++t) ops::rms_norm(&h[t * H], H, final_norm_.data(), s_.rms_eps, &h[t * H]);
+    for (int64_t t = 0; t < n; ++t) norm(&h[t * H], H, final_norm_.data(), &h[t * H]);
     record(L, h);
 
     // 5-6. Tied LM head, final logit softcap.
-    const int64_t first = last_only ? n - 1 : 0, n_out = n - first;
+    const int64_t first = req.logits_from < 0 ? n - 1 : std::min(req.logits_from, n), n_out = n - first;
     std::vector<T> logits(static_cast<size_t>(n_out * s_.vocab));
     ops::matmul(*w_.embed, &h[first * H], n_out, H, s_.vocab, logits.data());
     if (s_.final_softcap) {
       const T c = static_cast<T>(*s_.final_softcap);
       for (auto& z : logits) z = c * std::tanh(z / c);
     }
-    out.logits.assign(logits.begin(), logits.end());
+    if (req.logits_f64) out.logits64.assign(logits.begin(), logits.end());
+    else out.logits.assign(logits.begin(), logits.end());
     cache_.commit(n);
     return out;
   }
@@ -144,7 +155,7 @@ class Gemma4 {
       for (int64_t l = 0; l < L; ++l) {
         T* c = &context[(t * L + l) * P];
         for (int64_t j = 0; j < P; ++j) c[j] *= proj_scale;
-        ops::rms_norm(c, P, ple_proj_norm_.data(), s_.rms_eps, c);
+        norm(c, P, ple_proj_norm_.data(), c);
         for (int64_t j = 0; j < P; ++j) c[j] = (c[j] + token_part[l * P + j] * ple_embed_scale_) * combine_scale;
       }
     }
@@ -176,7 +187,7 @@ class Gemma4 {
 
     // 1. x = RMSNorm(h; input_layernorm)
     std::vector<T> x(static_cast<size_t>(n * H));
-    for (int64_t t = 0; t < n; ++t) ops::rms_norm(&h[t * H], H, c.attn_norm.data(), eps, &x[t * H]);
+    for (int64_t t = 0; t < n; ++t) norm(&h[t * H], H, c.attn_norm.data(), &x[t * H]);
 
     // 2. q = RoPE(RMSNorm_head(Wq x; q_norm))
     std::vector<T> q(static_cast<size_t>(n * qw));
@@ -184,7 +195,7 @@ class Gemma4 {
     for (int64_t t = 0; t < n; ++t)
       for (int64_t hh = 0; hh < nh; ++hh) {
         T* qh = &q[t * qw + hh * hd];
-        ops::rms_norm(qh, hd, c.q_norm.data(), eps, qh);
+        norm(qh, hd, c.q_norm.data(), qh);
         rope(qh, c, hd, cache_.n_past + t);
       }
 
@@ -200,10 +211,10 @@ class Gemma4 {
       for (int64_t t = 0; t < n; ++t)
         for (int64_t g = 0; g < nkv; ++g) {
           T* kh = &kv.pending_k[t * kvw + g * hd];
-          ops::rms_norm(kh, hd, c.k_norm.data(), eps, kh);
+          norm(kh, hd, c.k_norm.data(), kh);
           rope(kh, c, hd, cache_.n_past + t);
           T* vh = &kv.pending_v[t * kvw + g * hd];
-          ops::rms_norm<T>(vh, hd, nullptr, eps, vh);
+          norm(vh, hd, nullptr, vh);
         }
     }
 
@@ -215,14 +226,14 @@ class Gemma4 {
     std::vector<T> a(static_cast<size_t>(n * H));
     ops::matmul(*lw.o, attn.data(), n, qw, H, a.data());
     for (int64_t t = 0; t < n; ++t) {
-      ops::rms_norm(&a[t * H], H, c.post_attn_norm.data(), eps, &a[t * H]);
+      norm(&a[t * H], H, c.post_attn_norm.data(), &a[t * H]);
       for (int64_t j = 0; j < H; ++j) h[t * H + j] += a[t * H + j];
     }
     const std::vector<T>& h1 = h;
 
     // 8. y = MLP(RMSNorm(h1; pre_feedforward_layernorm))
     std::vector<T> y(static_cast<size_t>(n * H));
-    for (int64_t t = 0; t < n; ++t) ops::rms_norm(&h1[t * H], H, c.ffn_norm.data(), eps, &x[t * H]);
+    for (int64_t t = 0; t < n; ++t) norm(&h1[t * H], H, c.ffn_norm.data(), &x[t * H]);
     gated_mlp(*lw.gate, *lw.up, *lw.down, x.data(), n, ls.ff_width, y.data());
 
     // 9. MoE: y = RMSNorm(y; post_ffn_norm_1) + RMSNorm(Experts(h1); post_ffn_norm_2)
@@ -230,7 +241,7 @@ class Gemma4 {
 
     // 10-11. h2 = h1 + RMSNorm(y; post_feedforward_layernorm)
     for (int64_t t = 0; t < n; ++t) {
-      ops::rms_norm(&y[t * H], H, c.post_ffn_norm.data(), eps, &y[t * H]);
+      norm(&y[t * H], H, c.post_ffn_norm.data(), &y[t * H]);
       for (int64_t j = 0; j < H; ++j) h[t * H + j] += y[t * H + j];
     }
 
@@ -244,7 +255,7 @@ class Gemma4 {
       std::vector<T> z(static_cast<size_t>(n * H));
       ops::matmul(*lw.ple_proj, g.data(), n, P, H, z.data());
       for (int64_t t = 0; t < n; ++t) {
-        ops::rms_norm(&z[t * H], H, c.ple_post_norm.data(), eps, &z[t * H]);
+        norm(&z[t * H], H, c.ple_post_norm.data(), &z[t * H]);
         for (int64_t j = 0; j < H; ++j) h[t * H + j] += z[t * H + j];
       }
     }
@@ -267,20 +278,17 @@ class Gemma4 {
         const int64_t kvh = hh / group;
         const T* qh = &q[t * qw + hh * hd];
         std::vector<T> scores(static_cast<size_t>(pos - lo + 1));
-        T mx = -INFINITY;
         for (int64_t kp = lo; kp <= pos; ++kp) {
           const T* kh = key(kp) + kvh * hd;
           T s = 0;
           for (int64_t d = 0; d < hd; ++d) s += qh[d] * kh[d];
           scores[kp - lo] = s;
-          mx = std::max(mx, s);
         }
-        T sum = 0;
-        for (auto& s : scores) sum += (s = std::exp(s - mx));
+        ops::softmax(scores.data(), static_cast<int64_t>(scores.size()), f32_islands_);
         T* o = &out[t * qw + hh * hd];
         std::fill(o, o + hd, T(0));
         for (int64_t kp = lo; kp <= pos; ++kp) {
-          const T p = scores[kp - lo] / sum;
+          const T p = scores[kp - lo];
           const T* vh = val(kp) + kvh * hd;
           for (int64_t d = 0; d < hd; ++d) o[d] += p * vh[d];
         }
@@ -302,26 +310,23 @@ class Gemma4 {
     const int64_t H = s_.hidden, E = s_.n_experts, K = s_.top_k, Ie = s_.moe_ff;
     const double eps = s_.rms_eps;
     // Dense branch output norm.
-    for (int64_t t = 0; t < n; ++t) ops::rms_norm(&y[t * H], H, c.post_ffn_norm_1.data(), eps, &y[t * H]);
+    for (int64_t t = 0; t < n; ++t) norm(&y[t * H], H, c.post_ffn_norm_1.data(), &y[t * H]);
     // Router on h1: RMSNorm without weight, * scale * H^-1/2, proj, softmax, top-k,
     // renormalise, * per_expert_scale.
     std::vector<T> r(static_cast<size_t>(n * H)), logits(static_cast<size_t>(n * E));
     const T root = static_cast<T>(1.0 / std::sqrt(static_cast<double>(H)));
     for (int64_t t = 0; t < n; ++t) {
-      ops::rms_norm<T>(&h1[t * H], H, nullptr, eps, &r[t * H]);
+      norm(&h1[t * H], H, nullptr, &r[t * H]);
       for (int64_t j = 0; j < H; ++j) r[t * H + j] = r[t * H + j] * c.router_scale[j] * root;
     }
     ops::matmul(*lw.router_proj, r.data(), n, H, E, logits.data());
     // Expert inputs.
     std::vector<T> u(static_cast<size_t>(n * H));
-    for (int64_t t = 0; t < n; ++t) ops::rms_norm(&h1[t * H], H, c.pre_ffn_norm_2.data(), eps, &u[t * H]);
+    for (int64_t t = 0; t < n; ++t) norm(&h1[t * H], H, c.pre_ffn_norm_2.data(), &u[t * H]);
     std::vector<T> experts_out(static_cast<size_t>(n * H), T(0)), o(static_cast<size_t>(H));
     for (int64_t t = 0; t < n; ++t) {
       T* z = &logits[t * E];
-      const T mx = *std::max_element(z, z + E);
-      T sum = 0;
-      for (int64_t e = 0; e < E; ++e) sum += (z[e] = std::exp(z[e] - mx));
-      for (int64_t e = 0; e < E; ++e) z[e] /= sum;
+      ops::softmax(z, E, false);  // HF: in the activation dtype
       std::vector<int64_t> idx(static_cast<size_t>(E));
       std::iota(idx.begin(), idx.end(), 0);
       // Stable: on equal probabilities the lower expert id wins.
@@ -338,7 +343,7 @@ class Gemma4 {
       }
     }
     for (int64_t t = 0; t < n; ++t) {
-      ops::rms_norm(&experts_out[t * H], H, c.post_ffn_norm_2.data(), eps, &experts_out[t * H]);
+      norm(&experts_out[t * H], H, c.post_ffn_norm_2.data(), &experts_out[t * H]);
       for (int64_t j = 0; j < H; ++j) y[t * H + j] += experts_out[t * H + j];
     }
   }
@@ -347,6 +352,7 @@ class Gemma4 {
   const ModelSpec& s_;
   const Weights& w_;
   KvCache<T> cache_;
+  bool f32_islands_;
   T embed_scale_ = 1, ple_embed_scale_ = 1;
   std::vector<T> final_norm_, ple_proj_norm_;
   std::vector<LayerConsts<T>> consts_;
@@ -367,8 +373,14 @@ Session::Session(const Model& model, ForwardOptions opt) : model_(model), opt_(o
 Session::~Session() = default;
 Session::Session(Session&&) noexcept = default;
 
-EvalOutput Session::eval(std::span<const int32_t> tokens, bool want_hidden, bool last_only) {
-  return impl_->f64 ? impl_->f64->forward(tokens, want_hidden, last_only) : impl_->f32->forward(tokens, want_hidden, last_only);
+EvalOutput Session::eval(std::span<const int32_t> tokens, const EvalRequest& req) {
+  return impl_->f64 ? impl_->f64->forward(tokens, req) : impl_->f32->forward(tokens, req);
+}
+
+std::vector<float> Session::eval_last(std::span<const int32_t> tokens) {
+  EvalRequest req;
+  req.logits_from = -1;
+  return eval(tokens, req).logits;
 }
 
 void Session::reset() {

@@ -20,11 +20,23 @@ struct ForwardOptions {
   // HF holding the bf16 checkpoint as is multiplies the embeddings by bf16(sqrt(H))
   // and bf16(sqrt(P)); the default is the exact scale (HF float64/float32, llama.cpp).
   bool bf16_embed_scale = false;
+  // Emulate float32 RMSNorm and attention softmax inside the f64 path, as a float64 HF
+  // run of the current transformers source would (Gemma4RMSNorm calls .float(); eager
+  // softmax uses dtype=float32). Off by default: the gold fixtures (transformers 5.17)
+  // match pure float64 better (tiny-e NMSE 1.4e-13 vs 2.1e-13 with the islands).
+  bool hf_float32_islands = false;
+};
+
+struct EvalRequest {
+  bool hidden = false;        // also return hidden states
+  int64_t logits_from = 0;    // logits for tokens [logits_from, n); -1 = the last token only
+  bool logits_f64 = false;    // return logits in double (`logits64`) instead of float
 };
 
 struct EvalOutput {
-  std::vector<float> logits;  // [n_tokens (or 1 with last_only), vocab]
-  std::vector<float> hidden;  // [n_layers + 1, n_tokens, hidden] when requested (HF convention)
+  std::vector<float> logits;     // [n_tokens - logits_from, vocab]
+  std::vector<double> logits64;  // same, when EvalRequest::logits_f64
+  std::vector<float> hidden;     // [n_layers + 1, n_tokens, hidden] when requested (HF convention)
 };
 
 // A model plus a KV cache: eval() appends tokens at positions n_past()...
@@ -34,8 +46,9 @@ class Session {
   ~Session();
   Session(Session&&) noexcept;
 
-  // want_hidden: also return the hidden states; last_only: logits of the last token only.
-  EvalOutput eval(std::span<const int32_t> tokens, bool want_hidden = false, bool last_only = false);
+  EvalOutput eval(std::span<const int32_t> tokens, const EvalRequest& req = {});
+  // Logits of the last token only (generation).
+  std::vector<float> eval_last(std::span<const int32_t> tokens);
   void reset();
   int64_t n_past() const;
   const Model& model() const { return model_; }

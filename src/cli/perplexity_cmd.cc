@@ -1,0 +1,100 @@
+#include <fmt/format.h>
+#include <omp.h>
+
+#include <cstdio>
+
+#include "cli/commands.h"
+#include "formats/safetensors.h"
+#include "tools/perplexity.h"
+#include "util/error.h"
+#include "util/json.h"
+#include "util/mapped_file.h"
+#include "util/progress.h"
+
+namespace g4::cli {
+
+void set_threads(int n) {
+  if (n < 0) fail("-t must be positive");
+  if (n > 0) omp_set_num_threads(n);
+}
+
+void register_perplexity(CLI::App& app) {
+  struct Opts {
+    std::string model, file, precision = "f64", nll_out, kld_base, kld;
+    int n_ctx = 512, n_batch = 2048, chunks = -1, threads = 0;
+    bool json = false, bf16_scale = false, lenient = false, llama_scoring = false;
+  };
+  auto o = std::make_shared<Opts>();
+  auto* cmd = app.add_subcommand("perplexity", "Teacher-forced perplexity (llama-perplexity protocol) and KL divergence");
+  cmd->add_option("-m,--model", o->model, "HF checkpoint directory or .gguf file")->required();
+  cmd->add_option("-f,--file", o->file, "text file to evaluate");
+  cmd->add_option("-c,--ctx-size", o->n_ctx, "context per chunk (default 512)");
+  cmd->add_option("-b,--batch-size", o->n_batch, "tokens per forward call (default 2048)");
+  cmd->add_option("--chunks", o->chunks, "evaluate at most this many chunks");
+  cmd->add_option("-t,--threads", o->threads, "threads (default: all cores)");
+  cmd->add_option("--precision", o->precision, "f64 (reference) or f32")->check(CLI::IsMember({"f64", "f32"}));
+  cmd->add_flag("--bf16-embed-scale", o->bf16_scale, "round sqrt(H), sqrt(P) to bf16 as HF does on a bf16 checkpoint");
+  cmd->add_option("--nll-out", o->nll_out, "write every prediction's NLL [chunks, n_ctx-1] to a safetensors file");
+  cmd->add_option("--kl-divergence-base", o->kld_base, "save this model's log-probs (llama.cpp's uint16 format) / read them with --kl-divergence");
+  cmd->add_flag("--kl-divergence", [o](int64_t) { o->kld = "1"; }, "compare against the --kl-divergence-base file");
+  cmd->add_flag("--llama-scoring", o->llama_scoring,
+                "score llama-perplexity's n_ctx/2-1 predictions per chunk instead of the n_ctx/2 of the HF gold protocol");
+  cmd->add_flag("--json", o->json, "machine-readable result");
+  cmd->add_flag("--lenient", o->lenient, "load despite tensors that contradict the config");
+  cmd->final_callback([o] {
+    set_threads(o->threads);
+    Model m = load_model(o->model, LoadOptions{o->lenient});
+    PerplexityOptions po;
+    po.n_ctx = o->n_ctx;
+    po.n_batch = o->n_batch;
+    po.max_chunks = o->chunks;
+    po.forward = {parse_precision(o->precision), o->bf16_scale};
+    po.want_all_nll = !o->nll_out.empty();
+    po.llama_scoring = o->llama_scoring;
+    if (!o->kld.empty()) {
+      if (o->kld_base.empty()) fail("--kl-divergence needs --kl-divergence-base FILE (made by a previous run)");
+      po.kld_base_in = o->kld_base;
+    } else {
+      po.kld_base_out = o->kld_base;
+      if (o->file.empty()) fail("give the text with -f FILE");
+    }
+    Progress bar("perplexity", 1);
+    std::string running;
+    po.on_chunk = [&](int c, int n, double ppl) {
+      if (Progress::enabled()) {
+        bar = Progress("perplexity", n);
+        bar.update(c + 1, fmt::format("PPL {:.4f}", ppl));
+      } else if (!o->json) {
+        std::fprintf(stderr, "[%d]%.4f%s", c + 1, ppl, c + 1 == n ? "\n" : ",");
+      }
+    };
+    const std::string text = po.kld_base_in.empty() ? read_text_file(o->file) : std::string();
+    PerplexityResult r = run_perplexity(m, text, po);
+    bar.finish();
+    if (!o->nll_out.empty())
+      write_safetensors(o->nll_out, {st_f32("nll", {r.chunks, r.n_ctx - 1}, r.nll)},
+                        {{"n_ctx", std::to_string(r.n_ctx)}, {"model", o->model}, {"precision", o->precision}});
+    if (o->json) {
+      json j{{"ppl", r.ppl}, {"ppl_err", r.ppl_err}, {"nll_mean", r.nll_mean}, {"chunks", r.chunks},
+             {"tokens", r.tokens}, {"n_ctx", r.n_ctx}, {"seconds", r.seconds}, {"precision", o->precision}};
+      if (r.kld) {
+        const auto& k = *r.kld;
+        json pct = json::object(), dpp = json::object();
+        for (const auto& [n, v] : k.kld_pct) pct[n] = v;
+        for (const auto& [n, v] : k.dp_pct) dpp[n] = v;
+        j["kld"] = {{"mean", k.kld}, {"mean_err", k.kld_err}, {"percentiles", pct}, {"ppl_base", k.ppl_base},
+                    {"ln_ppl_ratio", k.ln_ratio}, {"ln_ppl_ratio_err", k.ln_ratio_err}, {"same_top_p", k.same_top},
+                    {"same_top_p_err", k.same_top_err}, {"delta_p_mean_pct", k.dp_mean}, {"delta_p_rms_pct", k.dp_rms},
+                    {"delta_p_percentiles_pct", dpp}, {"positions", k.n}};
+      }
+      std::printf("%s\n", j.dump(2).c_str());
+    } else {
+      std::printf("%d chunks of %d tokens (%ld scored) from %ld tokens, %s, %.2f s\n", r.chunks, r.n_ctx,
+                  static_cast<long>(r.tokens), static_cast<long>(r.n_text_tokens), o->precision.c_str(), r.seconds);
+      if (r.kld) std::fputs(format_kld_report(*r.kld).c_str(), stdout);
+      std::printf("Final estimate: PPL = %.5f +/- %.5f\n", r.ppl, r.ppl_err);
+    }
+  });
+}
+
+}  // namespace g4::cli
