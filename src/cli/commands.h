@@ -9,6 +9,7 @@ void register_logits(CLI::App& app);
 void register_tokenize(CLI::App& app);
 void register_detokenize(CLI::App& app);
 void register_perplexity(CLI::App& app);
+void register_quantize(CLI::App& app);
 
 // -t N (0 = all cores).
 void set_threads(int n);

@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   g4::cli::register_tokenize(app);
   g4::cli::register_detokenize(app);
   g4::cli::register_perplexity(app);
+  g4::cli::register_quantize(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -331,6 +331,7 @@ Tokenizer Tokenizer::from_hf_json(const std::string& text, const std::string& so
     if (l == t.piece_to_id_.end() || rr == t.piece_to_id_.end() || res == t.piece_to_id_.end())
       fail("{}: merge {} (\"{}\" + \"{}\") names a token that is not in the vocabulary", source, r, left, right);
     t.merges_.insert(pair_key(l->second, rr->second), Merge{static_cast<int32_t>(r), res->second});  // first rank wins
+    t.merge_order_.emplace_back(l->second, rr->second);
   }
   // tokenizer_config.json beside tokenizer.json decides add_bos; default true (Gemma's post-processor adds <bos>).
   t.bos_ = t.find("<bos>") >= 0 ? t.find("<bos>") : 2;
@@ -371,6 +372,7 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& g) {
     if (l == ids.end() || rr == ids.end() || res == ids.end())
       fail("{}: merge {} (\"{}\" + \"{}\") names a token that is not in the vocabulary", src, r, left, right);
     t.merges_.insert(pair_key(l->second, rr->second), Merge{static_cast<int32_t>(r), res->second});  // first rank wins
+    t.merge_order_.emplace_back(l->second, rr->second);
     produced[res->second] = 1;
   }
   if (types && types->ai.size() != t.pieces_.size())
@@ -561,6 +563,27 @@ std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special) c
   }
   flush();
   return out;
+}
+
+std::vector<std::string> Tokenizer::merges_text() const {
+  std::vector<std::string> out;
+  out.reserve(merge_order_.size());
+  for (const auto& [l, r] : merge_order_) out.push_back(pieces_[l] + " " + pieces_[r]);
+  return out;
+}
+
+int32_t Tokenizer::token_type(int32_t id) const {
+  if (is_special(id)) return 3;
+  for (int b = 0; b < 256; ++b)
+    if (byte_ids_[b] == id) return 6;
+  // llama.cpp's converter forces these to USER_DEFINED so they are always rendered.
+  static const char* kUserDefined[] = {"<|channel>", "<channel|>", "<|tool_call>", "<tool_call|>",
+                                       "<|tool_response>", "<tool_response|>", "<|\"|>"};
+  for (const char* u : kUserDefined)
+    if (pieces_[id] == u) return 4;
+  for (const auto& a : added_)
+    if (a.id == id) return 4;
+  return 1;
 }
 
 std::vector<int32_t> Tokenizer::eog_ids(std::span<const int> extra) const {

@@ -35,6 +35,10 @@ class Tokenizer {
   bool is_special(int32_t id) const;
   // Id of a token string, or -1.
   int32_t find(std::string_view piece) const;
+  // Merges in rank order as "left right" (GGUF tokenizer.ggml.merges).
+  std::vector<std::string> merges_text() const;
+  // llama.cpp token type: 1 normal, 3 control (special), 4 user-defined, 6 byte.
+  int32_t token_type(int32_t id) const;
   // End-of-generation ids: <eos>, <turn|>, <|tool_response>, plus `extra`.
   std::vector<int32_t> eog_ids(std::span<const int> extra = {}) const;
 
@@ -75,6 +79,7 @@ class Tokenizer {
     }
   };
   MergeTable merges_;
+  std::vector<std::pair<int32_t, int32_t>> merge_order_;  // rank -> (left, right)
   std::vector<Added> added_;                    // sorted for matching
   std::vector<uint8_t> special_;                // per id
   int32_t byte_ids_[256];

@@ -1,0 +1,66 @@
+// `g4 quantize`: HF checkpoint or GGUF -> GGUF with a type or recipe, then a verify
+// gate that re-opens the written file and compares every tensor with its source.
+#pragma once
+#include <functional>
+#include <optional>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "model/model.h"
+
+namespace g4 {
+
+struct TensorTypeOverride {
+  std::string pattern;  // regex on the GGUF tensor name
+  std::regex re;
+  DType type;
+};
+
+struct QuantizeOptions {
+  std::optional<DType> type;  // --type
+  std::string recipe;         // --recipe: q8_0, q4_0, q4_k_m, mixed-8-4
+  std::vector<TensorTypeOverride> overrides;
+  bool verify = true;
+  std::function<void(size_t, size_t)> on_tensor;  // progress
+  // Test hook: alters a tensor's bytes after quantization (to prove the gate works).
+  std::function<void(const std::string&, std::vector<uint8_t>&)> mutate_for_test;
+};
+
+struct PlannedTensor {
+  std::string name;          // GGUF name
+  std::string cls;           // class, e.g. "attn_q"
+  int layer = -1;
+  std::vector<int64_t> shape;  // PyTorch order
+  DType type = DType::F32;
+  const TensorView* source = nullptr;  // nullptr: generated (rope_freqs)
+};
+
+struct VerifyRow {
+  std::string name, cls;
+  int layer = -1;
+  DType type = DType::F32;
+  double cosine = 1, rel_rms = 0, expected_rel_rms = 0;
+  bool ok = true;
+  std::string problem;
+};
+
+struct VerifyReport {
+  std::vector<VerifyRow> rows;
+  std::vector<std::string> problems;  // model-level (non-uniform layers, load errors)
+  bool passed() const;
+  std::string table() const;  // by class and layer
+};
+
+DType parse_dtype(const std::string& s);
+TensorTypeOverride parse_override(const std::string& spec);  // "REGEX=TYPE"
+std::vector<PlannedTensor> plan_quantization(const Model& src, const QuantizeOptions& opt);
+// Writes out_path (via out_path.tmp); with opt.verify the file only appears if the gate passes.
+VerifyReport quantize_model(const Model& src, const std::string& out_path, const QuantizeOptions& opt);
+// Compares every tensor of a GGUF with the model it was made from.
+VerifyReport verify_against_source(const Model& src, const std::string& gguf_path);
+
+// All rows of a tensor as float (any stored type).
+std::vector<float> dequantize_all(const TensorView& t);
+
+}  // namespace g4
