@@ -10,6 +10,8 @@ void register_tokenize(CLI::App& app);
 void register_detokenize(CLI::App& app);
 void register_perplexity(CLI::App& app);
 void register_quantize(CLI::App& app);
+void register_run(CLI::App& app);
+void register_serve(CLI::App& app);
 
 // -t N (0 = all cores).
 void set_threads(int n);

@@ -17,6 +17,8 @@ int main(int argc, char** argv) {
   g4::cli::register_detokenize(app);
   g4::cli::register_perplexity(app);
   g4::cli::register_quantize(app);
+  g4::cli::register_run(app);
+  g4::cli::register_serve(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

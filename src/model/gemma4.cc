@@ -388,6 +388,10 @@ void Session::reset() {
   else impl_->f32->cache().reset();
 }
 
+bool Session::truncate(int64_t n) {
+  return impl_->f64 ? impl_->f64->cache().truncate(n) : impl_->f32->cache().truncate(n);
+}
+
 int64_t Session::n_past() const { return impl_->f64 ? impl_->f64->cache().n_past : impl_->f32->cache().n_past; }
 
 }  // namespace g4

@@ -50,6 +50,8 @@ class Session {
   // Logits of the last token only (generation).
   std::vector<float> eval_last(std::span<const int32_t> tokens);
   void reset();
+  // Drops positions >= n from the KV cache; false if the cache cannot rewind that far.
+  bool truncate(int64_t n);
   int64_t n_past() const;
   const Model& model() const { return model_; }
   const ForwardOptions& options() const { return opt_; }

@@ -24,18 +24,40 @@ struct LayerKv {
   int64_t slot(int64_t pos) const { return capacity ? pos % capacity : pos; }
 };
 
+// Sliding-layer rings keep this many slots beyond the window so that the cache can
+// be rewound (prefix reuse across chat turns and requests) without recomputation.
+inline constexpr int64_t kKvRewindSlots = 256;
+
 template <typename T>
 struct KvCache {
   int64_t n_past = 0;
   std::vector<LayerKv<T>> layers;
+  int64_t max_rewind = INT64_MAX;  // limited by the sliding rings
 
   explicit KvCache(const ModelSpec& s) {
     layers.resize(static_cast<size_t>(s.n_layers));
     for (const auto& l : s.layers) {
       if (!l.owns_kv) continue;
       layers[l.index].width = int64_t{l.n_kv_heads} * l.head_dim;
-      layers[l.index].capacity = l.window;
+      layers[l.index].capacity = l.window > 0 ? l.window + kKvRewindSlots : 0;
+      if (l.window > 0) max_rewind = kKvRewindSlots + 1;
     }
+  }
+
+  // Forgets positions >= n. Possible while every position a later query can see is
+  // still in the rings; returns false (cache untouched) otherwise.
+  bool truncate(int64_t n) {
+    if (n < 0 || n > n_past) return false;
+    if (n_past - n > max_rewind) return false;
+    // Ring slots stay where they are (later commits overwrite them); full-attention
+    // stores simply shrink.
+    for (auto& l : layers) {
+      if (l.width == 0 || l.capacity) continue;
+      l.k.resize(static_cast<size_t>(n * l.width));
+      l.v.resize(static_cast<size_t>(n * l.width));
+    }
+    n_past = n;
+    return true;
   }
 
   void reset() {
