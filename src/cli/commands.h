@@ -12,6 +12,9 @@ void register_perplexity(CLI::App& app);
 void register_quantize(CLI::App& app);
 void register_run(CLI::App& app);
 void register_serve(CLI::App& app);
+void register_compare(CLI::App& app);
+void register_forensics(CLI::App& app);
+void register_grade(CLI::App& app);
 
 // -t N (0 = all cores).
 void set_threads(int n);

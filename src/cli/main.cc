@@ -19,6 +19,9 @@ int main(int argc, char** argv) {
   g4::cli::register_quantize(app);
   g4::cli::register_run(app);
   g4::cli::register_serve(app);
+  g4::cli::register_compare(app);
+  g4::cli::register_forensics(app);
+  g4::cli::register_grade(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -16,7 +16,9 @@ bool dtype_computable(DType t) { return dequant_supported(t); }
 
 namespace {
 
-void bind(Model& m) {
+}  // namespace
+
+void bind_weights(Model& m) {
   auto get = [&](const std::string& hf) -> const TensorView* {
     auto it = m.by_hf_name.find(hf);
     return it == m.by_hf_name.end() ? nullptr : &it->second;
@@ -57,6 +59,8 @@ void bind(Model& m) {
     lw.post_ffn_norm_2 = L("post_feedforward_layernorm_2.weight");
   }
 }
+
+namespace {
 
 void validate(Model& m, const LoadOptions& opt) {
   const bool hf = m.format == FileFormat::HF;
@@ -132,7 +136,7 @@ void validate(Model& m, const LoadOptions& opt) {
       m.warnings.push_back({t->name, "unknown tensor, not used by the Gemma 4 text forward pass"});
     }
   }
-  if (m.errors.empty()) bind(m);
+  if (m.errors.empty()) bind_weights(m);
 }
 
 }  // namespace

@@ -65,6 +65,10 @@ Model open_model(const std::string& path, const LoadOptions& opt = {});
 // open_model + throw g4::Error listing every validation error.
 Model load_model(const std::string& path, const LoadOptions& opt = {});
 
+// Re-points `w` at the entries of `by_hf_name` (after copying a Model or swapping
+// tensors in it, e.g. for forensics hybrids).
+void bind_weights(Model& m);
+
 // Tensor types the compute paths can read.
 bool dtype_computable(DType t);
 

@@ -260,7 +260,8 @@ VerifyReport quantize_model(const Model& src, const std::string& out_path, const
       if (!p.source) {
         bytes = rope_freqs_bytes(src.spec);
       } else {
-        const auto x = dequantize_all(*p.source);
+        auto x = dequantize_all(*p.source);
+        if (opt.edit_source_for_test) opt.edit_source_for_test(p.name, x);
         const int64_t cols = p.shape.back();
         bytes = quantize_rows(p.type, x.data(), static_cast<int64_t>(x.size()) / cols, cols);
       }

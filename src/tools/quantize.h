@@ -23,8 +23,10 @@ struct QuantizeOptions {
   std::vector<TensorTypeOverride> overrides;
   bool verify = true;
   std::function<void(size_t, size_t)> on_tensor;  // progress
-  // Test hook: alters a tensor's bytes after quantization (to prove the gate works).
+  // Test hooks: alter a tensor's bytes after quantization (to prove the gate works), or
+  // its source values before it (to build damaged artifacts for forensics tests).
   std::function<void(const std::string&, std::vector<uint8_t>&)> mutate_for_test;
+  std::function<void(const std::string&, std::vector<float>&)> edit_source_for_test;
 };
 
 struct PlannedTensor {

@@ -1,0 +1,138 @@
+#include <cstdio>
+#include <filesystem>
+
+#include "cli/commands.h"
+#include "tools/compare.h"
+#include "tools/forensics.h"
+#include "tools/grade.h"
+#include "tools/token_input.h"
+#include "util/error.h"
+#include "util/mapped_file.h"
+
+namespace g4::cli {
+namespace {
+
+// Tokens for compare/restore: --tokens, --tokens-file, or the first n_ctx of -f TEXT.
+std::vector<int32_t> tokens_for(const Model& m, const std::string& csv, const std::string& file, const std::string& text_file,
+                                int n) {
+  if (!csv.empty() || !file.empty()) return resolve_token_input(m, csv, file, "");
+  if (text_file.empty()) fail("give the text with -f FILE (or --tokens / --tokens-file)");
+  std::string text = read_text_file(text_file);
+  if (!text.empty() && text.back() == '\n') text.pop_back();
+  auto ids = load_tokenizer(m).encode(text, true, false);
+  if (n > 0 && static_cast<int>(ids.size()) > n) ids.resize(static_cast<size_t>(n));
+  return ids;
+}
+
+}  // namespace
+
+void register_compare(CLI::App& app) {
+  struct Opts {
+    std::vector<std::string> models;
+    std::string file, tokens, tokens_file, precision = "f64", precision_b;
+    int n_ctx = 128, threads = 0;
+    bool json = false, lenient = false;
+  };
+  auto o = std::make_shared<Opts>();
+  auto* cmd = app.add_subcommand("compare", "Same tokens through two models: logits NMSE, KLD, top-1, per-layer hidden states");
+  cmd->add_option("-m,--model", o->models, "the two models (-m A -m B)")->required()->expected(2);
+  cmd->add_option("-f,--file", o->file, "text; its first -c tokens are used");
+  cmd->add_option("-c,--ctx-size", o->n_ctx, "tokens taken from the text (default 128)");
+  cmd->add_option("--tokens", o->tokens, "comma-separated token ids");
+  cmd->add_option("--tokens-file", o->tokens_file, "JSON array of token ids");
+  cmd->add_option("--precision", o->precision, "precision of A (and of B unless --precision-b)")->check(CLI::IsMember({"f64", "f32"}));
+  cmd->add_option("--precision-b", o->precision_b, "precision of B")->check(CLI::IsMember({"f64", "f32"}));
+  cmd->add_option("-t,--threads", o->threads, "threads");
+  cmd->add_flag("--json", o->json, "machine-readable output");
+  cmd->add_flag("--lenient", o->lenient, "load despite tensors that contradict the config");
+  cmd->final_callback([o] {
+    set_threads(o->threads);
+    Model a = load_model(o->models[0], LoadOptions{o->lenient});
+    Model b = load_model(o->models[1], LoadOptions{o->lenient});
+    const auto toks = tokens_for(a, o->tokens, o->tokens_file, o->file, o->n_ctx);
+    const ForwardOptions fa{parse_precision(o->precision)};
+    const ForwardOptions fb{parse_precision(o->precision_b.empty() ? o->precision : o->precision_b)};
+    const auto r = compare_models(a, b, toks, fa, fb);
+    if (o->json) std::printf("%s\n", compare_json(r).dump(2).c_str());
+    else std::fputs(format_compare(r, o->models[0], o->models[1]).c_str(), stdout);
+  });
+}
+
+void register_forensics(CLI::App& app) {
+  struct Opts {
+    std::string art, ref, png, restore, file;
+    int n_ctx = 128, chunks = 8, threads = 0;
+    bool json = false;
+  };
+  auto o = std::make_shared<Opts>();
+  auto* cmd = app.add_subcommand("forensics", "Weight forensics of an artifact against its reference checkpoint");
+  cmd->add_option("-m,--model", o->art, "the artifact (GGUF or HF directory)")->required();
+  cmd->add_option("--ref", o->ref, "the reference checkpoint")->required();
+  cmd->add_option("--png", o->png, "write heatmap.png (layer x class) into this directory");
+  cmd->add_option("--restore", o->restore, "CLASS or auto: PPL of hybrids with reference tensors put back")->expected(0, 1)->default_str("auto");
+  cmd->add_option("-f,--file", o->file, "text for --restore");
+  cmd->add_option("-c,--ctx-size", o->n_ctx, "context for --restore (default 128)");
+  cmd->add_option("--chunks", o->chunks, "chunks for --restore (default 8)");
+  cmd->add_option("-t,--threads", o->threads, "threads");
+  cmd->add_flag("--json", o->json, "machine-readable output");
+  cmd->final_callback([o, cmd] {
+    set_threads(o->threads);
+    Model art = open_model(o->art, LoadOptions{true});
+    Model ref = load_model(o->ref);
+    const auto r = run_forensics(art, ref);
+    if (!o->png.empty()) {
+      std::filesystem::create_directories(o->png);
+      write_heatmap_png(r, (std::filesystem::path(o->png) / "heatmap.png").string());
+    }
+    json j;
+    if (o->json) j = forensics_json(r);
+    else std::fputs(format_forensics(r).c_str(), stdout);
+    if (cmd->count("--restore")) {
+      const std::string which = o->restore.empty() ? "auto" : o->restore;
+      PerplexityOptions po;
+      po.n_ctx = o->n_ctx;
+      po.max_chunks = o->chunks;
+      po.forward.precision = Precision::F32;
+      if (o->file.empty()) fail("--restore needs the text: -f FILE");
+      std::string text = read_text_file(o->file);
+      if (!text.empty() && text.back() == '\n') text.pop_back();
+      const auto rr = run_restore(art, ref, which, load_tokenizer(ref).encode(text, true, false), po, &r);
+      if (o->json) {
+        json a = json::array();
+        for (const auto& x : rr) a.push_back({{"restored", x.what}, {"ppl", x.ppl}, {"gap_closed", x.gap_closed}});
+        j["restore"] = a;
+      } else {
+        std::printf("\n%s", format_restore(rr).c_str());
+      }
+    }
+    if (o->json) std::printf("%s\n", j.dump(2).c_str());
+    if (!r.clean()) std::exit(2);
+  });
+}
+
+void register_grade(CLI::App& app) {
+  auto o = std::make_shared<GradeOptions>();
+  auto art = std::make_shared<std::string>(), ref = std::make_shared<std::string>(), file = std::make_shared<std::string>();
+  auto threads = std::make_shared<int>(0);
+  auto* cmd = app.add_subcommand("grade", "Grade card: PPL, KLD, forensics, restore ranking and a verdict");
+  cmd->add_option("-m,--model", *art, "the artifact")->required();
+  cmd->add_option("--ref", *ref, "the reference checkpoint")->required();
+  cmd->add_option("-f,--file", *file, "evaluation text")->required();
+  cmd->add_option("-c,--ctx-size", o->n_ctx, "context for PPL/KLD (default 512)");
+  cmd->add_option("--chunks", o->chunks, "chunks for PPL/KLD (default 16)");
+  cmd->add_option("-o,--out", o->html_out, "HTML report with the heatmap");
+  cmd->add_option("-t,--threads", *threads, "threads");
+  cmd->final_callback([o, art, ref, file, threads] {
+    set_threads(*threads);
+    Model a = open_model(*art, LoadOptions{true});
+    Model r = load_model(*ref);
+    o->text = read_text_file(*file);
+    o->text_name = *file;
+    const auto g = grade(a, r, *o);
+    std::fputs(g.markdown.c_str(), stdout);
+    if (!o->html_out.empty()) std::fprintf(stderr, "wrote %s\n", o->html_out.c_str());
+    if (!g.pass) std::exit(2);
+  });
+}
+
+}  // namespace g4::cli
