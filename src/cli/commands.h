@@ -15,6 +15,8 @@ void register_serve(CLI::App& app);
 void register_compare(CLI::App& app);
 void register_forensics(CLI::App& app);
 void register_grade(CLI::App& app);
+void register_bench(CLI::App& app);
+void register_synth(CLI::App& app);
 
 // -t N (0 = all cores).
 void set_threads(int n);

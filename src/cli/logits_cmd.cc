@@ -23,7 +23,7 @@ void register_logits(CLI::App& app) {
   auto* pr = cmd->add_option("-p,--prompt", o->prompt, "text to tokenize (BOS prepended)");
   tk->excludes(tf)->excludes(pr);
   tf->excludes(pr);
-  cmd->add_option("--precision", o->precision, "f64 (reference) or f32")->check(CLI::IsMember({"f64", "f32"}));
+  cmd->add_option("--precision", o->precision, "f64 (reference) or f32")->check(CLI::IsMember({"f64", "f32", "fast"}));
   cmd->add_flag("--hidden", o->hidden, "also write hidden_states [n_layers+1, T, hidden] (HF convention)");
   cmd->add_flag("--step", o->step, "feed tokens one at a time through the KV cache");
   cmd->add_flag("--bf16-embed-scale", o->bf16_scale, "round sqrt(H), sqrt(P) to bf16 as HF does on a bf16 checkpoint");

@@ -22,6 +22,8 @@ int main(int argc, char** argv) {
   g4::cli::register_compare(app);
   g4::cli::register_forensics(app);
   g4::cli::register_grade(app);
+  g4::cli::register_bench(app);
+  g4::cli::register_synth(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -32,7 +32,7 @@ void register_perplexity(CLI::App& app) {
   cmd->add_option("-b,--batch-size", o->n_batch, "tokens per forward call (default 2048)");
   cmd->add_option("--chunks", o->chunks, "evaluate at most this many chunks");
   cmd->add_option("-t,--threads", o->threads, "threads (default: all cores)");
-  cmd->add_option("--precision", o->precision, "f64 (reference) or f32")->check(CLI::IsMember({"f64", "f32"}));
+  cmd->add_option("--precision", o->precision, "f64 (reference) or f32")->check(CLI::IsMember({"f64", "f32", "fast"}));
   cmd->add_flag("--bf16-embed-scale", o->bf16_scale, "round sqrt(H), sqrt(P) to bf16 as HF does on a bf16 checkpoint");
   cmd->add_option("--nll-out", o->nll_out, "write every prediction's NLL [chunks, n_ctx-1] to a safetensors file");
   cmd->add_option("--kl-divergence-base", o->kld_base, "save this model's log-probs (llama.cpp's uint16 format) / read them with --kl-divergence");

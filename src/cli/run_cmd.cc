@@ -16,7 +16,7 @@ namespace g4::cli {
 namespace {
 
 struct RunOpts {
-  std::string model, prompt, file, system, precision = "f32";
+  std::string model, prompt, file, system, precision = "fast";
   int n_predict = 256, threads = 0;
   bool chat = false, no_stats = false;
   std::optional<float> temp, top_p, min_p, repeat_penalty;
@@ -62,7 +62,7 @@ void register_run(CLI::App& app) {
   cmd->add_option("-s,--seed", o->seed, "RNG seed (default random)");
   cmd->add_flag("--chat", o->chat, "chat with the Gemma 4 template (interactive unless -p is given)");
   cmd->add_option("--system", o->system, "system message for --chat");
-  cmd->add_option("--precision", o->precision, "f32 (default) or f64")->check(CLI::IsMember({"f64", "f32"}));
+  cmd->add_option("--precision", o->precision, "fast (default), f32 or f64")->check(CLI::IsMember({"f64", "f32", "fast"}));
   cmd->add_option("-t,--threads", o->threads, "threads");
   cmd->add_flag("--no-stats", o->no_stats, "do not print timing to stderr");
   cmd->final_callback([o] {

@@ -14,7 +14,7 @@ void register_serve(CLI::App& app) {
   cmd->add_option("-c,--ctx", o->ctx, "context limit per request (default: the model's)");
   cmd->add_option("--max-tokens-limit", o->max_tokens_limit, "largest max_tokens a request may ask for (default 4096)");
   cmd->add_option("--max-body-bytes", o->max_body_bytes, "largest request body (default 1 MiB)");
-  cmd->add_option("--precision", o->precision, "f32 (default) or f64")->check(CLI::IsMember({"f64", "f32"}));
+  cmd->add_option("--precision", o->precision, "fast (default), f32 or f64")->check(CLI::IsMember({"f64", "f32", "fast"}));
   cmd->add_option("--debug-load-delay-ms", o->load_delay_ms, "testing: report 503 on /health this long")->group("");
   cmd->final_callback([o] {
     if (o->model_path.empty()) o->model_path = default_model_path();

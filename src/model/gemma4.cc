@@ -4,6 +4,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "kernels/fast.h"
 #include "kernels/ops.h"
 #include "runtime/kv_cache.h"
 #include "util/error.h"
@@ -14,10 +15,11 @@ namespace g4 {
 Precision parse_precision(const std::string& s) {
   if (s == "f64") return Precision::F64;
   if (s == "f32") return Precision::F32;
-  fail("unknown precision '{}' (use f64 or f32)", s);
+  if (s == "fast") return Precision::Fast;
+  fail("unknown precision '{}' (use f64, f32 or fast)", s);
 }
 
-const char* precision_name(Precision p) { return p == Precision::F64 ? "f64" : "f32"; }
+const char* precision_name(Precision p) { return p == Precision::F64 ? "f64" : p == Precision::F32 ? "f32" : "fast"; }
 
 namespace {
 
@@ -51,7 +53,8 @@ template <typename T>
 class Gemma4 {
  public:
   Gemma4(const Model& m, const ForwardOptions& opt)
-      : m_(m), s_(m.spec), w_(m.w), cache_(m.spec), f32_islands_(opt.hf_float32_islands && std::is_same_v<T, double>) {
+      : m_(m), s_(m.spec), w_(m.w), cache_(m.spec), f32_islands_(opt.hf_float32_islands && std::is_same_v<T, double>),
+        fast_(opt.precision == Precision::Fast && std::is_same_v<T, float>) {
     const double sqrt_h = std::sqrt(static_cast<double>(s_.hidden));
     const double sqrt_p = std::sqrt(static_cast<double>(s_.ple_dim));
     embed_scale_ = opt.bf16_embed_scale ? bf16_to_f32(f32_to_bf16(static_cast<float>(sqrt_h))) : static_cast<T>(sqrt_h);
@@ -80,6 +83,14 @@ class Gemma4 {
   }
 
   KvCache<T>& cache() { return cache_; }
+
+  // Every projection of the model goes through here.
+  void mm(const TensorView& w, const T* x, int64_t n_tok, int64_t n_in, int64_t n_out, T* y, int64_t row0 = 0) const {
+    if constexpr (std::is_same_v<T, float>) {
+      if (fast_) return fast_matmul(w, x, n_tok, n_in, n_out, y, row0);
+    }
+    ops::matmul(w, x, n_tok, n_in, n_out, y, row0);
+  }
 
   // Every RMSNorm of the model goes through here (w = nullptr: weightless).
   void norm(const T* x, int64_t n, const T* w, T* out) const {
@@ -128,7 +139,7 @@ class Gemma4 {
     // 5-6. Tied LM head, final logit softcap.
     const int64_t first = req.logits_from < 0 ? n - 1 : std::min(req.logits_from, n), n_out = n - first;
     std::vector<T> logits(static_cast<size_t>(n_out * s_.vocab));
-    ops::matmul(*w_.embed, &h[first * H], n_out, H, s_.vocab, logits.data());
+    mm(*w_.embed, &h[first * H], n_out, H, s_.vocab, logits.data());
     if (s_.final_softcap) {
       const T c = static_cast<T>(*s_.final_softcap);
       for (auto& z : logits) z = c * std::tanh(z / c);
@@ -144,7 +155,7 @@ class Gemma4 {
   std::vector<T> per_layer_inputs(std::span<const int32_t> tokens, const std::vector<T>& embeds) {
     const int64_t n = static_cast<int64_t>(tokens.size()), H = s_.hidden, P = s_.ple_dim, L = s_.n_layers;
     std::vector<T> context(static_cast<size_t>(n * L * P));
-    ops::matmul(*w_.ple_model_proj, embeds.data(), n, H, L * P, context.data());
+    mm(*w_.ple_model_proj, embeds.data(), n, H, L * P, context.data());
     const T proj_scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(H)));
     const T combine_scale = static_cast<T>(1.0 / std::sqrt(2.0));
     std::vector<T> token_part(static_cast<size_t>(L * P));
@@ -191,7 +202,7 @@ class Gemma4 {
 
     // 2. q = RoPE(RMSNorm_head(Wq x; q_norm))
     std::vector<T> q(static_cast<size_t>(n * qw));
-    ops::matmul(*lw.q, x.data(), n, H, qw, q.data());
+    mm(*lw.q, x.data(), n, H, qw, q.data());
     for (int64_t t = 0; t < n; ++t)
       for (int64_t hh = 0; hh < nh; ++hh) {
         T* qh = &q[t * qw + hh * hd];
@@ -205,8 +216,8 @@ class Gemma4 {
       LayerKv<T>& kv = cache_.layers[i];
       kv.pending_k.resize(static_cast<size_t>(n * kvw));
       kv.pending_v.resize(static_cast<size_t>(n * kvw));
-      ops::matmul(*lw.k, x.data(), n, H, kvw, kv.pending_k.data());
-      if (lw.v) ops::matmul(*lw.v, x.data(), n, H, kvw, kv.pending_v.data());
+      mm(*lw.k, x.data(), n, H, kvw, kv.pending_k.data());
+      if (lw.v) mm(*lw.v, x.data(), n, H, kvw, kv.pending_v.data());
       else kv.pending_v = kv.pending_k;  // k_eq_v: V is the raw K projection
       for (int64_t t = 0; t < n; ++t)
         for (int64_t g = 0; g < nkv; ++g) {
@@ -224,7 +235,7 @@ class Gemma4 {
 
     // 5-7. a = RMSNorm(Wo o; post_attention_layernorm); h1 = h + a
     std::vector<T> a(static_cast<size_t>(n * H));
-    ops::matmul(*lw.o, attn.data(), n, qw, H, a.data());
+    mm(*lw.o, attn.data(), n, qw, H, a.data());
     for (int64_t t = 0; t < n; ++t) {
       norm(&a[t * H], H, c.post_attn_norm.data(), &a[t * H]);
       for (int64_t j = 0; j < H; ++j) h[t * H + j] += a[t * H + j];
@@ -249,11 +260,11 @@ class Gemma4 {
     if (s_.ple_dim > 0) {
       const int64_t P = s_.ple_dim, L = s_.n_layers;
       std::vector<T> g(static_cast<size_t>(n * P));
-      ops::matmul(*lw.ple_gate, h.data(), n, H, P, g.data());
+      mm(*lw.ple_gate, h.data(), n, H, P, g.data());
       for (int64_t t = 0; t < n; ++t)
         for (int64_t j = 0; j < P; ++j) g[t * P + j] = ops::gelu_tanh(g[t * P + j]) * ple[(t * L + i) * P + j];
       std::vector<T> z(static_cast<size_t>(n * H));
-      ops::matmul(*lw.ple_proj, g.data(), n, P, H, z.data());
+      mm(*lw.ple_proj, g.data(), n, P, H, z.data());
       for (int64_t t = 0; t < n; ++t) {
         norm(&z[t * H], H, c.ple_post_norm.data(), &z[t * H]);
         for (int64_t j = 0; j < H; ++j) h[t * H + j] += z[t * H + j];
@@ -300,10 +311,10 @@ class Gemma4 {
                  int64_t width, T* y, int64_t gate_row0 = 0, int64_t up_row0 = 0, int64_t down_row0 = 0) {
     const int64_t H = s_.hidden;
     std::vector<T> g(static_cast<size_t>(n * width)), u(static_cast<size_t>(n * width));
-    ops::matmul(gate, x, n, H, width, g.data(), gate_row0);
-    ops::matmul(up, x, n, H, width, u.data(), up_row0);
+    mm(gate, x, n, H, width, g.data(), gate_row0);
+    mm(up, x, n, H, width, u.data(), up_row0);
     for (size_t j = 0; j < g.size(); ++j) g[j] = ops::gelu_tanh(g[j]) * u[j];
-    ops::matmul(down, g.data(), n, width, H, y, down_row0);
+    mm(down, g.data(), n, width, H, y, down_row0);
   }
 
   void moe_block(const LayerWeights& lw, const LayerConsts<T>& c, const std::vector<T>& h1, int64_t n, std::vector<T>& y) {
@@ -319,7 +330,7 @@ class Gemma4 {
       norm(&h1[t * H], H, nullptr, &r[t * H]);
       for (int64_t j = 0; j < H; ++j) r[t * H + j] = r[t * H + j] * c.router_scale[j] * root;
     }
-    ops::matmul(*lw.router_proj, r.data(), n, H, E, logits.data());
+    mm(*lw.router_proj, r.data(), n, H, E, logits.data());
     // Expert inputs.
     std::vector<T> u(static_cast<size_t>(n * H));
     for (int64_t t = 0; t < n; ++t) norm(&h1[t * H], H, c.pre_ffn_norm_2.data(), &u[t * H]);
@@ -353,6 +364,7 @@ class Gemma4 {
   const Weights& w_;
   KvCache<T> cache_;
   bool f32_islands_;
+  bool fast_;
   T embed_scale_ = 1, ple_embed_scale_ = 1;
   std::vector<T> final_norm_, ple_proj_norm_;
   std::vector<LayerConsts<T>> consts_;
@@ -368,7 +380,7 @@ struct Session::Impl {
 Session::Session(const Model& model, ForwardOptions opt) : model_(model), opt_(opt), impl_(std::make_unique<Impl>()) {
   if (!model.valid()) fail("{}: refusing to run a model that failed validation", model.path);
   if (opt.precision == Precision::F64) impl_->f64 = std::make_unique<Gemma4<double>>(model, opt);
-  else impl_->f32 = std::make_unique<Gemma4<float>>(model, opt);
+  else impl_->f32 = std::make_unique<Gemma4<float>>(model, opt);  // F32 and Fast
 }
 Session::~Session() = default;
 Session::Session(Session&&) noexcept = default;

@@ -11,7 +11,9 @@
 
 namespace g4 {
 
-enum class Precision { F64, F32 };
+// F64: the reference. F32: the same math in float. Fast: float activations with the
+// SIMD kernels of kernels/fast.h (8-bit activations against quantized weights).
+enum class Precision { F64, F32, Fast };
 Precision parse_precision(const std::string& s);
 const char* precision_name(Precision p);
 

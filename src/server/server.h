@@ -15,7 +15,7 @@ struct ServeOptions {
   int ctx = 0;                    // per-request context limit (0 = the model's)
   int max_tokens_limit = 4096;    // largest max_tokens a request may ask for
   size_t max_body_bytes = 1 << 20;
-  std::string precision = "f32";
+  std::string precision = "fast";
   int load_delay_ms = 0;          // testing: keep /health at 503 for this long
 };
 

@@ -66,6 +66,8 @@ uint32_t file_type_of(const QuantizeOptions& opt) {
   }
 }
 
+}  // namespace
+
 // gemma4.* keys as llama.cpp's converter writes them (gemma4-tensors.md §8).
 void write_gemma4_metadata(GgufWriter& w, const ModelSpec& s) {
   const std::string A = "gemma4.";
@@ -145,6 +147,8 @@ std::vector<uint8_t> rope_freqs_bytes(const ModelSpec& s) {
   return b;
 }
 
+namespace {
+
 double expected_floor(DType t) {
   // Loose upper bounds of relative RMS error per type, for tensors of any content;
   // the gate compares with the error re-quantizing the source gives, these only
@@ -187,6 +191,32 @@ TensorTypeOverride parse_override(const std::string& spec) {
   return o;
 }
 
+DType plan_type(const TensorSlot& s, const QuantizeOptions& opt, int idx, int n_of_class) {
+  const int64_t cols = s.shape.back();
+  const std::string& name = s.gguf;
+  DType t;
+  if (keep_f32(name, s.shape)) return DType::F32;
+  if (opt.type) {
+    t = *opt.type;
+  } else {
+    const std::string& c = s.cls;
+    const bool embed = c == "token_embd";
+    if (opt.recipe == "q8_0") t = DType::Q8_0;
+    else if (opt.recipe == "q4_0") t = embed ? DType::Q6_K : c == "per_layer_token_embd" ? DType::Q8_0 : DType::Q4_0;
+    else if (opt.recipe == "q4_k_m") {
+      if (embed) t = DType::Q6_K;  // tied: it is also the output matrix
+      else if (c == "per_layer_token_embd") t = DType::Q8_0;
+      else if ((c == "attn_v" || c == "ffn_down") && use_more_bits(idx, n_of_class)) t = DType::Q6_K;
+      else t = DType::Q4_K;
+    } else {  // mixed-8-4: attention, ffn_down, embeddings at 8 bit, gate/up at 4 bit
+      t = (c == "ffn_gate" || c == "ffn_up" || c == "ffn_gate_up_exps") ? DType::Q4_K : DType::Q8_0;
+    }
+  }
+  for (const auto& o : opt.overrides)
+    if (std::regex_search(name, o.re)) t = o.type;
+  return fit_row(t, cols);
+}
+
 std::vector<PlannedTensor> plan_quantization(const Model& src, const QuantizeOptions& opt) {
   if (!opt.type && opt.recipe.empty()) fail("give --type T or --recipe NAME");
   static const std::set<std::string> recipes{"q8_0", "q4_0", "q4_k_m", "mixed-8-4"};
@@ -203,31 +233,7 @@ std::vector<PlannedTensor> plan_quantization(const Model& src, const QuantizeOpt
     p.layer = s.layer;
     p.shape = s.shape;
     if (!s.hf.empty()) p.source = &src.by_hf_name.at(s.hf);
-    const int idx = seen_of_class[s.cls]++;
-    const int64_t cols = s.shape.back();
-    DType t;
-    if (keep_f32(p.name, p.shape)) {
-      t = DType::F32;
-    } else if (opt.type) {
-      t = *opt.type;
-    } else {
-      const std::string& c = s.cls;
-      const bool embed = c == "token_embd";
-      if (opt.recipe == "q8_0") t = DType::Q8_0;
-      else if (opt.recipe == "q4_0") t = embed ? DType::Q6_K : c == "per_layer_token_embd" ? DType::Q8_0 : DType::Q4_0;
-      else if (opt.recipe == "q4_k_m") {
-        if (embed) t = DType::Q6_K;  // tied: it is also the output matrix
-        else if (c == "per_layer_token_embd") t = DType::Q8_0;
-        else if ((c == "attn_v" || c == "ffn_down") && use_more_bits(idx, n_of_class[c])) t = DType::Q6_K;
-        else t = DType::Q4_K;
-      } else {  // mixed-8-4: attention, ffn_down, embeddings at 8 bit, gate/up at 4 bit
-        t = (c == "ffn_gate" || c == "ffn_up" || c == "ffn_gate_up_exps") ? DType::Q4_K : DType::Q8_0;
-      }
-    }
-    if (t != DType::F32 || !keep_f32(p.name, p.shape))
-      for (const auto& o : opt.overrides)
-        if (std::regex_search(p.name, o.re)) t = o.type;
-    p.type = fit_row(t, cols);
+    p.type = plan_type(s, opt, seen_of_class[s.cls]++, n_of_class[s.cls]);
     plan.push_back(std::move(p));
   }
   return plan;

@@ -62,6 +62,19 @@ VerifyReport quantize_model(const Model& src, const std::string& out_path, const
 // Compares every tensor of a GGUF with the model it was made from.
 VerifyReport verify_against_source(const Model& src, const std::string& gguf_path);
 
+// The type a tensor gets under `opt` (recipe rules, F32 for norms/scalars/router,
+// --tensor-type overrides, llama.cpp's fallbacks when the row length does not fit).
+// idx / n_of_class: position of this tensor among those of its class (use_more_bits).
+DType plan_type(const TensorSlot& slot, const QuantizeOptions& opt, int idx, int n_of_class);
+
+class GgufWriter;
+class Tokenizer;
+// gemma4.* keys and tokenizer.ggml.* keys as llama.cpp's converter writes them.
+void write_gemma4_metadata(GgufWriter& w, const ModelSpec& s);
+void write_tokenizer_metadata(GgufWriter& w, const Tokenizer& t, const ModelSpec& s);
+// rope_freqs.weight (1.0 for rotated pairs, 1e30 for the rest) of the full layers.
+std::vector<uint8_t> rope_freqs_bytes(const ModelSpec& s);
+
 // All rows of a tensor as float (any stored type).
 std::vector<float> dequantize_all(const TensorView& t);
 

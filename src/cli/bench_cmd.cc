@@ -1,0 +1,84 @@
+#include <fmt/format.h>
+#include <omp.h>
+
+#include <cstdio>
+#include <filesystem>
+
+#include "cli/commands.h"
+#include "kernels/fast.h"
+#include "tools/bench.h"
+#include "tools/synth.h"
+#include "util/error.h"
+#include "util/progress.h"
+
+namespace g4::cli {
+
+void register_bench(CLI::App& app) {
+  struct Opts { std::string model, precision = "fast"; BenchOptions b; int threads = 0; bool json = false, membw = false; };
+  auto o = std::make_shared<Opts>();
+  auto* cmd = app.add_subcommand("bench", "Prompt processing and generation speed (llama-bench style)");
+  cmd->add_option("-m,--model", o->model, "model to benchmark")->required();
+  cmd->add_option("-p,--n-prompt", o->b.n_prompt, "prompt tokens (default 512; 0 skips pp)");
+  cmd->add_option("-n,--n-gen", o->b.n_gen, "generated tokens (default 128; 0 skips tg)");
+  cmd->add_option("-r,--repetitions", o->b.reps, "repetitions (default 5)");
+  cmd->add_option("-t,--threads", o->threads, "threads (default: all cores)");
+  cmd->add_option("--precision", o->precision, "fast (default), f32 or f64")->check(CLI::IsMember({"f64", "f32", "fast"}));
+  cmd->add_flag("--membw", o->membw, "also measure this machine's memory read bandwidth");
+  cmd->add_flag("--json", o->json, "machine-readable output");
+  cmd->final_callback([o] {
+    set_threads(o->threads);
+    Model m = load_model(o->model);
+    o->b.precision = parse_precision(o->precision);
+    const BenchResult r = run_bench(m, o->b);
+    const double bw = o->membw ? measure_read_bandwidth_gbps() : 0;
+    const int threads = omp_get_max_threads();
+    const std::string name = std::filesystem::path(o->model).filename().string();
+    if (o->json) {
+      json j{{"model", o->model}, {"n_params", r.n_params}, {"n_bytes", r.n_bytes}, {"threads", threads},
+             {"precision", o->precision}, {"isa", fast_kernel_isa()}, {"pp", o->b.n_prompt}, {"tg", o->b.n_gen},
+             {"pp_tps", r.pp_tps}, {"pp_tps_std", r.pp_std}, {"tg_tps", r.tg_tps}, {"tg_tps_std", r.tg_std},
+             {"peak_rss_gb", r.peak_rss_gb}, {"decode_gbps", r.decode_gbps}, {"decode_bytes_per_token_gb", r.bytes_per_token_gb}};
+      if (o->membw) j["memory_read_gbps"] = bw;
+      std::printf("%s\n", j.dump(2).c_str());
+      return;
+    }
+    std::printf("| %-28s | %10s | %8s | %-10s | %7s | %8s | %18s |\n", "model", "size", "params", "backend", "threads", "test", "t/s");
+    std::printf("| %-28s | %10s | %8s | %-10s | %7s | %8s | %18s |\n", "---", "---:", "---:", "---", "---:", "---:", "---:");
+    auto row = [&](const std::string& test, double tps, double sd) {
+      std::printf("| %-28s | %7.2f GiB | %6.2f B | %-10s | %7d | %8s | %11.2f ± %4.2f |\n", name.c_str(), r.n_bytes / 1073741824.0,
+                  r.n_params / 1e9, fmt::format("cpu-{}", fast_kernel_isa()).c_str(), threads, test.c_str(), tps, sd);
+    };
+    if (o->b.n_prompt > 0) row(fmt::format("pp{}", o->b.n_prompt), r.pp_tps, r.pp_std);
+    if (o->b.n_gen > 0) row(fmt::format("tg{}", o->b.n_gen), r.tg_tps, r.tg_std);
+    std::printf("\npeak RSS %.2f GB; decode reads %.3f GB of weights per token -> %.2f GB/s", r.peak_rss_gb, r.bytes_per_token_gb, r.decode_gbps);
+    if (o->membw) std::printf(" (machine read bandwidth %.2f GB/s: %.0f%%)", bw, 100 * r.decode_gbps / bw);
+    std::printf("\n");
+  });
+}
+
+void register_synth(CLI::App& app) {
+  struct Opts { SynthOptions s; std::string out, type = "q4_0"; int threads = 0; };
+  auto o = std::make_shared<Opts>();
+  auto* cmd = app.add_subcommand("synth", "Write a random-weight Gemma 4 GGUF with a real variant's dimensions (for bench)");
+  cmd->add_option("--variant", o->s.variant, "e2b, e4b, 12b, 26b-a4b or 31b")->required();
+  cmd->add_option("--layers", o->s.layers, "fewer layers than the variant (to fit RAM)");
+  cmd->add_option("--vocab", o->s.vocab, "vocabulary size (default 262144)");
+  cmd->add_option("--type", o->type, "weight type (default q4_0)");
+  cmd->add_option("--seed", o->s.seed, "RNG seed");
+  cmd->add_option("-o,--out", o->out, "output .gguf")->required();
+  cmd->add_option("-t,--threads", o->threads, "threads");
+  cmd->final_callback([o] {
+    set_threads(o->threads);
+    o->s.quant.type = parse_dtype(o->type);
+    Progress bar("synth", 1);
+    o->s.quant.on_tensor = [&](size_t i, size_t n) {
+      if (i == 1) bar = Progress("synth", static_cast<int64_t>(n));
+      bar.update(static_cast<int64_t>(i));
+    };
+    synth_model(o->s, o->out);
+    bar.finish();
+    std::printf("wrote %s\n", o->out.c_str());
+  });
+}
+
+}  // namespace g4::cli

@@ -1,0 +1,393 @@
+#include "kernels/fast.h"
+
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "kernels/dequant.h"
+#include "util/error.h"
+#include "util/half.h"
+
+namespace g4 {
+namespace {
+
+constexpr int QK = 32;
+
+// One row of weights unpacked: int8 values in blocks of 32, and per 16 elements a
+// scale s and an offset c, so that w = s * q + c.
+struct UnpackedRow {
+  std::vector<int8_t> q;
+  std::vector<float> s, c;  // 2 per block of 32
+  bool has_offset = false;
+  void resize(int64_t n) {
+    q.resize(static_cast<size_t>(n));
+    s.resize(static_cast<size_t>(n / 16));
+    c.assign(static_cast<size_t>(n / 16), 0.0f);
+  }
+};
+
+// Activations of one token: int8 blocks of 32 with scale d, and per-16 sums of q.
+struct QuantizedAct {
+  std::vector<int8_t> q;
+  std::vector<float> d;     // 1 per block
+  std::vector<float> sum;   // 2 per block: sum of q over each half, times d
+};
+
+void quantize_act(const float* x, int64_t n, QuantizedAct& a) {
+  a.q.resize(static_cast<size_t>(n));
+  a.d.resize(static_cast<size_t>(n / QK));
+  a.sum.resize(static_cast<size_t>(n / 16));
+  for (int64_t b = 0; b < n / QK; ++b) {
+    const float* xb = x + b * QK;
+    float amax = 0;
+    for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(xb[j]));
+    const float d = amax / 127.0f, id = d ? 1.0f / d : 0.0f;
+    a.d[b] = d;
+    int s0 = 0, s1 = 0;
+    for (int j = 0; j < QK; ++j) {
+      const int v = static_cast<int>(std::nearbyint(xb[j] * id));
+      a.q[b * QK + j] = static_cast<int8_t>(v);
+      (j < 16 ? s0 : s1) += v;
+    }
+    a.sum[2 * b] = d * static_cast<float>(s0);
+    a.sum[2 * b + 1] = d * static_cast<float>(s1);
+  }
+}
+
+inline float f16(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return f16_to_f32(h);
+}
+
+// Unpacks row r of a quantized tensor with `cols` columns.
+void unpack_row(DType t, const uint8_t* src, int64_t cols, UnpackedRow& u) {
+  u.resize(cols);
+  int8_t* q = u.q.data();
+  float* s = u.s.data();
+  float* c = u.c.data();
+  u.has_offset = false;
+  switch (t) {
+    case DType::Q8_0:
+      for (int64_t b = 0; b < cols / 32; ++b, src += 34) {
+        s[2 * b] = s[2 * b + 1] = f16(src);
+        std::memcpy(q + 32 * b, src + 2, 32);
+      }
+      return;
+    case DType::Q4_0:
+      for (int64_t b = 0; b < cols / 32; ++b, src += 18) {
+        s[2 * b] = s[2 * b + 1] = f16(src);
+        for (int j = 0; j < 16; ++j) {
+          q[32 * b + j] = static_cast<int8_t>((src[2 + j] & 0x0f) - 8);
+          q[32 * b + j + 16] = static_cast<int8_t>((src[2 + j] >> 4) - 8);
+        }
+      }
+      return;
+    case DType::Q4_1:
+      u.has_offset = true;
+      for (int64_t b = 0; b < cols / 32; ++b, src += 20) {
+        s[2 * b] = s[2 * b + 1] = f16(src);
+        c[2 * b] = c[2 * b + 1] = f16(src + 2);
+        for (int j = 0; j < 16; ++j) {
+          q[32 * b + j] = static_cast<int8_t>(src[4 + j] & 0x0f);
+          q[32 * b + j + 16] = static_cast<int8_t>(src[4 + j] >> 4);
+        }
+      }
+      return;
+    case DType::Q5_0: case DType::Q5_1: {
+      const bool one = t == DType::Q5_1;
+      const int bs = one ? 24 : 22;
+      u.has_offset = one;
+      for (int64_t b = 0; b < cols / 32; ++b, src += bs) {
+        s[2 * b] = s[2 * b + 1] = f16(src);
+        if (one) c[2 * b] = c[2 * b + 1] = f16(src + 2);
+        uint32_t qh;
+        std::memcpy(&qh, src + (one ? 4 : 2), 4);
+        const uint8_t* qs = src + (one ? 8 : 6);
+        for (int j = 0; j < 16; ++j) {
+          const int lo = (qs[j] & 0x0f) | (((qh >> j) & 1) << 4), hi = (qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4);
+          q[32 * b + j] = static_cast<int8_t>(one ? lo : lo - 16);
+          q[32 * b + j + 16] = static_cast<int8_t>(one ? hi : hi - 16);
+        }
+      }
+      return;
+    }
+    default: break;
+  }
+  // K-quants: dequantize each 256 block with the exact formulas, then re-express it as
+  // int8 * per-16 scale + offset where the format allows it exactly.
+  const auto& info = dtype_info(t);
+  std::vector<float> tmp(256);
+  for (int64_t b = 0; b < cols / 256; ++b, src += info.block_bytes) {
+    if (t == DType::Q4_K || t == DType::Q5_K) {
+      const float d = f16(src), dmin = f16(src + 2);
+      const uint8_t* sc = src + 4;
+      const uint8_t* qh = src + 16;
+      const uint8_t* qs = src + (t == DType::Q4_K ? 16 : 48);
+      u.has_offset = true;
+      for (int j = 0; j < 8; ++j) {
+        uint8_t ls, lm;
+        if (j < 4) { ls = sc[j] & 63; lm = sc[j + 4] & 63; }
+        else { ls = static_cast<uint8_t>((sc[j + 4] & 0xf) | ((sc[j - 4] >> 6) << 4)); lm = static_cast<uint8_t>((sc[j + 4] >> 4) | ((sc[j] >> 6) << 4)); }
+        const int64_t blk = b * 8 + j;
+        s[2 * blk] = s[2 * blk + 1] = d * ls;
+        c[2 * blk] = c[2 * blk + 1] = -dmin * lm;
+        const int cc = j / 2, hi = j % 2;
+        for (int l = 0; l < 32; ++l) {
+          int v = hi ? qs[32 * cc + l] >> 4 : qs[32 * cc + l] & 0xf;
+          if (t == DType::Q5_K) v += 16 * ((qh[l] >> j) & 1);
+          q[blk * 32 + l] = static_cast<int8_t>(v);
+        }
+      }
+    } else if (t == DType::Q6_K) {
+      const uint8_t* ql = src;
+      const uint8_t* qhp = src + 128;
+      const int8_t* sc = reinterpret_cast<const int8_t*>(src + 192);
+      const float d = f16(src + 208);
+      int8_t* qb = q + b * 256;
+      for (int n = 0; n < 2; ++n)
+        for (int l = 0; l < 32; ++l) {
+          const uint8_t h = qhp[32 * n + l];
+          qb[128 * n + l] = static_cast<int8_t>(((ql[64 * n + l] & 0xf) | (((h >> 0) & 3) << 4)) - 32);
+          qb[128 * n + l + 32] = static_cast<int8_t>(((ql[64 * n + l + 32] & 0xf) | (((h >> 2) & 3) << 4)) - 32);
+          qb[128 * n + l + 64] = static_cast<int8_t>(((ql[64 * n + l] >> 4) | (((h >> 4) & 3) << 4)) - 32);
+          qb[128 * n + l + 96] = static_cast<int8_t>(((ql[64 * n + l + 32] >> 4) | (((h >> 6) & 3) << 4)) - 32);
+        }
+      for (int g = 0; g < 16; ++g) s[b * 16 + g] = d * sc[g];  // 16 groups of 16 in element order
+    } else {
+      // Q2_K / Q3_K: exact floats re-quantized per 16 would lose bits; use the
+      // dequantized values at int8 resolution of each 16-group's range.
+      dequant_row(t, src, 256, tmp.data());
+      for (int g = 0; g < 16; ++g) {
+        float amax = 0;
+        for (int l = 0; l < 16; ++l) amax = std::max(amax, std::fabs(tmp[16 * g + l]));
+        const float sc = amax / 127.0f, inv = sc ? 1.0f / sc : 0.0f;
+        s[b * 16 + g] = sc;
+        for (int l = 0; l < 16; ++l) q[b * 256 + 16 * g + l] = static_cast<int8_t>(std::nearbyint(tmp[16 * g + l] * inv));
+      }
+    }
+  }
+}
+
+float dot_row_scalar(const UnpackedRow& u, const QuantizedAct& a, int64_t n) {
+  float acc = 0;
+  for (int64_t b = 0; b < n / QK; ++b) {
+    int d0 = 0, d1 = 0;
+    for (int j = 0; j < 16; ++j) d0 += u.q[b * QK + j] * a.q[b * QK + j];
+    for (int j = 16; j < 32; ++j) d1 += u.q[b * QK + j] * a.q[b * QK + j];
+    acc += a.d[b] * (u.s[2 * b] * static_cast<float>(d0) + u.s[2 * b + 1] * static_cast<float>(d1));
+    if (u.has_offset) acc += u.c[2 * b] * a.sum[2 * b] + u.c[2 * b + 1] * a.sum[2 * b + 1];
+  }
+  return acc;
+}
+
+__attribute__((target("avx2,fma"))) inline float hsum(__m256 v) {
+  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+  lo = _mm_add_ps(lo, hi);
+  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+  lo = _mm_add_ss(lo, _mm_shuffle_ps(lo, lo, 1));
+  return _mm_cvtss_f32(lo);
+}
+
+__attribute__((target("avx2,fma"))) float dot_row_avx2(const UnpackedRow& u, const QuantizedAct& a, int64_t n) {
+  __m256 acc = _mm256_setzero_ps();
+  const __m256i ones = _mm256_set1_epi16(1);
+  float off = 0;
+  for (int64_t b = 0; b < n / QK; ++b) {
+    const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(u.q.data() + b * QK));
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q.data() + b * QK));
+    // maddubs needs an unsigned operand: |w| and x with w's sign.
+    const __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+    const __m256i p32 = _mm256_madd_epi16(p16, ones);  // lanes 0-3: elements 0-15, 4-7: 16-31
+    const __m256 scale = _mm256_mul_ps(_mm256_set1_ps(a.d[b]),
+                                       _mm256_setr_m128(_mm_set1_ps(u.s[2 * b]), _mm_set1_ps(u.s[2 * b + 1])));
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), scale, acc);
+    if (u.has_offset) off += u.c[2 * b] * a.sum[2 * b] + u.c[2 * b + 1] * a.sum[2 * b + 1];
+  }
+  return hsum(acc) + off;
+}
+
+__attribute__((target("avx2,fma"))) float dot_f32_avx2(const float* w, const float* x, int64_t n) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
+    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
+  }
+  float s = hsum(_mm256_add_ps(a0, a1));
+  for (; i < n; ++i) s += w[i] * x[i];
+  return s;
+}
+
+// Fused AVX2 dots for the common decode types: the weight block is expanded in
+// registers, never written out.
+__attribute__((target("avx2,fma"))) inline __m256i dot_i8_lanes(__m256i w, __m256i x) {
+  const __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+  return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+}
+
+// NT tokens per pass: each weight block is expanded once and used NT times.
+template <int NT>
+__attribute__((target("avx2,fma"))) void dot_q8_0_avx2(const uint8_t* w, const QuantizedAct* const* a, int64_t n, float* out) {
+  __m256 acc[NT];
+  for (int k = 0; k < NT; ++k) acc[k] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < n / QK; ++b, w += 34) {
+    const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 2));
+    const float d = f16(w);
+    for (int k = 0; k < NT; ++k) {
+      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[k]->q.data() + b * QK));
+      acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_i8_lanes(q, x)), _mm256_set1_ps(d * a[k]->d[b]), acc[k]);
+    }
+  }
+  for (int k = 0; k < NT; ++k) out[k] = hsum(acc[k]);
+}
+
+template <int NT>
+__attribute__((target("avx2,fma"))) void dot_q4_0_avx2(const uint8_t* w, const QuantizedAct* const* a, int64_t n, float* out) {
+  __m256 acc[NT];
+  for (int k = 0; k < NT; ++k) acc[k] = _mm256_setzero_ps();
+  const __m128i mask = _mm_set1_epi8(0x0f);
+  const __m256i eight = _mm256_set1_epi8(8);
+  for (int64_t b = 0; b < n / QK; ++b, w += 18) {
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2));
+    const __m256i q = _mm256_sub_epi8(
+        _mm256_setr_m128i(_mm_and_si128(raw, mask), _mm_and_si128(_mm_srli_epi16(raw, 4), mask)), eight);
+    const __m256i qa = _mm256_sign_epi8(q, q);
+    const float d = f16(w);
+    for (int k = 0; k < NT; ++k) {
+      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[k]->q.data() + b * QK));
+      const __m256i p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(qa, _mm256_sign_epi8(x, q)), _mm256_set1_epi16(1));
+      acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_set1_ps(d * a[k]->d[b]), acc[k]);
+    }
+  }
+  for (int k = 0; k < NT; ++k) out[k] = hsum(acc[k]);
+}
+
+template <int NT>
+__attribute__((target("avx2,fma"))) void dot_q4_k_avx2(const uint8_t* w, const QuantizedAct* const* a, int64_t n, float* out) {
+  __m256 acc[NT];
+  float off[NT];
+  for (int k = 0; k < NT; ++k) { acc[k] = _mm256_setzero_ps(); off[k] = 0; }
+  const __m256i mask = _mm256_set1_epi8(0x0f);
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t sb = 0; sb < n / 256; ++sb, w += 144) {
+    const float d = f16(w), dmin = f16(w + 2);
+    const uint8_t* sc = w + 4;
+    const uint8_t* qs = w + 16;
+    for (int c = 0; c < 4; ++c) {
+      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * c));
+      for (int h = 0; h < 2; ++h) {
+        const int j = 2 * c + h;
+        uint8_t ls, lm;
+        if (j < 4) { ls = sc[j] & 63; lm = sc[j + 4] & 63; }
+        else { ls = static_cast<uint8_t>((sc[j + 4] & 0xf) | ((sc[j - 4] >> 6) << 4)); lm = static_cast<uint8_t>((sc[j + 4] >> 4) | ((sc[j] >> 6) << 4)); }
+        const int64_t blk = sb * 8 + j;
+        const __m256i q = h ? _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask) : _mm256_and_si256(raw, mask);
+        const float dl = d * ls, ml = dmin * lm;
+        for (int k = 0; k < NT; ++k) {
+          const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[k]->q.data() + blk * QK));
+          const __m256i p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), ones);  // q is unsigned
+          acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_set1_ps(dl * a[k]->d[blk]), acc[k]);
+          off[k] -= ml * (a[k]->sum[2 * blk] + a[k]->sum[2 * blk + 1]);
+        }
+      }
+    }
+  }
+  for (int k = 0; k < NT; ++k) out[k] = hsum(acc[k]) + off[k];
+}
+
+struct FusedDot {
+  void (*one)(const uint8_t*, const QuantizedAct* const*, int64_t, float*);
+  void (*four)(const uint8_t*, const QuantizedAct* const*, int64_t, float*);
+};
+
+FusedDot fused_dot(DType t) {
+  switch (t) {
+    case DType::Q8_0: return {dot_q8_0_avx2<1>, dot_q8_0_avx2<4>};
+    case DType::Q4_0: return {dot_q4_0_avx2<1>, dot_q4_0_avx2<4>};
+    case DType::Q4_K: return {dot_q4_k_avx2<1>, dot_q4_k_avx2<4>};
+    default: return {nullptr, nullptr};
+  }
+}
+
+float dot_f32_scalar(const float* w, const float* x, int64_t n) {
+  float s = 0;
+  for (int64_t i = 0; i < n; ++i) s += w[i] * x[i];
+  return s;
+}
+
+bool g_force_scalar = false;
+
+bool use_avx2() {
+  if (g_force_scalar) return false;
+  static const bool v = [] {
+    const char* force = std::getenv("G4_FORCE_SCALAR");
+    if (force && std::string(force) == "1") return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return v;
+}
+
+bool is_float_type(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::F64; }
+
+}  // namespace
+
+std::string fast_kernel_isa() { return use_avx2() ? "avx2" : "scalar"; }
+void fast_force_scalar(bool on) { g_force_scalar = on; }
+
+void fast_matmul(const TensorView& w, const float* x, int64_t n_tok, int64_t n_in, int64_t n_out, float* y, int64_t row0) {
+  const auto rb = row_bytes(w.dtype, n_in);
+  if (!rb) fail("{}: rows of {} elements cannot be {}", w.name, n_in, dtype_name(w.dtype));
+  const bool avx2 = use_avx2();
+  if (is_float_type(w.dtype) || n_in % QK != 0) {
+#pragma omp parallel
+    {
+      std::vector<float> row(static_cast<size_t>(n_in));
+#pragma omp for schedule(static)
+      for (int64_t o = 0; o < n_out; ++o) {
+        dequant_row(w.dtype, w.data + (row0 + o) * *rb, n_in, row.data());
+        for (int64_t t = 0; t < n_tok; ++t)
+          y[t * n_out + o] = avx2 ? dot_f32_avx2(row.data(), x + t * n_in, n_in) : dot_f32_scalar(row.data(), x + t * n_in, n_in);
+      }
+    }
+    return;
+  }
+  std::vector<QuantizedAct> acts(static_cast<size_t>(n_tok));
+#pragma omp parallel for schedule(static) if (n_tok > 1)
+  for (int64_t t = 0; t < n_tok; ++t) quantize_act(x + t * n_in, n_in, acts[t]);
+  if (const FusedDot fd = avx2 ? fused_dot(w.dtype) : FusedDot{nullptr, nullptr}; fd.one) {
+    std::vector<const QuantizedAct*> ap(acts.size());
+    for (size_t t = 0; t < acts.size(); ++t) ap[t] = &acts[t];
+#pragma omp parallel for schedule(static)
+    for (int64_t o = 0; o < n_out; ++o) {
+      const uint8_t* row = w.data + (row0 + o) * *rb;
+      float out[4];
+      int64_t t = 0;
+      for (; t + 4 <= n_tok; t += 4) {
+        fd.four(row, &ap[t], n_in, out);
+        for (int k = 0; k < 4; ++k) y[(t + k) * n_out + o] = out[k];
+      }
+      for (; t < n_tok; ++t) {
+        fd.one(row, &ap[t], n_in, out);
+        y[t * n_out + o] = out[0];
+      }
+    }
+    return;
+  }
+#pragma omp parallel
+  {
+    UnpackedRow u;
+#pragma omp for schedule(static)
+    for (int64_t o = 0; o < n_out; ++o) {
+      unpack_row(w.dtype, w.data + (row0 + o) * *rb, n_in, u);
+      for (int64_t t = 0; t < n_tok; ++t)
+        y[t * n_out + o] = avx2 ? dot_row_avx2(u, acts[t], n_in) : dot_row_scalar(u, acts[t], n_in);
+    }
+  }
+}
+
+}  // namespace g4

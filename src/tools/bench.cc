@@ -1,0 +1,109 @@
+#include "tools/bench.h"
+
+#include <omp.h>
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cmath>
+#include <random>
+
+#include "util/error.h"
+
+namespace g4 {
+namespace {
+
+double mean(const std::vector<double>& v) {
+  double s = 0;
+  for (double x : v) s += x;
+  return v.empty() ? 0 : s / v.size();
+}
+double stddev(const std::vector<double>& v) {
+  if (v.size() < 2) return 0;
+  const double m = mean(v);
+  double s = 0;
+  for (double x : v) s += (x - m) * (x - m);
+  return std::sqrt(s / (v.size() - 1));
+}
+
+}  // namespace
+
+int64_t decode_bytes_per_token(const Model& m) {
+  int64_t b = m.w.embed->nbytes;  // the tied LM head reads the whole matrix
+  if (m.w.ple_model_proj) b += m.w.ple_model_proj->nbytes;
+  for (size_t i = 0; i < m.w.layers.size(); ++i) {
+    const auto& l = m.w.layers[i];
+    for (const TensorView* t : {l.q, l.k, l.v, l.o, l.gate, l.up, l.down, l.ple_gate, l.ple_proj, l.router_proj})
+      if (t) b += t->nbytes;
+    if (l.experts_gate_up) {
+      const double frac = static_cast<double>(m.spec.top_k) / m.spec.n_experts;
+      b += static_cast<int64_t>(frac * (l.experts_gate_up->nbytes + l.experts_down->nbytes));
+    }
+  }
+  return b;
+}
+
+double measure_read_bandwidth_gbps() {
+  const size_t n = size_t{1} << 28;  // 2 GiB of doubles? no: 256 Mi floats = 1 GiB
+  std::vector<float> buf(n, 1.0f);
+  double best = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    const auto t0 = std::chrono::steady_clock::now();
+    double total = 0;
+#pragma omp parallel for reduction(+ : total) schedule(static)
+    for (int64_t i = 0; i < static_cast<int64_t>(n); i += 16) {
+      float s = 0;
+      for (int k = 0; k < 16; ++k) s += buf[static_cast<size_t>(i + k)];
+      total += s;
+    }
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (total < 0) fail("impossible");
+    best = std::max(best, n * sizeof(float) / secs / 1e9);
+  }
+  return best;
+}
+
+BenchResult run_bench(const Model& m, const BenchOptions& opt) {
+  if (opt.n_prompt < 0 || opt.n_gen < 0 || opt.reps < 1) fail("bench: -p, -n must be >= 0 and -r >= 1");
+  if (opt.n_prompt + 1 > m.spec.max_ctx || opt.n_gen + 1 > m.spec.max_ctx) fail("bench: -p/-n exceed the model's context");
+  BenchResult r;
+  for (const auto& t : m.file_tensors) { r.n_params += t.numel(); r.n_bytes += t.nbytes; }
+  std::mt19937 rng(42);
+  std::uniform_int_distribution<int32_t> tok(5, m.spec.vocab - 1);
+  Session s(m, {opt.precision});
+  std::vector<double> pp, tg;
+  // One warm-up of each (page in the weights), then the timed repetitions.
+  for (int rep = -1; rep < opt.reps; ++rep) {
+    if (opt.n_prompt > 0) {
+      std::vector<int32_t> prompt(static_cast<size_t>(opt.n_prompt));
+      for (auto& t : prompt) t = tok(rng);
+      s.reset();
+      const auto t0 = std::chrono::steady_clock::now();
+      s.eval_last(prompt);
+      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (rep >= 0) pp.push_back(opt.n_prompt / secs);
+    }
+    if (opt.n_gen > 0) {
+      s.reset();
+      int32_t t = 2;
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int i = 0; i < opt.n_gen; ++i) {
+        s.eval_last(std::span<const int32_t>(&t, 1));
+        t = tok(rng);
+      }
+      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (rep >= 0) tg.push_back(opt.n_gen / secs);
+    }
+  }
+  r.pp_tps = mean(pp);
+  r.pp_std = stddev(pp);
+  r.tg_tps = mean(tg);
+  r.tg_std = stddev(tg);
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  r.peak_rss_gb = ru.ru_maxrss / 1e6;  // KiB -> ~GB
+  r.bytes_per_token_gb = decode_bytes_per_token(m) / 1e9;
+  r.decode_gbps = r.bytes_per_token_gb * r.tg_tps;
+  return r;
+}
+
+}  // namespace g4
