@@ -70,13 +70,8 @@ void register_synth(CLI::App& app) {
   cmd->final_callback([o] {
     set_threads(o->threads);
     o->s.quant.type = parse_dtype(o->type);
-    Progress bar("synth", 1);
-    o->s.quant.on_tensor = [&](size_t i, size_t n) {
-      if (i == 1) bar = Progress("synth", static_cast<int64_t>(n));
-      bar.update(static_cast<int64_t>(i));
-    };
+    o->s.quant.on_tensor = Progress::callback("synth");
     synth_model(o->s, o->out);
-    bar.finish();
     std::printf("wrote %s\n", o->out.c_str());
   });
 }

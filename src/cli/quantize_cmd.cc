@@ -35,13 +35,8 @@ void register_quantize(CLI::App& app) {
     qo.recipe = o->recipe;
     for (const auto& s : o->overrides) qo.overrides.push_back(parse_override(s));
     qo.verify = !o->no_verify;
-    Progress bar("quantize", 1);
-    qo.on_tensor = [&](size_t i, size_t n) {
-      if (i == 1) bar = Progress("quantize", static_cast<int64_t>(n));
-      bar.update(static_cast<int64_t>(i));
-    };
+    qo.on_tensor = Progress::callback("quantize");
     VerifyReport rep = quantize_model(src, o->out, qo);
-    bar.finish();
     if (!qo.verify) {
       std::printf("wrote %s (not verified)\n", o->out.c_str());
       return;

@@ -130,8 +130,7 @@ void unpack_row(DType t, const uint8_t* src, int64_t cols, UnpackedRow& u) {
       u.has_offset = true;
       for (int j = 0; j < 8; ++j) {
         uint8_t ls, lm;
-        if (j < 4) { ls = sc[j] & 63; lm = sc[j + 4] & 63; }
-        else { ls = static_cast<uint8_t>((sc[j + 4] & 0xf) | ((sc[j - 4] >> 6) << 4)); lm = static_cast<uint8_t>((sc[j + 4] >> 4) | ((sc[j] >> 6) << 4)); }
+        scale_min_k4(j, sc, ls, lm);
         const int64_t blk = b * 8 + j;
         s[2 * blk] = s[2 * blk + 1] = d * ls;
         c[2 * blk] = c[2 * blk + 1] = -dmin * lm;
@@ -282,8 +281,7 @@ __attribute__((target("avx2,fma"))) void dot_q4_k_avx2(const uint8_t* w, const Q
       for (int h = 0; h < 2; ++h) {
         const int j = 2 * c + h;
         uint8_t ls, lm;
-        if (j < 4) { ls = sc[j] & 63; lm = sc[j + 4] & 63; }
-        else { ls = static_cast<uint8_t>((sc[j + 4] & 0xf) | ((sc[j - 4] >> 6) << 4)); lm = static_cast<uint8_t>((sc[j + 4] >> 4) | ((sc[j] >> 6) << 4)); }
+        scale_min_k4(j, sc, ls, lm);
         const int64_t blk = sb * 8 + j;
         const __m256i q = h ? _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask) : _mm256_and_si256(raw, mask);
         const float dl = d * ls, ml = dmin * lm;

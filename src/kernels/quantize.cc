@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "kernels/dequant.h"
 #include "util/error.h"
 #include "util/half.h"
 
@@ -234,8 +235,7 @@ void qk_scale_min(const float* x, uint8_t* b) {
   const float d = f16_to_f32(hd), dmin = f16_to_f32(hm);
   for (int j = 0; j < 8; ++j) {
     uint8_t ls, lm;
-    if (j < 4) { ls = sc[j] & 63; lm = sc[j + 4] & 63; }
-    else { ls = static_cast<uint8_t>((sc[j + 4] & 0xf) | ((sc[j - 4] >> 6) << 4)); lm = static_cast<uint8_t>((sc[j + 4] >> 4) | ((sc[j] >> 6) << 4)); }
+    scale_min_k4(j, sc, ls, lm);
     const float dj = d * ls;
     if (dj == 0) continue;
     const float dm = dmin * lm;

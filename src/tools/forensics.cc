@@ -115,13 +115,7 @@ ForensicsReport run_forensics(const Model& art, const Model& ref) {
     f.max_abs = st.max_abs;
     const int64_t cols = s.shape.back();
     if (quantize_supported(ta.dtype) && row_bytes(ta.dtype, cols)) {
-      const auto q = quantize_rows(ta.dtype, b.data(), static_cast<int64_t>(b.size()) / cols, cols);
-      TensorView tv;
-      tv.dtype = ta.dtype;
-      tv.shape = s.shape;
-      tv.data = q.data();
-      tv.nbytes = static_cast<int64_t>(q.size());
-      f.explained = diff_stats(dequantize_all(tv), b).rel_rms;
+      f.explained = diff_stats(quantize_round_trip(b, ta.dtype, s.shape), b).rel_rms;
     } else {
       // A type g4 cannot write (Q2_K/Q3_K): allow the typical error of a 2-3 bit type.
       f.explained = ta.dtype == DType::Q2_K ? 0.35 : 0.2;

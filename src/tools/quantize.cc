@@ -247,6 +247,17 @@ std::vector<float> dequantize_all(const TensorView& t) {
   return out;
 }
 
+std::vector<float> quantize_round_trip(const std::vector<float>& x, DType t, const std::vector<int64_t>& shape) {
+  const int64_t cols = shape.back();
+  const auto q = quantize_rows(t, x.data(), static_cast<int64_t>(x.size()) / cols, cols);
+  TensorView tv;
+  tv.dtype = t;
+  tv.shape = shape;
+  tv.data = q.data();
+  tv.nbytes = static_cast<int64_t>(q.size());
+  return dequantize_all(tv);
+}
+
 VerifyReport quantize_model(const Model& src, const std::string& out_path, const QuantizeOptions& opt) {
   const auto plan = plan_quantization(src, opt);
   GgufWriter w;
@@ -332,17 +343,7 @@ VerifyReport verify_against_source(const Model& src, const std::string& gguf_pat
       continue;
     }
     // What re-quantizing the source with the written type gives: the error this type explains.
-    const int64_t cols = slot.shape.back();
-    std::vector<float> again = ref;
-    if (slot.gguf != "rope_freqs.weight") {
-      const auto q = quantize_rows(wt.dtype, ref.data(), static_cast<int64_t>(ref.size()) / cols, cols);
-      TensorView tv;
-      tv.dtype = wt.dtype;
-      tv.shape = slot.shape;
-      tv.data = q.data();
-      tv.nbytes = static_cast<int64_t>(q.size());
-      again = dequantize_all(tv);
-    }
+    const std::vector<float> again = slot.gguf == "rope_freqs.weight" ? ref : quantize_round_trip(ref, wt.dtype, slot.shape);
     double dot = 0, na = 0, nb = 0, err = 0, err_exp = 0;
     bool finite = true;
     for (size_t i = 0; i < ref.size(); ++i) {

@@ -77,5 +77,8 @@ std::vector<uint8_t> rope_freqs_bytes(const ModelSpec& s);
 
 // All rows of a tensor as float (any stored type).
 std::vector<float> dequantize_all(const TensorView& t);
+// x (rows of shape.back() values) quantized to t and back: what type t does to these
+// values. The "explained" error of forensics and of the verify gate.
+std::vector<float> quantize_round_trip(const std::vector<float>& x, DType t, const std::vector<int64_t>& shape);
 
 }  // namespace g4

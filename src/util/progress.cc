@@ -27,6 +27,15 @@ void Progress::update(int64_t done, const std::string& status) {
   std::fflush(stderr);
 }
 
+std::function<void(size_t, size_t)> Progress::callback(const std::string& label) {
+  auto bar = std::make_shared<std::unique_ptr<Progress>>();
+  return [bar, label](size_t done, size_t total) {
+    if (!*bar) *bar = std::make_unique<Progress>(label, static_cast<int64_t>(total));
+    (*bar)->update(static_cast<int64_t>(done));
+    if (done == total) (*bar)->finish();
+  };
+}
+
 void Progress::finish() {
   if (!active_) return;
   std::fprintf(stderr, "\r\x1b[K");

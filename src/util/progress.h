@@ -2,6 +2,8 @@
 #pragma once
 #include <chrono>
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
 
 namespace g4 {
@@ -13,6 +15,9 @@ class Progress {
   void update(int64_t done, const std::string& status = "");
   void finish();
   static bool enabled();
+  // A (done, total) callback drawing a bar that is created on the first call; the bar is
+  // cleared when the last copy of the callback goes away.
+  static std::function<void(size_t, size_t)> callback(const std::string& label);
 
  private:
   std::string label_;
