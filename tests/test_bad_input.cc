@@ -28,14 +28,7 @@ struct Bytes {
   void save(const std::string& path) const { std::ofstream(path, std::ios::binary) << b; }
 };
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
+using test::error_of;
 
 #define EXPECT_ERROR_HAS(expr, needle)                                           \
   do {                                                                           \
@@ -92,20 +85,6 @@ TEST(BadModelDir, MissingShardNamesIt) {
   EXPECT_ERROR_HAS(open_model(d.str()), "model-00002-of-00002.safetensors' listed in model.safetensors.index.json is missing");
 }
 
-// Re-writes a fixture with edited tensors and/or config.
-void variant(const std::string& src, const std::string& dir, const std::function<void(std::vector<SafetensorsOut>&)>& edit,
-             const std::function<void(json&)>& edit_config = nullptr) {
-  auto f = read_safetensors(src + "/model.safetensors");
-  std::vector<SafetensorsOut> out;
-  for (const auto& t : f.tensors)
-    out.push_back({t.name, std::string(dtype_name(t.dtype)), t.shape, std::vector<uint8_t>(t.data, t.data + t.nbytes)});
-  if (edit) edit(out);
-  write_safetensors(dir + "/model.safetensors", out);
-  json cfg = json::parse(read_text_file(src + "/config.json"));
-  if (edit_config) edit_config(cfg);
-  std::ofstream(dir + "/config.json") << cfg.dump();
-}
-
 std::string joined_errors(const Model& m) {
   std::string s;
   for (const auto& e : m.errors) s += e.tensor + ": " + e.message + "\n";
@@ -114,7 +93,7 @@ std::string joined_errors(const Model& m) {
 
 TEST(BadModelDir, PleTensorsDeletedIsAnErrorNamingThem) {
   test::ScratchDir d;
-  variant(test::fixture("tiny-e"), d.str(), [](auto& ts) {
+  test::write_variant(test::fixture("tiny-e"), d.str(), [](auto& ts) {
     std::erase_if(ts, [](const SafetensorsOut& t) { return t.name.find("per_layer") != std::string::npos; });
   });
   Model m = open_model(d.str());
@@ -127,7 +106,7 @@ TEST(BadModelDir, PleTensorsDeletedIsAnErrorNamingThem) {
 
 TEST(BadModelDir, KEqVModelGivenAVProj) {
   test::ScratchDir d;
-  variant(test::fixture("tiny-dense"), d.str(), [](auto& ts) {
+  test::write_variant(test::fixture("tiny-dense"), d.str(), [](auto& ts) {
     ts.push_back({"model.language_model.layers.5.self_attn.v_proj.weight", "BF16", {32, 64}, std::vector<uint8_t>(32 * 64 * 2)});
   });
   Model m = open_model(d.str());
@@ -137,7 +116,7 @@ TEST(BadModelDir, KEqVModelGivenAVProj) {
 
 TEST(BadModelDir, KProjOnKvSharedLayerIsAnErrorUnlessLenient) {
   test::ScratchDir d;
-  variant(test::fixture("tiny-e"), d.str(), [](auto& ts) {
+  test::write_variant(test::fixture("tiny-e"), d.str(), [](auto& ts) {
     ts.push_back({"model.language_model.layers.7.self_attn.k_proj.weight", "BF16", {64, 64}, std::vector<uint8_t>(64 * 64 * 2)});
   });
   Model m = open_model(d.str());
@@ -148,7 +127,7 @@ TEST(BadModelDir, KProjOnKvSharedLayerIsAnErrorUnlessLenient) {
 
 TEST(BadModelDir, ConfigTensorMismatch) {
   test::ScratchDir d;
-  variant(test::fixture("tiny-dense"), d.str(), nullptr, [](json& c) { c["text_config"]["intermediate_size"] = 96; });
+  test::write_variant(test::fixture("tiny-dense"), d.str(), nullptr, [](json& c) { c["text_config"]["intermediate_size"] = 96; });
   Model m = open_model(d.str());
   EXPECT_FALSE(m.valid());
   EXPECT_NE(joined_errors(m).find("but the config implies [96, 64]"), std::string::npos) << joined_errors(m);
@@ -156,7 +135,7 @@ TEST(BadModelDir, ConfigTensorMismatch) {
 
 TEST(BadModelDir, LayerScalarMissing) {
   test::ScratchDir d;
-  variant(test::fixture("tiny-dense"), d.str(), [](auto& ts) {
+  test::write_variant(test::fixture("tiny-dense"), d.str(), [](auto& ts) {
     std::erase_if(ts, [](const SafetensorsOut& t) { return t.name == "model.language_model.layers.2.layer_scalar"; });
   });
   Model m = open_model(d.str());
@@ -282,7 +261,7 @@ TEST(BadInputCli, CleanOneLineErrorsAndExitCodes) {
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
   EXPECT_NE(r.err.find("truncated"), std::string::npos) << r.err;
 
-  variant(test::fixture("tiny-e"), d.str(), [](auto& ts) {
+  test::write_variant(test::fixture("tiny-e"), d.str(), [](auto& ts) {
     std::erase_if(ts, [](const SafetensorsOut& t) { return t.name.find("per_layer") != std::string::npos; });
   });
   r = run_g4("inspect -m " + d.str(), d.str());

@@ -106,10 +106,7 @@ TEST(Perplexity, KlDivergenceOfAModelAgainstItselfIsZero) {
   EXPECT_GE(r32.kld->same_top, 0.999);
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try { f(); } catch (const Error& e) { return e.what(); }
-  return "<no error>";
-}
+using test::error_of;
 
 TEST(Perplexity, BadInputsAreCleanErrors) {
   test::ScratchDir d;

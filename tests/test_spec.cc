@@ -19,23 +19,7 @@ namespace g4 {
 namespace {
 namespace fs = std::filesystem;
 
-// Copies an HF fixture into `dir`, re-writing model.safetensors through `edit`
-// (which may change, drop or add tensors) and config.json through `edit_config`.
-void write_variant(const std::string& src, const std::string& dir,
-                   const std::function<void(std::vector<SafetensorsOut>&)>& edit,
-                   const std::function<void(json&)>& edit_config = nullptr) {
-  auto f = read_safetensors(src + "/model.safetensors");
-  std::vector<SafetensorsOut> out;
-  for (const auto& t : f.tensors) {
-    SafetensorsOut o{t.name, std::string(dtype_name(t.dtype)), t.shape, std::vector<uint8_t>(t.data, t.data + t.nbytes)};
-    out.push_back(std::move(o));
-  }
-  if (edit) edit(out);
-  write_safetensors(dir + "/model.safetensors", out, {{"format", "pt"}});
-  json cfg = json::parse(read_text_file(src + "/config.json"));
-  if (edit_config) edit_config(cfg);
-  std::ofstream(dir + "/config.json") << cfg.dump(2);
-}
+using test::write_variant;
 
 double logits_nmse_vs_gold(const std::string& dir, const std::string& variant) {
   Model m = load_model(dir);

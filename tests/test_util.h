@@ -3,10 +3,15 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "formats/safetensors.h"
+#include "util/error.h"
+#include "util/json.h"
+#include "util/mapped_file.h"
 
 namespace g4::test {
 
@@ -42,5 +47,31 @@ struct ScratchDir {
   ~ScratchDir() { std::filesystem::remove_all(path); }
   std::string str(const std::string& rel = "") const { return rel.empty() ? path.string() : (path / rel).string(); }
 };
+
+// The message of the g4::Error that f throws, or "<no error>".
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "<no error>";
+}
+
+// Copies an HF fixture into `dir`, re-writing model.safetensors through `edit` (which may
+// change, drop or add tensors) and config.json through `edit_config`.
+inline void write_variant(const std::string& src, const std::string& dir,
+                          const std::function<void(std::vector<SafetensorsOut>&)>& edit,
+                          const std::function<void(json&)>& edit_config = nullptr) {
+  auto f = read_safetensors(src + "/model.safetensors");
+  std::vector<SafetensorsOut> out;
+  for (const auto& t : f.tensors)
+    out.push_back({t.name, std::string(dtype_name(t.dtype)), t.shape, std::vector<uint8_t>(t.data, t.data + t.nbytes)});
+  if (edit) edit(out);
+  write_safetensors(dir + "/model.safetensors", out, {{"format", "pt"}});
+  json cfg = json::parse(read_text_file(src + "/config.json"));
+  if (edit_config) edit_config(cfg);
+  std::ofstream(dir + "/config.json") << cfg.dump(2);
+}
 
 }  // namespace g4::test
