@@ -5,6 +5,8 @@
 #include <cmath>
 #include <random>
 
+#include <fmt/ranges.h>
+
 #include "kernels/fast.h"
 #include "kernels/ops.h"
 #include "kernels/quantize.h"
@@ -21,11 +23,11 @@ TEST(FastKernels, EveryTypeMatchesTheReferenceMatmul) {
   std::mt19937 rng(3);
   std::normal_distribution<float> n(0, 1);
   const int64_t in = 512, out = 24;
-  std::vector<float> w(static_cast<size_t>(in * out)), x(static_cast<size_t>(5 * in));
+  std::vector<float> w(static_cast<size_t>(in * out)), x(static_cast<size_t>(11 * in));
   for (auto& v : w) v = 0.05f * n(rng);
   for (auto& v : x) v = n(rng);
-  for (bool scalar : {false, true}) {
-    fast_force_scalar(scalar);
+  for (const std::string& isa : fast_available_isas()) {
+    fast_force_isa(isa);
     for (DType t : {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1,
                     DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
       auto bytes = quantize_rows(t, w.data(), out, in);
@@ -35,19 +37,19 @@ TEST(FastKernels, EveryTypeMatchesTheReferenceMatmul) {
       tv.shape = {out, in};
       tv.data = bytes.data();
       tv.nbytes = static_cast<int64_t>(bytes.size());
-      for (int64_t ntok : {1, 5}) {  // decode and a batch (4-token tiles + remainder)
+      for (int64_t ntok : {1, 5, 11}) {  // decode, and batches (4-token tiles + remainder, 16-row panels)
         std::vector<float> ref(static_cast<size_t>(ntok * out)), fast(ref.size());
         ops::matmul(tv, x.data(), ntok, in, out, ref.data());
         fast_matmul(tv, x.data(), ntok, in, out, fast.data());
         const auto st = compare_arrays(fast, ref, out);
         // Float weights: f32 FMA (order only); quantized: 8-bit activations.
         const double tol = (t == DType::F32 || t == DType::F16 || t == DType::BF16) ? 1e-10 : 2e-4;
-        EXPECT_LT(st.nmse, tol) << dtype_name(t) << (scalar ? " scalar" : " avx2") << " ntok " << ntok;
+        EXPECT_LT(st.nmse, tol) << dtype_name(t) << " " << isa << " ntok " << ntok;
       }
     }
   }
-  fast_force_scalar(false);
-  std::printf("fast kernels: %s (and scalar) checked\n", fast_kernel_isa().c_str());
+  fast_force_isa("");
+  std::printf("fast kernels checked: %s\n", fmt::format("{}", fmt::join(fast_available_isas(), ", ")).c_str());
 }
 
 TEST(FastPath, FloatWeightsWithin1e6OfTheGold) {

@@ -5,29 +5,20 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include "kernels/dequant.h"
+#include "kernels/fast_internal.h"
+#include "kernels/ops.h"
 #include "util/error.h"
 #include "util/half.h"
 
 namespace g4 {
+namespace fast_detail {
 namespace {
 
 constexpr int QK = 32;
-
-// One row of weights unpacked: int8 values in blocks of 32, and per 16 elements a
-// scale s and an offset c, so that w = s * q + c.
-struct UnpackedRow {
-  std::vector<int8_t> q;
-  std::vector<float> s, c;  // 2 per block of 32
-  bool has_offset = false;
-  void resize(int64_t n) {
-    q.resize(static_cast<size_t>(n));
-    s.resize(static_cast<size_t>(n / 16));
-    c.assign(static_cast<size_t>(n / 16), 0.0f);
-  }
-};
 
 // Activations of one token: int8 blocks of 32 with scale d, and per-16 sums of q.
 struct QuantizedAct {
@@ -62,6 +53,8 @@ inline float f16(const uint8_t* p) {
   std::memcpy(&h, p, 2);
   return f16_to_f32(h);
 }
+
+}  // namespace
 
 // Unpacks row r of a quantized tensor with `cols` columns.
 void unpack_row(DType t, const uint8_t* src, int64_t cols, UnpackedRow& u) {
@@ -170,6 +163,8 @@ void unpack_row(DType t, const uint8_t* src, int64_t cols, UnpackedRow& u) {
     }
   }
 }
+
+namespace {
 
 float dot_row_scalar(const UnpackedRow& u, const QuantizedAct& a, int64_t n) {
   float acc = 0;
@@ -317,30 +312,138 @@ float dot_f32_scalar(const float* w, const float* x, int64_t n) {
   return s;
 }
 
-bool g_force_scalar = false;
+enum class Isa { Scalar, Avx2, Avx512Vnni };
 
-bool use_avx2() {
-  if (g_force_scalar) return false;
-  static const bool v = [] {
-    const char* force = std::getenv("G4_FORCE_SCALAR");
-    if (force && std::string(force) == "1") return false;
+// The best ISA this CPU runs; G4_FORCE_ISA=scalar|avx2 caps it (as fast_force_isa does).
+Isa best_isa() {
+  static const Isa v = [] {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return Isa::Scalar;
+    return cpu_has_avx512_vnni() ? Isa::Avx512Vnni : Isa::Avx2;
   }();
   return v;
+}
+
+const char* isa_name(Isa i) { return i == Isa::Avx512Vnni ? "avx512vnni" : i == Isa::Avx2 ? "avx2" : "scalar"; }
+
+Isa parse_isa(const std::string& s) {
+  if (s == "scalar") return Isa::Scalar;
+  if (s == "avx2") return Isa::Avx2;
+  if (s == "avx512vnni") return Isa::Avx512Vnni;
+  fail("unknown fast-kernel ISA '{}': expected scalar, avx2 or avx512vnni", s);
+}
+
+std::optional<Isa> g_forced;
+
+Isa active_isa() {
+  static const std::optional<Isa> from_env = []() -> std::optional<Isa> {
+    const char* e = std::getenv("G4_FORCE_ISA");
+    if (!e || !*e) return std::nullopt;
+    return parse_isa(e);
+  }();
+  const Isa best = best_isa();
+  const std::optional<Isa> cap = g_forced ? g_forced : from_env;
+  return cap && *cap < best ? *cap : best;
 }
 
 bool is_float_type(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::F64; }
 
 }  // namespace
+}  // namespace fast_detail
 
-std::string fast_kernel_isa() { return use_avx2() ? "avx2" : "scalar"; }
-void fast_force_scalar(bool on) { g_force_scalar = on; }
+using namespace fast_detail;
+
+std::string fast_kernel_isa() { return isa_name(active_isa()); }
+
+std::vector<std::string> fast_available_isas() {
+  std::vector<std::string> out;
+  for (Isa i : {Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni})
+    if (i <= best_isa()) out.push_back(isa_name(i));
+  return out;
+}
+
+namespace {
+
+// exp(x) = 2^k exp(r), |r| <= ln2/2, Taylor to degree 7 (relative error < 2e-7 in float).
+__attribute__((target("avx2,fma"))) inline __m256 exp_avx2(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+  const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.0f / 5040);
+  for (float c : {1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f}) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+__attribute__((target("avx2,fma"))) void axpy_avx2(float a, const float* x, float* y, int64_t n) {
+  const __m256 va = _mm256_set1_ps(a);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] += a * x[i];
+}
+
+__attribute__((target("avx2,fma"))) void softmax_avx2(float* z, int64_t n) {
+  float mx = -INFINITY;
+  for (int64_t i = 0; i < n; ++i) mx = std::max(mx, z[i]);
+  const __m256 vmx = _mm256_set1_ps(mx);
+  __m256 vs = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(z + i), vmx));
+    _mm256_storeu_ps(z + i, e);
+    vs = _mm256_add_ps(vs, e);
+  }
+  float sum = hsum(vs);
+  for (; i < n; ++i) sum += (z[i] = std::exp(z[i] - mx));
+  const float inv = 1.0f / sum;
+  for (i = 0; i < n; ++i) z[i] *= inv;
+}
+
+// gelu_tanh(u) = 0.5 u (1 + tanh(z)) = u / (1 + exp(-2z)), z = sqrt(2/pi) (u + 0.044715 u^3).
+__attribute__((target("avx2,fma"))) void gelu_tanh_mul_avx2(float* g, const float* u, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(g + i);
+    const __m256 v3 = _mm256_mul_ps(_mm256_mul_ps(v, v), v);
+    const __m256 m2z = _mm256_mul_ps(_mm256_set1_ps(-2.0f * 0.7978845608028654f),
+                                     _mm256_fmadd_ps(_mm256_set1_ps(0.044715f), v3, v));
+    const __m256 gelu = _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.0f), exp_avx2(m2z)));
+    _mm256_storeu_ps(g + i, _mm256_mul_ps(gelu, _mm256_loadu_ps(u + i)));
+  }
+  for (; i < n; ++i) g[i] = ops::gelu_tanh(g[i]) * u[i];
+}
+
+}  // namespace
+
+float fast_dot(const float* a, const float* b, int64_t n) {
+  return active_isa() >= Isa::Avx2 ? dot_f32_avx2(a, b, n) : dot_f32_scalar(a, b, n);
+}
+
+void fast_axpy(float a, const float* x, float* y, int64_t n) {
+  if (active_isa() >= Isa::Avx2) return axpy_avx2(a, x, y, n);
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+void fast_softmax(float* z, int64_t n) {
+  if (active_isa() >= Isa::Avx2) return softmax_avx2(z, n);
+  ops::softmax(z, n, false);
+}
+
+void fast_gelu_tanh_mul(float* g, const float* u, int64_t n) {
+  if (active_isa() >= Isa::Avx2) return gelu_tanh_mul_avx2(g, u, n);
+  for (int64_t i = 0; i < n; ++i) g[i] = ops::gelu_tanh(g[i]) * u[i];
+}
+
+void fast_force_isa(const std::string& isa) { g_forced = isa.empty() ? std::nullopt : std::optional<Isa>(parse_isa(isa)); }
 
 void fast_matmul(const TensorView& w, const float* x, int64_t n_tok, int64_t n_in, int64_t n_out, float* y, int64_t row0) {
   const auto rb = row_bytes(w.dtype, n_in);
   if (!rb) fail("{}: rows of {} elements cannot be {}", w.name, n_in, dtype_name(w.dtype));
-  const bool avx2 = use_avx2();
+  const Isa isa = active_isa();
+  const bool avx2 = isa >= Isa::Avx2;
+  if (isa == Isa::Avx512Vnni && matmul_avx512_vnni(w, x, n_tok, n_in, n_out, y, row0)) return;
   if (is_float_type(w.dtype) || n_in % QK != 0) {
 #pragma omp parallel
     {

@@ -1,11 +1,13 @@
 // The fast CPU matmul: weights stay in their GGML type (mmap), activations are
-// quantized to 8-bit blocks of 32 (int8 + f32 scale, as llama.cpp's q8_0/q8_K), and
-// every quantized type is unpacked row by row into int8 blocks with per-16 scales
-// and offsets, so one integer dot kernel (AVX2 maddubs, or scalar) serves them all.
-// Float weights (F32/F16/BF16) take an f32 FMA path. Dispatch is at run time.
+// quantized to 8-bit blocks of 32 (int8 + f32 scale, as llama.cpp's q8_0/q8_K).
+// AVX-512 VNNI: panels of weight rows are unpacked to uint8 with per-16 scales and
+// multiplied by 4x4 register tiles of (rows x tokens). AVX2/scalar: fused per-row dots
+// for Q8_0/Q4_0/Q4_K, an int8 unpack for the other types. Float weights (F32/F16/BF16)
+// take an f32 FMA path. Dispatch is at run time.
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "formats/tensor.h"
 
@@ -14,9 +16,18 @@ namespace g4 {
 // y[t, o] = sum_i W[row0 + o, i] * x[t, i]
 void fast_matmul(const TensorView& w, const float* x, int64_t n_tok, int64_t n_in, int64_t n_out, float* y, int64_t row0 = 0);
 
-// "avx2" or "scalar": what fast_matmul runs on this CPU (G4_FORCE_SCALAR=1 forces scalar).
+// Vector helpers of the fast forward (attention, activations), dispatched like fast_matmul.
+float fast_dot(const float* a, const float* b, int64_t n);
+void fast_axpy(float a, const float* x, float* y, int64_t n);  // y += a * x
+void fast_softmax(float* z, int64_t n);
+void fast_gelu_tanh_mul(float* g, const float* u, int64_t n);  // g = gelu_tanh(g) * u
+
+// "avx512vnni", "avx2" or "scalar": what fast_matmul runs on this CPU
+// (G4_FORCE_ISA=avx2|scalar caps it, e.g. to compare kernels).
 std::string fast_kernel_isa();
-// Tests: run the scalar kernels even where AVX2 exists.
-void fast_force_scalar(bool on);
+// Every ISA this CPU can run, weakest first.
+std::vector<std::string> fast_available_isas();
+// Tests and benchmarks: cap the ISA ("" = the best one).
+void fast_force_isa(const std::string& isa);
 
 }  // namespace g4

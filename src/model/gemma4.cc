@@ -92,6 +92,14 @@ class Gemma4 {
     ops::matmul(w, x, n_tok, n_in, n_out, y, row0);
   }
 
+  // g = gelu_tanh(g) * u, the gate of every MLP and of the PLE.
+  void gelu_mul(T* g, const T* u, int64_t n) const {
+    if constexpr (std::is_same_v<T, float>) {
+      if (fast_) return fast_gelu_tanh_mul(g, u, n);
+    }
+    for (int64_t j = 0; j < n; ++j) g[j] = ops::gelu_tanh(g[j]) * u[j];
+  }
+
   // Every RMSNorm of the model goes through here (w = nullptr: weightless).
   void norm(const T* x, int64_t n, const T* w, T* out) const {
     if constexpr (std::is_same_v<T, double>) {
@@ -261,8 +269,7 @@ class Gemma4 {
       const int64_t P = s_.ple_dim, L = s_.n_layers;
       std::vector<T> g(static_cast<size_t>(n * P));
       mm(*lw.ple_gate, h.data(), n, H, P, g.data());
-      for (int64_t t = 0; t < n; ++t)
-        for (int64_t j = 0; j < P; ++j) g[t * P + j] = ops::gelu_tanh(g[t * P + j]) * ple[(t * L + i) * P + j];
+      for (int64_t t = 0; t < n; ++t) gelu_mul(&g[t * P], &ple[(t * L + i) * P], P);
       std::vector<T> z(static_cast<size_t>(n * H));
       mm(*lw.ple_proj, g.data(), n, P, H, z.data());
       for (int64_t t = 0; t < n; ++t) {
@@ -289,6 +296,16 @@ class Gemma4 {
         const int64_t kvh = hh / group;
         const T* qh = &q[t * qw + hh * hd];
         std::vector<T> scores(static_cast<size_t>(pos - lo + 1));
+        T* o = &out[t * qw + hh * hd];
+        std::fill(o, o + hd, T(0));
+        if constexpr (std::is_same_v<T, float>) {
+          if (fast_) {
+            for (int64_t kp = lo; kp <= pos; ++kp) scores[kp - lo] = fast_dot(qh, key(kp) + kvh * hd, hd);
+            fast_softmax(scores.data(), static_cast<int64_t>(scores.size()));
+            for (int64_t kp = lo; kp <= pos; ++kp) fast_axpy(scores[kp - lo], val(kp) + kvh * hd, o, hd);
+            continue;
+          }
+        }
         for (int64_t kp = lo; kp <= pos; ++kp) {
           const T* kh = key(kp) + kvh * hd;
           T s = 0;
@@ -296,8 +313,6 @@ class Gemma4 {
           scores[kp - lo] = s;
         }
         ops::softmax(scores.data(), static_cast<int64_t>(scores.size()), f32_islands_);
-        T* o = &out[t * qw + hh * hd];
-        std::fill(o, o + hd, T(0));
         for (int64_t kp = lo; kp <= pos; ++kp) {
           const T p = scores[kp - lo];
           const T* vh = val(kp) + kvh * hd;
@@ -313,7 +328,7 @@ class Gemma4 {
     std::vector<T> g(static_cast<size_t>(n * width)), u(static_cast<size_t>(n * width));
     mm(gate, x, n, H, width, g.data(), gate_row0);
     mm(up, x, n, H, width, u.data(), up_row0);
-    for (size_t j = 0; j < g.size(); ++j) g[j] = ops::gelu_tanh(g[j]) * u[j];
+    gelu_mul(g.data(), u.data(), static_cast<int64_t>(g.size()));
     mm(down, g.data(), n, width, H, y, down_row0);
   }
 
