@@ -1,13 +1,20 @@
-// AVX-512 VNNI matmul: weight rows are unpacked, a panel at a time, into uint8 with a
-// zero point and per-16 scales (and per-16 minimums for the types that have them),
-// then multiplied against 8-bit activations in 4x4 register tiles (rows x tokens) with
-// vpdpbusd (uint8 x int8 -> int32, exact). The panel stays in L2 while every token tile
-// passes over it, so prefill is arithmetic-bound and decode streams each row once.
+// AVX-512 VNNI matmul (uint8 x int8 -> int32 with vpdpbusd, exact).
 //
-// Layout of one chunk of 64 elements, for weights and activations alike: the four
-// 16-element groups g0 g1 g2 g3 are stored in the order g0 g2 g1 g3, because that is
-// the order in which a Q4_0/Q4_K pair of blocks comes out of a 256-bit nibble split.
-// Lanes 4i..4i+3 of a 16-lane vector therefore cover group (0, 2, 1, 3)[i].
+// Activations are quantized per token to int8 blocks of 32 (scale d), as llama.cpp's q8_0.
+// Weights are unpacked to uint8 with a zero point zp (the activations carry -zp * sum(x)
+// per block), a scale per block of 32 (per 16 for Q6_K/Q2_K/Q3_K) and, for types with a
+// minimum, a minimum per block.
+//
+// Prefill: a panel of 16 rows is unpacked and interleaved so that one 64-byte vector holds
+// 4 consecutive weights of each of the 16 rows; a vpdpbusd against 4 broadcast activation
+// bytes then advances 16 row dots at once, and a whole block needs one convert and one FMA
+// per token for 16 rows. Tiles are 16 rows x 8 tokens, the panel stays in L1/L2 while
+// every token tile passes over it.
+//
+// Decode: the common types (Q4_0, Q8_0, Q4_K) are decoded in registers, 64 weights at a
+// time in "chunk layout": the four 16-element groups g0 g1 g2 g3 in the order g0 g2 g1 g3,
+// the order in which a pair of Q4_0/Q4_K blocks comes out of a 256-bit nibble split, so
+// lanes 4i..4i+3 of a 16-lane vector cover group (0, 2, 1, 3)[i].
 #include <immintrin.h>
 
 #include <algorithm>
@@ -36,55 +43,48 @@ int zero_point(DType t) {
   return t == DType::Q4_0 ? 8 : 128;  // Q4_0 nibbles as stored; int8 values + 128 otherwise
 }
 
-// Activations of n tokens in chunk layout: int8 values, per lane -zp * (sum of its 4
-// values), per lane the block scale d, and (types with a minimum) per lane d * group sum / 4.
-struct VnniActs {
-  int64_t chunks = 0;
+// The scale granularity of the panel: per 16 for the types with 16-element scales.
+int scale_block(DType t) { return t == DType::Q6_K || t == DType::Q2_K || t == DType::Q3_K ? 16 : 32; }
+
+// Activations of n tokens, in element order: int8 values and, per scale block of bs
+// elements, -zp * sum(q), the scale d of the 32-block, and (types with a minimum) d * sum(q).
+struct Acts {
+  int64_t n_in = 0, bs = 32, n_blocks = 0;
   std::vector<int8_t> q;
   std::vector<int32_t> corr;
-  std::vector<float> dx, sx;
+  std::vector<float> d, sx;
 };
 
-G4_AVX512 void quantize_acts(const float* x, int64_t n_tok, int64_t n_in, int zp, bool with_sums, VnniActs& a) {
-  const int64_t chunks = n_in / kChunk;
-  a.chunks = chunks;
+G4_AVX512 void quantize_acts(const float* x, int64_t n_tok, int64_t n_in, int zp, int bs, bool with_sums, Acts& a) {
+  a.n_in = n_in;
+  a.bs = bs;
+  a.n_blocks = n_in / bs;
   a.q.resize(static_cast<size_t>(n_tok * n_in));
-  a.corr.resize(static_cast<size_t>(n_tok * chunks * 16));
-  a.dx.resize(a.corr.size());
+  a.corr.resize(static_cast<size_t>(n_tok * a.n_blocks));
+  a.d.resize(a.corr.size());
   a.sx.resize(with_sums ? a.corr.size() : 0);
   const __m512 sign = _mm512_set1_ps(-0.0f);
-  const __m512i ones = _mm512_set1_epi8(1);
-  const __m512i neg_zp = _mm512_set1_epi32(-zp);
-  const __m512i lane_block = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1);
 #pragma omp parallel for schedule(static) if (n_tok > 1)
   for (int64_t t = 0; t < n_tok; ++t) {
-    for (int64_t c = 0; c < chunks; ++c) {
-      const float* xc = x + t * n_in + c * kChunk;
-      __m512 g[4];
-      for (int i = 0; i < 4; ++i) g[i] = _mm512_loadu_ps(xc + 16 * i);
-      const float amax0 = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_andnot_ps(sign, g[0]), _mm512_andnot_ps(sign, g[1])));
-      const float amax1 = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_andnot_ps(sign, g[2]), _mm512_andnot_ps(sign, g[3])));
-      const float d0 = amax0 / 127.0f, d1 = amax1 / 127.0f;
-      const float id0 = d0 ? 1.0f / d0 : 0.0f, id1 = d1 ? 1.0f / d1 : 0.0f;
-      __m128i q8[4];
-      for (int i = 0; i < 4; ++i)  // default rounding is to nearest even, as nearbyint
-        q8[i] = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(g[i], _mm512_set1_ps(i < 2 ? id0 : id1))));
-      const __m512i qz = _mm512_inserti64x4(
-          _mm512_castsi256_si512(_mm256_setr_m128i(q8[0], q8[2])), _mm256_setr_m128i(q8[1], q8[3]), 1);
-      const int64_t lane0 = (t * chunks + c) * 16;
-      _mm512_storeu_si512(a.q.data() + t * n_in + c * kChunk, qz);
-      const __m512i lane_sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, qz);
-      _mm512_storeu_si512(a.corr.data() + lane0, _mm512_mullo_epi32(lane_sums, neg_zp));
-      const __m512 dlanes = _mm512_permutexvar_ps(lane_block, _mm512_castps128_ps512(_mm_setr_ps(d0, d1, 0, 0)));
-      _mm512_storeu_ps(a.dx.data() + lane0, dlanes);
-      if (with_sums) {
-        alignas(64) int32_t ls[16];
-        _mm512_store_si512(ls, lane_sums);
-        for (int i = 0; i < 4; ++i) {
-          const float s = static_cast<float>(ls[4 * i] + ls[4 * i + 1] + ls[4 * i + 2] + ls[4 * i + 3]) / 4.0f;
-          for (int k = 0; k < 4; ++k) a.sx[static_cast<size_t>(lane0 + 4 * i + k)] = s;
-        }
-        _mm512_storeu_ps(a.sx.data() + lane0, _mm512_mul_ps(_mm512_loadu_ps(a.sx.data() + lane0), dlanes));
+    for (int64_t b = 0; b < n_in / 32; ++b) {
+      const float* xb = x + t * n_in + 32 * b;
+      const __m512 lo = _mm512_loadu_ps(xb), hi = _mm512_loadu_ps(xb + 16);
+      const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_andnot_ps(sign, lo), _mm512_andnot_ps(sign, hi)));
+      const float d = amax / 127.0f, id = d ? 1.0f / d : 0.0f;
+      // Default rounding is to nearest even, as nearbyint.
+      const __m512i qlo = _mm512_cvtps_epi32(_mm512_mul_ps(lo, _mm512_set1_ps(id)));
+      const __m512i qhi = _mm512_cvtps_epi32(_mm512_mul_ps(hi, _mm512_set1_ps(id)));
+      int8_t* qb = a.q.data() + t * n_in + 32 * b;
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(qb), _mm512_cvtsepi32_epi8(qlo));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(qb + 16), _mm512_cvtsepi32_epi8(qhi));
+      const int32_t sums[2] = {_mm512_reduce_add_epi32(qlo), _mm512_reduce_add_epi32(qhi)};
+      const int per = 32 / bs;  // scale blocks in this 32-block
+      for (int k = 0; k < per; ++k) {
+        const int32_t sum = per == 1 ? sums[0] + sums[1] : sums[k];
+        const size_t i = static_cast<size_t>(t * a.n_blocks + b * per + k);
+        a.corr[i] = -zp * sum;
+        a.d[i] = d;
+        if (with_sums) a.sx[i] = d * static_cast<float>(sum);
       }
     }
   }
@@ -172,24 +172,37 @@ G4_AVX512 void unpack_fused(const uint8_t* row, int64_t chunks, uint8_t* out) {
 }
 
 // Decode (few tokens): one row against token t, decoded in registers, never stored.
+// The types here have 32-element scale blocks: chunk c is blocks 2c and 2c+1.
 template <class D>
-G4_AVX512 float dot_fused(const uint8_t* row, const VnniActs& a, int64_t t) {
+G4_AVX512 float dot_fused(const uint8_t* row, const Acts& a, int64_t t) {
+  const __m512i block_of_lane = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1);
   __m512 acc = _mm512_setzero_ps(), acc_min = _mm512_setzero_ps();
-  const int64_t base = t * a.chunks;
-  for (int64_t c = 0; c < a.chunks; ++c) {
+  const int8_t* xq = a.q.data() + t * a.n_in;
+  const int64_t b0 = t * a.n_blocks;
+  for (int64_t c = 0; c < a.n_in / kChunk; ++c) {
     __m512i w;
     __m512 s, m;
     _mm_prefetch(reinterpret_cast<const char*>(row) + c * D::kBytes + kPrefetchBytes, _MM_HINT_T0);
     D::decode(row, c, w, s, m);
-    const __m512i x = _mm512_loadu_si512(a.q.data() + (base + c) * kChunk);
-    const __m512i dot = _mm512_dpbusd_epi32(_mm512_loadu_si512(a.corr.data() + (base + c) * 16), w, x);
-    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(s, _mm512_loadu_ps(a.dx.data() + (base + c) * 16)), acc);
-    if constexpr (D::kMin) acc_min = _mm512_fmadd_ps(m, _mm512_loadu_ps(a.sx.data() + (base + c) * 16), acc_min);
+    const __m512i xp = _mm512_loadu_si512(xq + c * kChunk);
+    const __m512i x = _mm512_shuffle_i64x2(xp, xp, _MM_SHUFFLE(3, 1, 2, 0));  // to chunk layout
+    // The two blocks' corrections in one lane each (lane 0: block 2c, lane 4: block 2c+1).
+    const __m128i corr2 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(a.corr.data() + b0 + 2 * c));
+    const __m512i corr = _mm512_maskz_permutexvar_epi32(0x0011, block_of_lane, _mm512_castsi128_si512(corr2));
+    const __m512i dot = _mm512_dpbusd_epi32(corr, w, x);
+    const __m128 d2 = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(a.d.data() + b0 + 2 * c)));
+    const __m512 dx = _mm512_permutexvar_ps(block_of_lane, _mm512_castps128_ps512(d2));
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(s, dx), acc);
+    if constexpr (D::kMin) {  // 8 lanes per block: each carries sum/8 (exact)
+      const __m128 sx2 = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(a.sx.data() + b0 + 2 * c)));
+      const __m512 sx = _mm512_mul_ps(_mm512_permutexvar_ps(block_of_lane, _mm512_castps128_ps512(sx2)), _mm512_set1_ps(0.125f));
+      acc_min = _mm512_fmadd_ps(m, sx, acc_min);
+    }
   }
   return _mm512_reduce_add_ps(_mm512_add_ps(acc, acc_min));
 }
 
-using DotFused = float (*)(const uint8_t*, const VnniActs&, int64_t);
+using DotFused = float (*)(const uint8_t*, const Acts&, int64_t);
 using UnpackFused = void (*)(const uint8_t*, int64_t, uint8_t*);
 
 struct Fused {
@@ -228,48 +241,96 @@ void unpack_row_vnni(DType t, const uint8_t* src, int64_t n_in, uint8_t* out, Un
   }
 }
 
-// out[r][k] = row r . token k over all chunks, for 4 rows and T tokens.
-template <int T, bool MIN>
-G4_AVX512 void tile_4xT(const uint8_t* const* rows, const VnniActs& a, const int64_t* tok, float out[4][4]) {
-  const int64_t unit = unit_bytes(MIN);
-  __m512 acc[4][T];
-  for (auto& r : acc)
-    for (auto& v : r) v = _mm512_setzero_ps();
-  for (int64_t c = 0; c < a.chunks; ++c) {
-    __m512i x[T];
-    __m512 dx[T];
-    for (int k = 0; k < T; ++k) {
-      x[k] = _mm512_loadu_si512(a.q.data() + (tok[k] * a.chunks + c) * kChunk);
-      dx[k] = _mm512_loadu_ps(a.dx.data() + (tok[k] * a.chunks + c) * 16);
-    }
-    for (int r = 0; r < 4; ++r) {
-      const uint8_t* p = rows[r] + c * unit;
-      const __m512i w = _mm512_loadu_si512(p);
-      const __m512 sw = _mm512_loadu_ps(p + 64);
-      for (int k = 0; k < T; ++k) {
-        const __m512i corr = _mm512_loadu_si512(a.corr.data() + (tok[k] * a.chunks + c) * 16);
-        const __m512i dot = _mm512_dpbusd_epi32(corr, w, x[k]);
-        acc[r][k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(sw, dx[k]), acc[r][k]);
-      }
-      if constexpr (MIN) {
-        const __m512 mw = _mm512_loadu_ps(p + 128);
-        for (int k = 0; k < T; ++k)
-          acc[r][k] = _mm512_fmadd_ps(mw, _mm512_loadu_ps(a.sx.data() + (tok[k] * a.chunks + c) * 16), acc[r][k]);
+// A panel of 16 rows, per scale block: bs/4 vectors of 64 bytes (lane r: 4 consecutive
+// weights of row r), 16 scales, and (types with a minimum) 16 minimums.
+int64_t panel_unit(int bs, bool min) { return bs / 4 * 64 + 64 + (min ? 64 : 0); }
+
+// Interleaves `rows` unpacked rows (chunk layout, see unpack_row_vnni) into a panel; the
+// rows beyond `rows` are zero.
+void build_panel(const std::vector<uint8_t>& unpacked, int64_t row_stride, int64_t rows, int64_t n_in, int bs, bool min,
+                 uint8_t* panel) {
+  const int64_t unit = panel_unit(bs, min), n_blocks = n_in / bs, slices = bs / 4;
+  const int64_t blocks_per_chunk = kChunk / bs;
+  // Where each lane of a chunk goes, relative to the chunk's first block.
+  int64_t lane_dst[16];
+  for (int lane = 0; lane < 16; ++lane) {
+    const int64_t e = 16 * kGroupOfLane[lane / 4] + 4 * (lane % 4);
+    lane_dst[lane] = (e / bs) * unit + ((e % bs) / 4) * 64;
+  }
+  if (rows < 16) std::memset(panel, 0, static_cast<size_t>(n_blocks * unit));
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint8_t* src = unpacked.data() + r * row_stride;
+    for (int64_t c = 0; c < n_in / kChunk; ++c, src += unit_bytes(min)) {
+      uint8_t* chunk = panel + c * blocks_per_chunk * unit;
+      for (int lane = 0; lane < 16; ++lane) std::memcpy(chunk + lane_dst[lane] + 4 * r, src + 4 * lane, 4);
+      const float* s = reinterpret_cast<const float*>(src + 64);
+      const float* m = reinterpret_cast<const float*>(src + 128);
+      for (int lane = 0; lane < 16; lane += 4) {  // one lane of each 16-element group
+        const int64_t block = (16 * kGroupOfLane[lane / 4]) / bs;
+        float* bs_ptr = reinterpret_cast<float*>(chunk + block * unit + slices * 64);
+        bs_ptr[r] = s[lane];
+        if (min) bs_ptr[16 + r] = m[lane];
       }
     }
   }
-  for (int r = 0; r < 4; ++r)
-    for (int k = 0; k < T; ++k) out[r][k] = _mm512_reduce_add_ps(acc[r][k]);
 }
 
-template <bool MIN>
-void tile(int n, const uint8_t* const* rows, const VnniActs& a, const int64_t* tok, float out[4][4]) {
-  switch (n) {
-    case 1: return tile_4xT<1, MIN>(rows, a, tok, out);
-    case 2: return tile_4xT<2, MIN>(rows, a, tok, out);
-    case 3: return tile_4xT<3, MIN>(rows, a, tok, out);
-    default: return tile_4xT<4, MIN>(rows, a, tok, out);
+// out[k * 16 + r] = row r . token (t0 + k), for the 16 rows of a panel and T tokens.
+template <int T, int BS, bool MIN>
+G4_AVX512 void panel_16xT(const uint8_t* panel, const Acts& a, int64_t t0, float* out) {
+  constexpr int kSlices = BS / 4;
+  const int64_t unit = panel_unit(BS, MIN);
+  __m512 acc[T];
+  for (auto& v : acc) v = _mm512_setzero_ps();
+  const int8_t* xq = a.q.data() + t0 * a.n_in;
+  const int64_t nb = a.n_blocks;
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* p = panel + b * unit;
+    __m512i dot[T];
+    for (int k = 0; k < T; ++k) dot[k] = _mm512_set1_epi32(a.corr[static_cast<size_t>((t0 + k) * nb + b)]);
+    for (int sl = 0; sl < kSlices; ++sl) {
+      const __m512i w = _mm512_loadu_si512(p + 64 * sl);
+      for (int k = 0; k < T; ++k) {
+        int32_t x4;
+        std::memcpy(&x4, xq + k * a.n_in + b * BS + 4 * sl, 4);
+        dot[k] = _mm512_dpbusd_epi32(dot[k], w, _mm512_set1_epi32(x4));
+      }
+    }
+    const __m512 sw = _mm512_loadu_ps(p + kSlices * 64);
+    for (int k = 0; k < T; ++k) {
+      const __m512 scale = _mm512_mul_ps(sw, _mm512_set1_ps(a.d[static_cast<size_t>((t0 + k) * nb + b)]));
+      acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[k]), scale, acc[k]);
+    }
+    if constexpr (MIN) {
+      const __m512 mw = _mm512_loadu_ps(p + kSlices * 64 + 64);
+      for (int k = 0; k < T; ++k)
+        acc[k] = _mm512_fmadd_ps(mw, _mm512_set1_ps(a.sx[static_cast<size_t>((t0 + k) * nb + b)]), acc[k]);
+    }
   }
+  for (int k = 0; k < T; ++k) _mm512_storeu_ps(out + 16 * k, acc[k]);
+}
+
+constexpr int kTileTokens = 8;
+
+template <int BS, bool MIN>
+void panel_tile(int n, const uint8_t* panel, const Acts& a, int64_t t0, float* out) {
+  switch (n) {
+    case 1: return panel_16xT<1, BS, MIN>(panel, a, t0, out);
+    case 2: return panel_16xT<2, BS, MIN>(panel, a, t0, out);
+    case 3: return panel_16xT<3, BS, MIN>(panel, a, t0, out);
+    case 4: return panel_16xT<4, BS, MIN>(panel, a, t0, out);
+    case 5: return panel_16xT<5, BS, MIN>(panel, a, t0, out);
+    case 6: return panel_16xT<6, BS, MIN>(panel, a, t0, out);
+    case 7: return panel_16xT<7, BS, MIN>(panel, a, t0, out);
+    default: return panel_16xT<8, BS, MIN>(panel, a, t0, out);
+  }
+}
+
+using PanelTile = void (*)(int, const uint8_t*, const Acts&, int64_t, float*);
+
+PanelTile panel_tile_for(int bs, bool min) {
+  if (bs == 16) return panel_tile<16, false>;  // the 16-scale types have no minimum
+  return min ? panel_tile<32, true> : panel_tile<32, false>;
 }
 
 // The types unpack_row_vnni knows (the same set as the AVX2/scalar int8 path).
@@ -295,39 +356,35 @@ bool matmul_avx512_vnni(const TensorView& w, const float* x, int64_t n_tok, int6
   if (!is_quantized(w.dtype) || n_in % kChunk != 0) return false;
   const int64_t rb = *row_bytes(w.dtype, n_in);
   const bool min = has_min(w.dtype);
-  VnniActs acts;
-  quantize_acts(x, n_tok, n_in, zero_point(w.dtype), min, acts);
-  // Prefill: panels of 16 rows, reused by every 4-token tile; decode: 4 rows.
-  const int64_t panel_rows = n_tok >= 8 ? 16 : 4;
-  const int64_t stride = acts.chunks * unit_bytes(min);
-  const int64_t n_panels = (n_out + panel_rows - 1) / panel_rows;
+  const int bs = scale_block(w.dtype);
+  Acts acts;
+  quantize_acts(x, n_tok, n_in, zero_point(w.dtype), bs, min, acts);
   if (const Fused f = fused_for(w.dtype); f.dot && n_tok < 4) {
 #pragma omp parallel for schedule(static)
     for (int64_t o = 0; o < n_out; ++o)
       for (int64_t t = 0; t < n_tok; ++t) y[t * n_out + o] = f.dot(w.data + (row0 + o) * rb, acts, t);
     return true;
   }
+  constexpr int64_t kPanelRows = 16;
+  const int64_t row_stride = n_in / kChunk * unit_bytes(min);
+  const int64_t n_panels = (n_out + kPanelRows - 1) / kPanelRows;
+  const PanelTile tile = panel_tile_for(bs, min);
 #pragma omp parallel
   {
-    std::vector<uint8_t> panel(static_cast<size_t>(panel_rows * stride));
+    std::vector<uint8_t> unpacked(static_cast<size_t>(kPanelRows * row_stride));
+    std::vector<uint8_t> panel(static_cast<size_t>(n_in / bs * panel_unit(bs, min)));
     UnpackedRow scratch;
+    alignas(64) float out[kTileTokens * 16];
 #pragma omp for schedule(static)
     for (int64_t pi = 0; pi < n_panels; ++pi) {
-      const int64_t first = pi * panel_rows, rows = std::min(panel_rows, n_out - first);
+      const int64_t first = pi * kPanelRows, rows = std::min(kPanelRows, n_out - first);
       for (int64_t r = 0; r < rows; ++r)
-        unpack_row_vnni(w.dtype, w.data + (row0 + first + r) * rb, n_in, panel.data() + r * stride, scratch);
-      for (int64_t t = 0; t < n_tok; t += 4) {
-        const int nt = static_cast<int>(std::min<int64_t>(4, n_tok - t));
-        const int64_t tok[4] = {t, std::min(t + 1, n_tok - 1), std::min(t + 2, n_tok - 1), std::min(t + 3, n_tok - 1)};
-        for (int64_t g = 0; g < rows; g += 4) {
-          const uint8_t* rp[4];
-          for (int k = 0; k < 4; ++k) rp[k] = panel.data() + std::min(g + k, rows - 1) * stride;
-          float out[4][4];
-          if (min) tile<true>(nt, rp, acts, tok, out);
-          else tile<false>(nt, rp, acts, tok, out);
-          for (int r = 0; r < 4 && g + r < rows; ++r)
-            for (int k = 0; k < nt; ++k) y[(t + k) * n_out + first + g + r] = out[r][k];
-        }
+        unpack_row_vnni(w.dtype, w.data + (row0 + first + r) * rb, n_in, unpacked.data() + r * row_stride, scratch);
+      build_panel(unpacked, row_stride, rows, n_in, bs, min, panel.data());
+      for (int64_t t = 0; t < n_tok; t += kTileTokens) {
+        const int nt = static_cast<int>(std::min<int64_t>(kTileTokens, n_tok - t));
+        tile(nt, panel.data(), acts, t, out);
+        for (int k = 0; k < nt; ++k) std::memcpy(y + (t + k) * n_out + first, out + 16 * k, static_cast<size_t>(rows) * 4);
       }
     }
   }
