@@ -52,6 +52,46 @@ TEST(FastKernels, EveryTypeMatchesTheReferenceMatmul) {
   std::printf("fast kernels checked: %s\n", fmt::format("{}", fmt::join(fast_available_isas(), ", ")).c_str());
 }
 
+TEST(FastKernels, AttentionAndActivationHelpersMatchTheReference) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> n(0, 2);
+  const int64_t hd = 136, nk = 7;  // hd: 2 register blocks of 64 plus a tail; nk: 4 keys per pass plus 3
+  std::vector<float> q(hd), kv(static_cast<size_t>(nk * hd)), g(300), u(300);
+  for (auto* v : {&q, &kv, &g, &u})
+    for (auto& e : *v) e = n(rng);
+  std::vector<const float*> rows;
+  for (int64_t j = 0; j < nk; ++j) rows.push_back(&kv[j * hd]);
+  for (const std::string& isa : fast_available_isas()) {
+    fast_force_isa(isa);
+    std::vector<float> s(nk), ref(nk);
+    fast_scores(q.data(), rows.data(), nk, hd, s.data());
+    for (int64_t j = 0; j < nk; ++j) {
+      double d = 0;
+      for (int64_t i = 0; i < hd; ++i) d += static_cast<double>(q[i]) * kv[j * hd + i];
+      ref[j] = static_cast<float>(d);
+      EXPECT_NEAR(s[j], ref[j], 1e-4 * (1 + std::fabs(ref[j]))) << isa;
+    }
+    std::vector<float> p = s, pref = s;
+    fast_softmax(p.data(), nk);
+    ops::softmax(pref.data(), nk, false);
+    for (int64_t j = 0; j < nk; ++j) EXPECT_NEAR(p[j], pref[j], 1e-6 * (1 + pref[j])) << isa;
+    std::vector<float> o(hd);
+    fast_weighted_sum(p.data(), rows.data(), nk, hd, o.data());
+    for (int64_t i = 0; i < hd; ++i) {
+      double d = 0;
+      for (int64_t j = 0; j < nk; ++j) d += static_cast<double>(p[j]) * kv[j * hd + i];
+      EXPECT_NEAR(o[i], d, 1e-5) << isa;
+    }
+    std::vector<float> gl = g;
+    fast_gelu_tanh_mul(gl.data(), u.data(), 300);
+    for (size_t i = 0; i < g.size(); ++i) {
+      const double r = ops::gelu_tanh(static_cast<double>(g[i])) * u[i];
+      EXPECT_NEAR(gl[i], r, 1e-6 * (1 + std::fabs(r))) << isa << " gelu at " << g[i];
+    }
+  }
+  fast_force_isa("");
+}
+
 TEST(FastPath, FloatWeightsWithin1e6OfTheGold) {
   for (const std::string v : {"tiny-e", "tiny-dense", "tiny-moe"}) {
     Model m = load_model(test::fixture("gguf/" + v + "-f32.gguf"));

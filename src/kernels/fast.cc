@@ -377,13 +377,6 @@ __attribute__((target("avx2,fma"))) inline __m256 exp_avx2(__m256 x) {
   return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
-__attribute__((target("avx2,fma"))) void axpy_avx2(float a, const float* x, float* y, int64_t n) {
-  const __m256 va = _mm256_set1_ps(a);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-  for (; i < n; ++i) y[i] += a * x[i];
-}
-
 __attribute__((target("avx2,fma"))) void softmax_avx2(float* z, int64_t n) {
   float mx = -INFINITY;
   for (int64_t i = 0; i < n; ++i) mx = std::max(mx, z[i]);
@@ -415,15 +408,57 @@ __attribute__((target("avx2,fma"))) void gelu_tanh_mul_avx2(float* g, const floa
   for (; i < n; ++i) g[i] = ops::gelu_tanh(g[i]) * u[i];
 }
 
-}  // namespace
-
-float fast_dot(const float* a, const float* b, int64_t n) {
-  return active_isa() >= Isa::Avx2 ? dot_f32_avx2(a, b, n) : dot_f32_scalar(a, b, n);
+__attribute__((target("avx2,fma"))) void scores_avx2(const float* q, const float* const* keys, int64_t n, int64_t hd,
+                                                  float* scores) {
+  int64_t j = 0;
+  for (; j + 4 <= n && hd % 8 == 0; j += 4) {  // 4 keys per pass: q is loaded once for 4 dots
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t d = 0; d < hd; d += 8) {
+      const __m256 qv = _mm256_loadu_ps(q + d);
+      a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(keys[j] + d), a0);
+      a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(keys[j + 1] + d), a1);
+      a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(keys[j + 2] + d), a2);
+      a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(keys[j + 3] + d), a3);
+    }
+    scores[j] = hsum(a0);
+    scores[j + 1] = hsum(a1);
+    scores[j + 2] = hsum(a2);
+    scores[j + 3] = hsum(a3);
+  }
+  for (; j < n; ++j) scores[j] = dot_f32_avx2(q, keys[j], hd);
 }
 
-void fast_axpy(float a, const float* x, float* y, int64_t n) {
-  if (active_isa() >= Isa::Avx2) return axpy_avx2(a, x, y, n);
-  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+__attribute__((target("avx2,fma"))) void weighted_sum_avx2(const float* p, const float* const* vals, int64_t n, int64_t hd,
+                                                        float* out) {
+  int64_t d = 0;
+  for (; d + 64 <= hd; d += 64) {  // 64 outputs stay in registers over all rows
+    __m256 acc[8];
+    for (auto& a : acc) a = _mm256_setzero_ps();
+    for (int64_t j = 0; j < n; ++j) {
+      const __m256 pj = _mm256_set1_ps(p[j]);
+      for (int k = 0; k < 8; ++k) acc[k] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vals[j] + d + 8 * k), acc[k]);
+    }
+    for (int k = 0; k < 8; ++k) _mm256_storeu_ps(out + d + 8 * k, acc[k]);
+  }
+  for (; d < hd; ++d) {
+    float s = 0;
+    for (int64_t j = 0; j < n; ++j) s += p[j] * vals[j][d];
+    out[d] = s;
+  }
+}
+
+}  // namespace
+
+void fast_scores(const float* q, const float* const* keys, int64_t n, int64_t hd, float* scores) {
+  if (active_isa() >= Isa::Avx2) return scores_avx2(q, keys, n, hd, scores);
+  for (int64_t j = 0; j < n; ++j) scores[j] = dot_f32_scalar(q, keys[j], hd);
+}
+
+void fast_weighted_sum(const float* p, const float* const* vals, int64_t n, int64_t hd, float* out) {
+  if (active_isa() >= Isa::Avx2) return weighted_sum_avx2(p, vals, n, hd, out);
+  std::fill(out, out + hd, 0.0f);
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t d = 0; d < hd; ++d) out[d] += p[j] * vals[j][d];
 }
 
 void fast_softmax(float* z, int64_t n) {

@@ -17,9 +17,10 @@ namespace g4 {
 void fast_matmul(const TensorView& w, const float* x, int64_t n_tok, int64_t n_in, int64_t n_out, float* y, int64_t row0 = 0);
 
 // Vector helpers of the fast forward (attention, activations), dispatched like fast_matmul.
-float fast_dot(const float* a, const float* b, int64_t n);
-void fast_axpy(float a, const float* x, float* y, int64_t n);  // y += a * x
 void fast_softmax(float* z, int64_t n);
+// Attention of one query head: scores[j] = q . keys[j]; out = sum_j p[j] * vals[j] (n rows of hd).
+void fast_scores(const float* q, const float* const* keys, int64_t n, int64_t hd, float* scores);
+void fast_weighted_sum(const float* p, const float* const* vals, int64_t n, int64_t hd, float* out);
 void fast_gelu_tanh_mul(float* g, const float* u, int64_t n);  // g = gelu_tanh(g) * u
 
 // "avx512vnni", "avx2" or "scalar": what fast_matmul runs on this CPU

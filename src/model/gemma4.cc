@@ -300,9 +300,15 @@ class Gemma4 {
         std::fill(o, o + hd, T(0));
         if constexpr (std::is_same_v<T, float>) {
           if (fast_) {
-            for (int64_t kp = lo; kp <= pos; ++kp) scores[kp - lo] = fast_dot(qh, key(kp) + kvh * hd, hd);
-            fast_softmax(scores.data(), static_cast<int64_t>(scores.size()));
-            for (int64_t kp = lo; kp <= pos; ++kp) fast_axpy(scores[kp - lo], val(kp) + kvh * hd, o, hd);
+            const int64_t nk = pos - lo + 1;
+            std::vector<const float*> keys(static_cast<size_t>(nk)), vals(keys.size());
+            for (int64_t kp = lo; kp <= pos; ++kp) {
+              keys[kp - lo] = key(kp) + kvh * hd;
+              vals[kp - lo] = val(kp) + kvh * hd;
+            }
+            fast_scores(qh, keys.data(), nk, hd, scores.data());
+            fast_softmax(scores.data(), nk);
+            fast_weighted_sum(scores.data(), vals.data(), nk, hd, o);
             continue;
           }
         }
