@@ -202,7 +202,6 @@ class Gemma4 {
     const LayerConsts<T>& c = consts_[i];
     const int64_t H = s_.hidden, hd = ls.head_dim, nh = ls.n_heads, nkv = ls.n_kv_heads;
     const int64_t qw = nh * hd, kvw = nkv * hd;
-    const double eps = s_.rms_eps;
 
     // 1. x = RMSNorm(h; input_layernorm)
     std::vector<T> x(static_cast<size_t>(n * H));
@@ -340,7 +339,6 @@ class Gemma4 {
 
   void moe_block(const LayerWeights& lw, const LayerConsts<T>& c, const std::vector<T>& h1, int64_t n, std::vector<T>& y) {
     const int64_t H = s_.hidden, E = s_.n_experts, K = s_.top_k, Ie = s_.moe_ff;
-    const double eps = s_.rms_eps;
     // Dense branch output norm.
     for (int64_t t = 0; t < n; ++t) norm(&y[t * H], H, c.post_ffn_norm_1.data(), &y[t * H]);
     // Router on h1: RMSNorm without weight, * scale * H^-1/2, proj, softmax, top-k,

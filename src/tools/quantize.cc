@@ -45,6 +45,9 @@ DType fit_row(DType t, int64_t cols) {
   }
 }
 
+
+}  // namespace
+
 uint32_t file_type_of(const QuantizeOptions& opt) {
   if (opt.recipe == "q8_0") return 7;
   if (opt.recipe == "q4_0") return 2;
@@ -65,8 +68,6 @@ uint32_t file_type_of(const QuantizeOptions& opt) {
     default: return 0;
   }
 }
-
-}  // namespace
 
 // gemma4.* keys as llama.cpp's converter writes them (gemma4-tensors.md §8).
 void write_gemma4_metadata(GgufWriter& w, const ModelSpec& s) {

@@ -71,6 +71,8 @@ class GgufWriter;
 class Tokenizer;
 // gemma4.* keys and tokenizer.ggml.* keys as llama.cpp's converter writes them.
 void write_gemma4_metadata(GgufWriter& w, const ModelSpec& s);
+// llama.cpp's general.file_type (LLAMA_FTYPE_*) for a recipe or a single type.
+uint32_t file_type_of(const QuantizeOptions& opt);
 void write_tokenizer_metadata(GgufWriter& w, const Tokenizer& t, const ModelSpec& s);
 // rope_freqs.weight (1.0 for rotated pairs, 1e30 for the rest) of the full layers.
 std::vector<uint8_t> rope_freqs_bytes(const ModelSpec& s);

@@ -65,6 +65,7 @@ void synth_model(const SynthOptions& opt, const std::string& out_path) {
   const ModelSpec spec = synth_spec(opt.variant, opt.layers, opt.vocab);
   GgufWriter w;
   w.set_str("general.name", fmt::format("synthetic {} ({} layers, random weights)", opt.variant, spec.n_layers));
+  w.set_u32("general.file_type", file_type_of(opt.quant));
   write_gemma4_metadata(w, spec);
   // A byte-level vocabulary so that the file is a complete model (llama.cpp needs one).
   std::vector<std::string> tokens;
