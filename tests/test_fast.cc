@@ -2,12 +2,15 @@
 // float weights to 1e-6 NMSE on the gold, quantized GGUFs to 0.5% PPL.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 
 #include <fmt/ranges.h>
 
 #include "kernels/fast.h"
+#include "kernels/fast_internal.h"
 #include "kernels/ops.h"
 #include "kernels/quantize.h"
 #include "model/gemma4.h"
@@ -19,37 +22,76 @@
 namespace g4 {
 namespace {
 
+// Q2_K/Q3_K have no quantizer here: random blocks with sane f16 scales at the end
+// (Q2_K: d, dmin; Q3_K: d) are valid blocks.
+std::vector<uint8_t> random_k_blocks(DType t, int64_t rows, int64_t cols, std::mt19937& rng) {
+  const auto& info = dtype_info(t);
+  std::vector<uint8_t> bytes(static_cast<size_t>(rows * cols / 256 * info.block_bytes));
+  for (auto& b : bytes) b = static_cast<uint8_t>(rng());
+  const uint16_t small = 0x2000;  // f16 0.0078
+  for (size_t o = 0; o < bytes.size(); o += static_cast<size_t>(info.block_bytes)) {
+    const int64_t tail = t == DType::Q2_K ? 4 : 2;
+    for (int64_t k = 0; k < tail; k += 2) std::memcpy(&bytes[o + static_cast<size_t>(info.block_bytes - tail + k)], &small, 2);
+  }
+  return bytes;
+}
+
 TEST(FastKernels, EveryTypeMatchesTheReferenceMatmul) {
   std::mt19937 rng(3);
   std::normal_distribution<float> n(0, 1);
-  const int64_t in = 512, out = 24;
+  const int64_t in = 512, out = 27;  // 27 rows: full and partial 8- and 16-row panels
   std::vector<float> w(static_cast<size_t>(in * out)), x(static_cast<size_t>(11 * in));
   for (auto& v : w) v = 0.05f * n(rng);
   for (auto& v : x) v = n(rng);
   for (const std::string& isa : fast_available_isas()) {
     fast_force_isa(isa);
+    double worst = 0;
     for (DType t : {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1,
-                    DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
-      auto bytes = quantize_rows(t, w.data(), out, in);
+                    DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
+      auto bytes = t == DType::Q2_K || t == DType::Q3_K ? random_k_blocks(t, out, in, rng) : quantize_rows(t, w.data(), out, in);
       TensorView tv;
       tv.name = "w";
       tv.dtype = t;
       tv.shape = {out, in};
       tv.data = bytes.data();
       tv.nbytes = static_cast<int64_t>(bytes.size());
-      for (int64_t ntok : {1, 5, 11}) {  // decode, and batches (4-token tiles + remainder, 16-row panels)
+      for (int64_t ntok : {1, 2, 5, 11}) {  // decode, and batches (token tiles + remainder)
         std::vector<float> ref(static_cast<size_t>(ntok * out)), fast(ref.size());
         ops::matmul(tv, x.data(), ntok, in, out, ref.data());
         fast_matmul(tv, x.data(), ntok, in, out, fast.data());
         const auto st = compare_arrays(fast, ref, out);
         // Float weights: f32 FMA (order only); quantized: 8-bit activations.
-        const double tol = (t == DType::F32 || t == DType::F16 || t == DType::BF16) ? 1e-10 : 2e-4;
-        EXPECT_LT(st.nmse, tol) << dtype_name(t) << " " << isa << " ntok " << ntok;
+        const bool is_float = t == DType::F32 || t == DType::F16 || t == DType::BF16;
+        EXPECT_LT(st.nmse, is_float ? 1e-10 : 2e-4) << dtype_name(t) << " " << isa << " ntok " << ntok;
+        if (!is_float) worst = std::max(worst, st.nmse);
       }
     }
+    std::printf("fast kernels %s: worst quantized-type NMSE vs the reference matmul %.2e\n", isa.c_str(), worst);
   }
   fast_force_isa("");
-  std::printf("fast kernels checked: %s\n", fmt::format("{}", fmt::join(fast_available_isas(), ", ")).c_str());
+}
+
+// Activations must be quantized to the same bits on every ISA.
+TEST(FastKernels, ActivationQuantizersAgreeBitForBit) {
+  const auto isas = fast_available_isas();
+  if (std::find(isas.begin(), isas.end(), "avx2") == isas.end()) GTEST_SKIP() << "no AVX2 on this CPU";
+  std::mt19937 rng(9);
+  std::normal_distribution<float> n(0, 3);
+  for (int trial = 0; trial < 200; ++trial) {
+    float x[32];
+    for (float& v : x) v = n(rng);
+    if (trial % 4 == 1) for (int j = 0; j < 32; ++j) x[j] = static_cast<float>(j - 16) * 0.5f;  // ties at .5
+    if (trial % 4 == 2) std::fill(x, x + 32, 0.0f);
+    int8_t qs[32], qv[32];
+    float ds, dv;
+    int32_t ss[2], sv[2];
+    fast_detail::quantize_block_scalar(x, qs, ds, ss);
+    fast_detail::quantize_block_avx2(x, qv, dv, sv);
+    ASSERT_EQ(std::memcmp(qs, qv, 32), 0) << "trial " << trial;
+    ASSERT_EQ(ds, dv);
+    ASSERT_EQ(ss[0], sv[0]);
+    ASSERT_EQ(ss[1], sv[1]);
+  }
 }
 
 TEST(FastKernels, AttentionAndActivationHelpersMatchTheReference) {

@@ -20,34 +20,6 @@ namespace {
 
 constexpr int QK = 32;
 
-// Activations of one token: int8 blocks of 32 with scale d, and per-16 sums of q.
-struct QuantizedAct {
-  std::vector<int8_t> q;
-  std::vector<float> d;     // 1 per block
-  std::vector<float> sum;   // 2 per block: sum of q over each half, times d
-};
-
-void quantize_act(const float* x, int64_t n, QuantizedAct& a) {
-  a.q.resize(static_cast<size_t>(n));
-  a.d.resize(static_cast<size_t>(n / QK));
-  a.sum.resize(static_cast<size_t>(n / 16));
-  for (int64_t b = 0; b < n / QK; ++b) {
-    const float* xb = x + b * QK;
-    float amax = 0;
-    for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(xb[j]));
-    const float d = amax / 127.0f, id = d ? 1.0f / d : 0.0f;
-    a.d[b] = d;
-    int s0 = 0, s1 = 0;
-    for (int j = 0; j < QK; ++j) {
-      const int v = static_cast<int>(std::nearbyint(xb[j] * id));
-      a.q[b * QK + j] = static_cast<int8_t>(v);
-      (j < 16 ? s0 : s1) += v;
-    }
-    a.sum[2 * b] = d * static_cast<float>(s0);
-    a.sum[2 * b + 1] = d * static_cast<float>(s1);
-  }
-}
-
 inline float f16(const uint8_t* p) {
   uint16_t h;
   std::memcpy(&h, p, 2);
@@ -55,6 +27,46 @@ inline float f16(const uint8_t* p) {
 }
 
 }  // namespace
+
+void quantize_block_scalar(const float* x, int8_t* q, float& d, int32_t sums[2]) {
+  float amax = 0;
+  for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(x[j]));
+  d = amax / 127.0f;
+  const float id = d ? 1.0f / d : 0.0f;
+  sums[0] = sums[1] = 0;
+  for (int j = 0; j < QK; ++j) {
+    const int v = static_cast<int>(std::nearbyint(x[j] * id));
+    q[j] = static_cast<int8_t>(v);
+    sums[j / 16] += v;
+  }
+}
+
+void quantize_acts(const float* x, int64_t n_tok, int64_t n_in, int zp, int bs, bool with_sums, QuantizeBlock block,
+                   Acts& a) {
+  a.n_in = n_in;
+  a.bs = bs;
+  a.n_blocks = n_in / bs;
+  a.q.resize(static_cast<size_t>(n_tok * n_in));
+  a.corr.resize(static_cast<size_t>(n_tok * a.n_blocks));
+  a.d.resize(a.corr.size());
+  a.sx.resize(with_sums ? a.corr.size() : 0);
+  const int per = QK / bs;  // scale blocks per 32-block
+#pragma omp parallel for schedule(static) if (n_tok > 1)
+  for (int64_t t = 0; t < n_tok; ++t) {
+    for (int64_t b = 0; b < n_in / QK; ++b) {
+      float d;
+      int32_t sums[2];
+      block(x + t * n_in + QK * b, a.q.data() + t * n_in + QK * b, d, sums);
+      for (int k = 0; k < per; ++k) {
+        const int32_t sum = per == 1 ? sums[0] + sums[1] : sums[k];
+        const size_t i = a.at(t, b * per + k);
+        a.corr[i] = -zp * sum;
+        a.d[i] = d;
+        if (with_sums) a.sx[i] = d * static_cast<float>(sum);
+      }
+    }
+  }
+}
 
 // Unpacks row r of a quantized tensor with `cols` columns.
 void unpack_row(DType t, const uint8_t* src, int64_t cols, UnpackedRow& u) {
@@ -166,14 +178,15 @@ void unpack_row(DType t, const uint8_t* src, int64_t cols, UnpackedRow& u) {
 
 namespace {
 
-float dot_row_scalar(const UnpackedRow& u, const QuantizedAct& a, int64_t n) {
+float dot_row_scalar(const UnpackedRow& u, const Acts& a, int64_t t) {
   float acc = 0;
-  for (int64_t b = 0; b < n / QK; ++b) {
+  const int8_t* x = a.tok(t);
+  for (int64_t b = 0; b < a.n_in / QK; ++b) {
     int d0 = 0, d1 = 0;
-    for (int j = 0; j < 16; ++j) d0 += u.q[b * QK + j] * a.q[b * QK + j];
-    for (int j = 16; j < 32; ++j) d1 += u.q[b * QK + j] * a.q[b * QK + j];
-    acc += a.d[b] * (u.s[2 * b] * static_cast<float>(d0) + u.s[2 * b + 1] * static_cast<float>(d1));
-    if (u.has_offset) acc += u.c[2 * b] * a.sum[2 * b] + u.c[2 * b + 1] * a.sum[2 * b + 1];
+    for (int j = 0; j < 16; ++j) d0 += u.q[b * QK + j] * x[b * QK + j];
+    for (int j = 16; j < 32; ++j) d1 += u.q[b * QK + j] * x[b * QK + j];
+    acc += a.d[a.at(t, b)] * (u.s[2 * b] * static_cast<float>(d0) + u.s[2 * b + 1] * static_cast<float>(d1));
+    if (u.has_offset) acc += u.c[2 * b] * a.sx[a.at(t, b)];
   }
   return acc;
 }
@@ -186,24 +199,6 @@ __attribute__((target("avx2,fma"))) inline float hsum(__m256 v) {
   return _mm_cvtss_f32(lo);
 }
 
-__attribute__((target("avx2,fma"))) float dot_row_avx2(const UnpackedRow& u, const QuantizedAct& a, int64_t n) {
-  __m256 acc = _mm256_setzero_ps();
-  const __m256i ones = _mm256_set1_epi16(1);
-  float off = 0;
-  for (int64_t b = 0; b < n / QK; ++b) {
-    const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(u.q.data() + b * QK));
-    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q.data() + b * QK));
-    // maddubs needs an unsigned operand: |w| and x with w's sign.
-    const __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
-    const __m256i p32 = _mm256_madd_epi16(p16, ones);  // lanes 0-3: elements 0-15, 4-7: 16-31
-    const __m256 scale = _mm256_mul_ps(_mm256_set1_ps(a.d[b]),
-                                       _mm256_setr_m128(_mm_set1_ps(u.s[2 * b]), _mm_set1_ps(u.s[2 * b + 1])));
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), scale, acc);
-    if (u.has_offset) off += u.c[2 * b] * a.sum[2 * b] + u.c[2 * b + 1] * a.sum[2 * b + 1];
-  }
-  return hsum(acc) + off;
-}
-
 __attribute__((target("avx2,fma"))) float dot_f32_avx2(const float* w, const float* x, int64_t n) {
   __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
   int64_t i = 0;
@@ -214,96 +209,6 @@ __attribute__((target("avx2,fma"))) float dot_f32_avx2(const float* w, const flo
   float s = hsum(_mm256_add_ps(a0, a1));
   for (; i < n; ++i) s += w[i] * x[i];
   return s;
-}
-
-// Fused AVX2 dots for the common decode types: the weight block is expanded in
-// registers, never written out.
-__attribute__((target("avx2,fma"))) inline __m256i dot_i8_lanes(__m256i w, __m256i x) {
-  const __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
-  return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
-}
-
-// NT tokens per pass: each weight block is expanded once and used NT times.
-template <int NT>
-__attribute__((target("avx2,fma"))) void dot_q8_0_avx2(const uint8_t* w, const QuantizedAct* const* a, int64_t n, float* out) {
-  __m256 acc[NT];
-  for (int k = 0; k < NT; ++k) acc[k] = _mm256_setzero_ps();
-  for (int64_t b = 0; b < n / QK; ++b, w += 34) {
-    const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 2));
-    const float d = f16(w);
-    for (int k = 0; k < NT; ++k) {
-      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[k]->q.data() + b * QK));
-      acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_i8_lanes(q, x)), _mm256_set1_ps(d * a[k]->d[b]), acc[k]);
-    }
-  }
-  for (int k = 0; k < NT; ++k) out[k] = hsum(acc[k]);
-}
-
-template <int NT>
-__attribute__((target("avx2,fma"))) void dot_q4_0_avx2(const uint8_t* w, const QuantizedAct* const* a, int64_t n, float* out) {
-  __m256 acc[NT];
-  for (int k = 0; k < NT; ++k) acc[k] = _mm256_setzero_ps();
-  const __m128i mask = _mm_set1_epi8(0x0f);
-  const __m256i eight = _mm256_set1_epi8(8);
-  for (int64_t b = 0; b < n / QK; ++b, w += 18) {
-    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2));
-    const __m256i q = _mm256_sub_epi8(
-        _mm256_setr_m128i(_mm_and_si128(raw, mask), _mm_and_si128(_mm_srli_epi16(raw, 4), mask)), eight);
-    const __m256i qa = _mm256_sign_epi8(q, q);
-    const float d = f16(w);
-    for (int k = 0; k < NT; ++k) {
-      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[k]->q.data() + b * QK));
-      const __m256i p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(qa, _mm256_sign_epi8(x, q)), _mm256_set1_epi16(1));
-      acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_set1_ps(d * a[k]->d[b]), acc[k]);
-    }
-  }
-  for (int k = 0; k < NT; ++k) out[k] = hsum(acc[k]);
-}
-
-template <int NT>
-__attribute__((target("avx2,fma"))) void dot_q4_k_avx2(const uint8_t* w, const QuantizedAct* const* a, int64_t n, float* out) {
-  __m256 acc[NT];
-  float off[NT];
-  for (int k = 0; k < NT; ++k) { acc[k] = _mm256_setzero_ps(); off[k] = 0; }
-  const __m256i mask = _mm256_set1_epi8(0x0f);
-  const __m256i ones = _mm256_set1_epi16(1);
-  for (int64_t sb = 0; sb < n / 256; ++sb, w += 144) {
-    const float d = f16(w), dmin = f16(w + 2);
-    const uint8_t* sc = w + 4;
-    const uint8_t* qs = w + 16;
-    for (int c = 0; c < 4; ++c) {
-      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * c));
-      for (int h = 0; h < 2; ++h) {
-        const int j = 2 * c + h;
-        uint8_t ls, lm;
-        scale_min_k4(j, sc, ls, lm);
-        const int64_t blk = sb * 8 + j;
-        const __m256i q = h ? _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask) : _mm256_and_si256(raw, mask);
-        const float dl = d * ls, ml = dmin * lm;
-        for (int k = 0; k < NT; ++k) {
-          const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[k]->q.data() + blk * QK));
-          const __m256i p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), ones);  // q is unsigned
-          acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_set1_ps(dl * a[k]->d[blk]), acc[k]);
-          off[k] -= ml * (a[k]->sum[2 * blk] + a[k]->sum[2 * blk + 1]);
-        }
-      }
-    }
-  }
-  for (int k = 0; k < NT; ++k) out[k] = hsum(acc[k]) + off[k];
-}
-
-struct FusedDot {
-  void (*one)(const uint8_t*, const QuantizedAct* const*, int64_t, float*);
-  void (*four)(const uint8_t*, const QuantizedAct* const*, int64_t, float*);
-};
-
-FusedDot fused_dot(DType t) {
-  switch (t) {
-    case DType::Q8_0: return {dot_q8_0_avx2<1>, dot_q8_0_avx2<4>};
-    case DType::Q4_0: return {dot_q4_0_avx2<1>, dot_q4_0_avx2<4>};
-    case DType::Q4_K: return {dot_q4_k_avx2<1>, dot_q4_k_avx2<4>};
-    default: return {nullptr, nullptr};
-  }
 }
 
 float dot_f32_scalar(const float* w, const float* x, int64_t n) {
@@ -346,7 +251,6 @@ Isa active_isa() {
   return cap && *cap < best ? *cap : best;
 }
 
-bool is_float_type(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::F64; }
 
 }  // namespace
 }  // namespace fast_detail
@@ -479,7 +383,7 @@ void fast_matmul(const TensorView& w, const float* x, int64_t n_tok, int64_t n_i
   const Isa isa = active_isa();
   const bool avx2 = isa >= Isa::Avx2;
   if (isa == Isa::Avx512Vnni && matmul_avx512_vnni(w, x, n_tok, n_in, n_out, y, row0)) return;
-  if (is_float_type(w.dtype) || n_in % QK != 0) {
+  if (!is_quantized(w.dtype) || n_in % QK != 0) {
 #pragma omp parallel
     {
       std::vector<float> row(static_cast<size_t>(n_in));
@@ -492,36 +396,16 @@ void fast_matmul(const TensorView& w, const float* x, int64_t n_tok, int64_t n_i
     }
     return;
   }
-  std::vector<QuantizedAct> acts(static_cast<size_t>(n_tok));
-#pragma omp parallel for schedule(static) if (n_tok > 1)
-  for (int64_t t = 0; t < n_tok; ++t) quantize_act(x + t * n_in, n_in, acts[t]);
-  if (const FusedDot fd = avx2 ? fused_dot(w.dtype) : FusedDot{nullptr, nullptr}; fd.one) {
-    std::vector<const QuantizedAct*> ap(acts.size());
-    for (size_t t = 0; t < acts.size(); ++t) ap[t] = &acts[t];
-#pragma omp parallel for schedule(static)
-    for (int64_t o = 0; o < n_out; ++o) {
-      const uint8_t* row = w.data + (row0 + o) * *rb;
-      float out[4];
-      int64_t t = 0;
-      for (; t + 4 <= n_tok; t += 4) {
-        fd.four(row, &ap[t], n_in, out);
-        for (int k = 0; k < 4; ++k) y[(t + k) * n_out + o] = out[k];
-      }
-      for (; t < n_tok; ++t) {
-        fd.one(row, &ap[t], n_in, out);
-        y[t * n_out + o] = out[0];
-      }
-    }
-    return;
-  }
+  if (avx2 && matmul_avx2(w, x, n_tok, n_in, n_out, y, row0)) return;
+  Acts acts;
+  quantize_acts(x, n_tok, n_in, 0, QK, true, quantize_block_scalar, acts);
 #pragma omp parallel
   {
     UnpackedRow u;
 #pragma omp for schedule(static)
     for (int64_t o = 0; o < n_out; ++o) {
       unpack_row(w.dtype, w.data + (row0 + o) * *rb, n_in, u);
-      for (int64_t t = 0; t < n_tok; ++t)
-        y[t * n_out + o] = avx2 ? dot_row_avx2(u, acts[t], n_in) : dot_row_scalar(u, acts[t], n_in);
+      for (int64_t t = 0; t < n_tok; ++t) y[t * n_out + o] = dot_row_scalar(u, acts, t);
     }
   }
 }

@@ -34,60 +34,10 @@ namespace {
 constexpr int kChunk = 64;
 constexpr int kGroupOfLane[4] = {0, 2, 1, 3};  // lane group -> 16-element group
 
-// Types whose dequantization is s * q + m (unsigned q, a minimum per group).
-bool has_min(DType t) { return t == DType::Q4_1 || t == DType::Q5_1 || t == DType::Q4_K || t == DType::Q5_K; }
-
 // The uint8 weight is q_stored = q + zero_point; the activations carry -zp * sum(x).
 int zero_point(DType t) {
   if (has_min(t)) return 0;
   return t == DType::Q4_0 ? 8 : 128;  // Q4_0 nibbles as stored; int8 values + 128 otherwise
-}
-
-// The scale granularity of the panel: per 16 for the types with 16-element scales.
-int scale_block(DType t) { return t == DType::Q6_K || t == DType::Q2_K || t == DType::Q3_K ? 16 : 32; }
-
-// Activations of n tokens, in element order: int8 values and, per scale block of bs
-// elements, -zp * sum(q), the scale d of the 32-block, and (types with a minimum) d * sum(q).
-struct Acts {
-  int64_t n_in = 0, bs = 32, n_blocks = 0;
-  std::vector<int8_t> q;
-  std::vector<int32_t> corr;
-  std::vector<float> d, sx;
-};
-
-G4_AVX512 void quantize_acts(const float* x, int64_t n_tok, int64_t n_in, int zp, int bs, bool with_sums, Acts& a) {
-  a.n_in = n_in;
-  a.bs = bs;
-  a.n_blocks = n_in / bs;
-  a.q.resize(static_cast<size_t>(n_tok * n_in));
-  a.corr.resize(static_cast<size_t>(n_tok * a.n_blocks));
-  a.d.resize(a.corr.size());
-  a.sx.resize(with_sums ? a.corr.size() : 0);
-  const __m512 sign = _mm512_set1_ps(-0.0f);
-#pragma omp parallel for schedule(static) if (n_tok > 1)
-  for (int64_t t = 0; t < n_tok; ++t) {
-    for (int64_t b = 0; b < n_in / 32; ++b) {
-      const float* xb = x + t * n_in + 32 * b;
-      const __m512 lo = _mm512_loadu_ps(xb), hi = _mm512_loadu_ps(xb + 16);
-      const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_andnot_ps(sign, lo), _mm512_andnot_ps(sign, hi)));
-      const float d = amax / 127.0f, id = d ? 1.0f / d : 0.0f;
-      // Default rounding is to nearest even, as nearbyint.
-      const __m512i qlo = _mm512_cvtps_epi32(_mm512_mul_ps(lo, _mm512_set1_ps(id)));
-      const __m512i qhi = _mm512_cvtps_epi32(_mm512_mul_ps(hi, _mm512_set1_ps(id)));
-      int8_t* qb = a.q.data() + t * n_in + 32 * b;
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(qb), _mm512_cvtsepi32_epi8(qlo));
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(qb + 16), _mm512_cvtsepi32_epi8(qhi));
-      const int32_t sums[2] = {_mm512_reduce_add_epi32(qlo), _mm512_reduce_add_epi32(qhi)};
-      const int per = 32 / bs;  // scale blocks in this 32-block
-      for (int k = 0; k < per; ++k) {
-        const int32_t sum = per == 1 ? sums[0] + sums[1] : sums[k];
-        const size_t i = static_cast<size_t>(t * a.n_blocks + b * per + k);
-        a.corr[i] = -zp * sum;
-        a.d[i] = d;
-        if (with_sums) a.sx[i] = d * static_cast<float>(sum);
-      }
-    }
-  }
 }
 
 // One unpacked row: per chunk 64 uint8, 16 scales, and (types with a minimum) 16 minimums.
@@ -333,15 +283,6 @@ PanelTile panel_tile_for(int bs, bool min) {
   return min ? panel_tile<32, true> : panel_tile<32, false>;
 }
 
-// The types unpack_row_vnni knows (the same set as the AVX2/scalar int8 path).
-bool is_quantized(DType t) {
-  switch (t) {
-    case DType::Q4_0: case DType::Q4_1: case DType::Q5_0: case DType::Q5_1: case DType::Q8_0:
-    case DType::Q2_K: case DType::Q3_K: case DType::Q4_K: case DType::Q5_K: case DType::Q6_K: return true;
-    default: return false;
-  }
-}
-
 }  // namespace
 
 bool cpu_has_avx512_vnni() {
@@ -357,9 +298,13 @@ bool matmul_avx512_vnni(const TensorView& w, const float* x, int64_t n_tok, int6
   const int64_t rb = *row_bytes(w.dtype, n_in);
   const bool min = has_min(w.dtype);
   const int bs = scale_block(w.dtype);
+  const Fused f = fused_for(w.dtype);
+  // Decode of the other types: a panel costs more than it saves for one token; the AVX2
+  // kernels stream those rows (decode is bound by memory reads, not arithmetic).
+  if (n_tok < 4 && !f.dot) return false;
   Acts acts;
-  quantize_acts(x, n_tok, n_in, zero_point(w.dtype), bs, min, acts);
-  if (const Fused f = fused_for(w.dtype); f.dot && n_tok < 4) {
+  quantize_acts(x, n_tok, n_in, zero_point(w.dtype), bs, min, quantize_block_avx2, acts);
+  if (f.dot && n_tok < 4) {
 #pragma omp parallel for schedule(static)
     for (int64_t o = 0; o < n_out; ++o)
       for (int64_t t = 0; t < n_tok; ++t) y[t * n_out + o] = f.dot(w.data + (row0 + o) * rb, acts, t);

@@ -1,4 +1,4 @@
-// Internals shared by the fast kernels (fast.cc: AVX2/scalar, fast_avx512.cc: AVX-512 VNNI).
+// Internals shared by the fast kernels (fast.cc: dispatch, scalar; fast_avx2.cc; fast_avx512.cc).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -8,8 +8,23 @@
 
 namespace g4::fast_detail {
 
+// The quantized weight types the integer kernels know.
+constexpr bool is_quantized(DType t) {
+  switch (t) {
+    case DType::Q4_0: case DType::Q4_1: case DType::Q5_0: case DType::Q5_1: case DType::Q8_0:
+    case DType::Q2_K: case DType::Q3_K: case DType::Q4_K: case DType::Q5_K: case DType::Q6_K: return true;
+    default: return false;
+  }
+}
+
+// Types whose dequantization is s * q + m (unsigned q, a minimum per 32 elements).
+constexpr bool has_min(DType t) { return t == DType::Q4_1 || t == DType::Q5_1 || t == DType::Q4_K || t == DType::Q5_K; }
+
+// The scale granularity: per 16 for the types with 16-element scales, per 32 otherwise.
+constexpr int scale_block(DType t) { return t == DType::Q6_K || t == DType::Q2_K || t == DType::Q3_K ? 16 : 32; }
+
 // One row of weights unpacked: int8 values in blocks of 32, and per 16 elements a
-// scale s and an offset c, so that w = s * q + c.
+// scale s and an offset c, so that w = s * q + c (c is the same for both halves of a block).
 struct UnpackedRow {
   std::vector<int8_t> q;
   std::vector<float> s, c;  // 2 per block of 32
@@ -24,8 +39,31 @@ struct UnpackedRow {
 // Unpacks one row of a quantized tensor with `cols` columns (cols % 32 == 0).
 void unpack_row(DType t, const uint8_t* src, int64_t cols, UnpackedRow& u);
 
-// y[t, o] = sum_i W[row0 + o, i] * x[t, i] on AVX-512 VNNI; false where it does not
-// apply (float weights, n_in % 64 != 0), and the caller takes another path.
+// Activations of n tokens, quantized per token to int8 blocks of 32 with scale d (as
+// llama.cpp's q8_0). Per scale block of bs elements (16 or 32): corr = -zp * sum(q), which
+// folds a weight zero point zp into the integer dot; the scale d of its 32-block; and, with
+// sums, sx = d * sum(q), which multiplies a weight minimum.
+struct Acts {
+  int64_t n_in = 0, bs = 32, n_blocks = 0;
+  std::vector<int8_t> q;    // n_tok x n_in
+  std::vector<int32_t> corr;  // n_tok x n_blocks
+  std::vector<float> d, sx;   // n_tok x n_blocks
+  const int8_t* tok(int64_t t) const { return q.data() + t * n_in; }
+  size_t at(int64_t t, int64_t b) const { return static_cast<size_t>(t * n_blocks + b); }
+};
+
+// Quantizes 32 floats: q = round_half_even(x * 127 / amax), d = amax / 127, and the sums
+// of q over each half. Every ISA gives the same bits.
+using QuantizeBlock = void (*)(const float* x, int8_t* q, float& d, int32_t sums[2]);
+void quantize_block_scalar(const float* x, int8_t* q, float& d, int32_t sums[2]);
+void quantize_block_avx2(const float* x, int8_t* q, float& d, int32_t sums[2]);
+
+void quantize_acts(const float* x, int64_t n_tok, int64_t n_in, int zp, int bs, bool with_sums, QuantizeBlock block,
+                   Acts& a);
+
+// y[t, o] = sum_i W[row0 + o, i] * x[t, i] for quantized W; false where the kernel does not
+// apply (float weights, n_in not a multiple of its block), and the caller takes another path.
+bool matmul_avx2(const TensorView& w, const float* x, int64_t n_tok, int64_t n_in, int64_t n_out, float* y, int64_t row0);
 bool matmul_avx512_vnni(const TensorView& w, const float* x, int64_t n_tok, int64_t n_in, int64_t n_out, float* y,
                         int64_t row0);
 bool cpu_has_avx512_vnni();
