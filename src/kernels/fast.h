@@ -1,9 +1,9 @@
 // The fast CPU matmul: weights stay in their GGML type (mmap), activations are
-// quantized to 8-bit blocks of 32 (int8 + f32 scale, as llama.cpp's q8_0/q8_K).
-// AVX-512 VNNI: panels of weight rows are unpacked to uint8 with per-16 scales and
-// multiplied by 4x4 register tiles of (rows x tokens). AVX2/scalar: fused per-row dots
-// for Q8_0/Q4_0/Q4_K, an int8 unpack for the other types. Float weights (F32/F16/BF16)
-// take an f32 FMA path. Dispatch is at run time.
+// quantized to 8-bit blocks of 32 (int8 + f32 scale, as llama.cpp's q8_0).
+// Prefill: panels of weight rows are unpacked to 8-bit with per-16/32 scales and
+// multiplied by register tiles of (rows x tokens): 16 x 8 with AVX-512 VNNI (fast_avx512.cc),
+// 8 x 4 with AVX2 (fast_avx2.cc). Decode: rows are decoded in registers and streamed.
+// Float weights (F32/F16/BF16) take an f32 FMA path. Dispatch is at run time (fast.cc).
 #pragma once
 #include <cstdint>
 #include <string>
