@@ -224,6 +224,90 @@ void build_panel(DType t, const uint8_t* rows_src, int64_t row_bytes, int64_t ro
   }
 }
 
+// Block b (32 weights) of a row of the common types as 32 panel bytes in element order,
+// its scale and minimum: the decode shared with the fused dots above.
+struct BlockQ4_0 {
+  static constexpr bool kMin = false;
+  G4_AVX2 static __m256i decode(const uint8_t* row, int64_t b, float& s, float&) {
+    const uint8_t* p = row + 18 * b;
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2)), mask = _mm_set1_epi8(0x0f);
+    s = half_at(p);
+    return _mm256_setr_m128i(_mm_and_si128(raw, mask), _mm_and_si128(_mm_srli_epi16(raw, 4), mask));  // q + 8
+  }
+};
+
+struct BlockQ8_0 {
+  static constexpr bool kMin = false;
+  G4_AVX2 static __m256i decode(const uint8_t* row, int64_t b, float& s, float&) {
+    s = half_at(row + 34 * b);
+    return load32(row + 34 * b + 2);  // signed (a wide type)
+  }
+};
+
+struct BlockQ4_K {
+  static constexpr bool kMin = true;
+  G4_AVX2 static __m256i decode(const uint8_t* row, int64_t b, float& s, float& m) {
+    const uint8_t* p = row + 144 * (b / 8);
+    const int j = static_cast<int>(b % 8);
+    uint8_t ls, lm;
+    scale_min_k4(j, p + 4, ls, lm);
+    s = half_at(p) * ls;
+    m = -half_at(p + 2) * lm;
+    const __m256i raw = load32(p + 16 + 32 * (j / 2));
+    return _mm256_and_si256(j % 2 ? _mm256_srli_epi16(raw, 4) : raw, _mm256_set1_epi8(0x0f));
+  }
+};
+
+// In-place transpose of an 8 x 8 matrix of dwords (v[i] is row i).
+G4_AVX2 inline void transpose8x8(__m256i* v) {
+  __m256i t[8], u[8];
+  for (int k = 0; k < 4; ++k) {
+    t[2 * k] = _mm256_unpacklo_epi32(v[2 * k], v[2 * k + 1]);
+    t[2 * k + 1] = _mm256_unpackhi_epi32(v[2 * k], v[2 * k + 1]);
+  }
+  for (int k = 0; k < 2; ++k) {  // lane l of u[4k+m]: rows 4k..4k+3 of column 4l+m
+    u[4 * k] = _mm256_unpacklo_epi64(t[4 * k], t[4 * k + 2]);
+    u[4 * k + 1] = _mm256_unpackhi_epi64(t[4 * k], t[4 * k + 2]);
+    u[4 * k + 2] = _mm256_unpacklo_epi64(t[4 * k + 1], t[4 * k + 3]);
+    u[4 * k + 3] = _mm256_unpackhi_epi64(t[4 * k + 1], t[4 * k + 3]);
+  }
+  for (int m = 0; m < 4; ++m) {
+    v[m] = _mm256_permute2x128_si256(u[m], u[4 + m], 0x20);
+    v[4 + m] = _mm256_permute2x128_si256(u[m], u[4 + m], 0x31);
+  }
+}
+
+// The panel of `n_rows` rows (the rest zero) of a common type, block by block: 8 rows are
+// decoded in registers and transposed, with no unpacked copy.
+template <class D>
+G4_AVX2 void build_panel_fused(const uint8_t* rows, int64_t rb, int64_t n_rows, int64_t n_in, uint8_t* panel) {
+  const int64_t unit = panel_unit(QK, D::kMin);
+  for (int64_t b = 0; b < n_in / QK; ++b) {
+    uint8_t* p = panel + b * unit;
+    float* scale = reinterpret_cast<float*>(p + 8 * 32);
+    __m256i v[8];
+    for (int64_t r = 0; r < kPanelRows; ++r) {
+      float s = 0, m = 0;
+      v[r] = r < n_rows ? D::decode(rows + r * rb, b, s, m) : _mm256_setzero_si256();
+      scale[r] = s;
+      if constexpr (D::kMin) scale[8 + r] = m;
+    }
+    transpose8x8(v);
+    for (int sl = 0; sl < 8; ++sl) _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + 32 * sl), v[sl]);
+  }
+}
+
+using BuildPanel = void (*)(const uint8_t*, int64_t, int64_t, int64_t, uint8_t*);
+
+BuildPanel fused_panel(DType t) {
+  switch (t) {
+    case DType::Q4_0: return build_panel_fused<BlockQ4_0>;
+    case DType::Q8_0: return build_panel_fused<BlockQ8_0>;
+    case DType::Q4_K: return build_panel_fused<BlockQ4_K>;
+    default: return nullptr;
+  }
+}
+
 // out[k * 8 + r] = row r . token (t0 + k), for the 8 rows of a panel and T tokens.
 template <int T, int BS, bool MIN, bool WIDE, int GROUP>
 G4_AVX2 void panel_8xT(const uint8_t* panel, const Acts& a, int64_t t0, float* out) {
@@ -347,6 +431,7 @@ bool matmul_avx2(const TensorView& w, const float* x, int64_t n_tok, int64_t n_i
   const int bs = scale_block(w.dtype);
   quantize_acts(x, n_tok, n_in, zero_point(w.dtype), bs, has_min(w.dtype), quantize_block_avx2, acts);
   const PanelTile tile = panel_tile_for(w.dtype);
+  const BuildPanel fused = fused_panel(w.dtype);
   const int64_t n_panels = (n_out + kPanelRows - 1) / kPanelRows;
 #pragma omp parallel
   {
@@ -356,7 +441,11 @@ bool matmul_avx2(const TensorView& w, const float* x, int64_t n_tok, int64_t n_i
 #pragma omp for schedule(static)
     for (int64_t pi = 0; pi < n_panels; ++pi) {
       const int64_t first = pi * kPanelRows, n_rows = std::min<int64_t>(kPanelRows, n_out - first);
-      build_panel(w.dtype, rows + first * rb, rb, n_rows, n_in, u, panel.data());
+      if (fused) {
+        fused(rows + first * rb, rb, n_rows, n_in, panel.data());
+      } else {
+        build_panel(w.dtype, rows + first * rb, rb, n_rows, n_in, u, panel.data());
+      }
       for (int64_t t = 0; t < n_tok; t += kTileTokens) {
         const int nt = static_cast<int>(std::min<int64_t>(kTileTokens, n_tok - t));
         tile(nt, panel.data(), acts, t, out);

@@ -108,19 +108,6 @@ struct ChunkQ4_K {
   }
 };
 
-template <class D>
-G4_AVX512 void unpack_fused(const uint8_t* row, int64_t chunks, uint8_t* out) {
-  for (int64_t c = 0; c < chunks; ++c, out += unit_bytes(D::kMin)) {
-    __m512i w;
-    __m512 s, m;
-    _mm_prefetch(reinterpret_cast<const char*>(row) + c * D::kBytes + kPrefetchBytes, _MM_HINT_T0);
-    D::decode(row, c, w, s, m);
-    _mm512_storeu_si512(out, w);
-    _mm512_storeu_ps(out + 64, s);
-    if constexpr (D::kMin) _mm512_storeu_ps(out + 128, m);
-  }
-}
-
 // Decode (few tokens): one row against token t, decoded in registers, never stored.
 // The types here have 32-element scale blocks: chunk c is blocks 2c and 2c+1.
 template <class D>
@@ -152,19 +139,87 @@ G4_AVX512 float dot_fused(const uint8_t* row, const Acts& a, int64_t t) {
   return _mm512_reduce_add_ps(_mm512_add_ps(acc, acc_min));
 }
 
+// A panel of 16 rows, per scale block: bs/4 vectors of 64 bytes (lane r: 4 consecutive
+// weights of row r), 16 scales, and (types with a minimum) 16 minimums.
+int64_t panel_unit(int bs, bool min) { return bs / 4 * 64 + 64 + (min ? 64 : 0); }
+
+// Where lane `lane` of a chunk (chunk layout) goes in a panel, from the chunk's first block.
+int64_t lane_offset(int lane, int bs, int64_t unit) {
+  const int64_t e = 16 * kGroupOfLane[lane / 4] + 4 * (lane % 4);
+  return (e / bs) * unit + ((e % bs) / 4) * 64;
+}
+
+// In-place transpose of a 16 x 16 matrix of dwords (v[i] is row i).
+G4_AVX512 inline void transpose16x16(__m512i* v) {
+  __m512i t[16], u[16];
+  for (int k = 0; k < 8; ++k) {  // lane l of t[2k]: a[2k][4l], a[2k+1][4l], a[2k][4l+1], a[2k+1][4l+1]
+    t[2 * k] = _mm512_unpacklo_epi32(v[2 * k], v[2 * k + 1]);
+    t[2 * k + 1] = _mm512_unpackhi_epi32(v[2 * k], v[2 * k + 1]);
+  }
+  for (int k = 0; k < 4; ++k) {  // lane l of u[4k+m]: rows 4k..4k+3 of column 4l+m
+    u[4 * k] = _mm512_unpacklo_epi64(t[4 * k], t[4 * k + 2]);
+    u[4 * k + 1] = _mm512_unpackhi_epi64(t[4 * k], t[4 * k + 2]);
+    u[4 * k + 2] = _mm512_unpacklo_epi64(t[4 * k + 1], t[4 * k + 3]);
+    u[4 * k + 3] = _mm512_unpackhi_epi64(t[4 * k + 1], t[4 * k + 3]);
+  }
+  for (int m = 0; m < 4; ++m) {  // column 4l+m gathers lane l of u[m], u[4+m], u[8+m], u[12+m]
+    const __m512i a01 = _mm512_shuffle_i32x4(u[m], u[4 + m], 0x44), a23 = _mm512_shuffle_i32x4(u[m], u[4 + m], 0xEE);
+    const __m512i b01 = _mm512_shuffle_i32x4(u[8 + m], u[12 + m], 0x44), b23 = _mm512_shuffle_i32x4(u[8 + m], u[12 + m], 0xEE);
+    v[m] = _mm512_shuffle_i32x4(a01, b01, 0x88);
+    v[4 + m] = _mm512_shuffle_i32x4(a01, b01, 0xDD);
+    v[8 + m] = _mm512_shuffle_i32x4(a23, b23, 0x88);
+    v[12 + m] = _mm512_shuffle_i32x4(a23, b23, 0xDD);
+  }
+}
+
+// The panel of `n_rows` rows (the rest zero) of a fused type, chunk by chunk: 16 rows are
+// decoded in registers and transposed, so nothing goes through an unpacked copy.
+template <class D>
+G4_AVX512 void build_panel_fused(const uint8_t* rows, int64_t rb, int64_t n_rows, int64_t n_in, uint8_t* panel) {
+  constexpr int kBs = 32;  // the fused types have 32-element scale blocks: 2 per chunk
+  const int64_t unit = panel_unit(kBs, D::kMin);
+  int64_t dst[16];
+  for (int lane = 0; lane < 16; ++lane) dst[lane] = lane_offset(lane, kBs, unit);
+  alignas(64) float scale[16][16] = {}, minimum[16][16] = {};
+  for (int64_t c = 0; c < n_in / kChunk; ++c) {
+    __m512i v[16];
+    for (int64_t r = 0; r < 16; ++r) {
+      if (r >= n_rows) {
+        v[r] = _mm512_setzero_si512();
+        continue;
+      }
+      __m512 s, m;
+      _mm_prefetch(reinterpret_cast<const char*>(rows + r * rb) + c * D::kBytes + kPrefetchBytes, _MM_HINT_T0);
+      D::decode(rows + r * rb, c, v[r], s, m);
+      _mm512_store_ps(scale[r], s);
+      if constexpr (D::kMin) _mm512_store_ps(minimum[r], m);
+    }
+    transpose16x16(v);
+    uint8_t* chunk = panel + c * 2 * unit;
+    for (int lane = 0; lane < 16; ++lane) _mm512_storeu_si512(chunk + dst[lane], v[lane]);
+    for (int b = 0; b < 2; ++b) {  // lane 0 carries group 0 (block 0), lane 4 group 2 (block 1)
+      float* bs_ptr = reinterpret_cast<float*>(chunk + b * unit + kBs / 4 * 64);
+      for (int r = 0; r < 16; ++r) {
+        bs_ptr[r] = scale[r][4 * b];
+        if constexpr (D::kMin) bs_ptr[16 + r] = minimum[r][4 * b];
+      }
+    }
+  }
+}
+
 using DotFused = float (*)(const uint8_t*, const Acts&, int64_t);
-using UnpackFused = void (*)(const uint8_t*, int64_t, uint8_t*);
+using BuildPanel = void (*)(const uint8_t*, int64_t, int64_t, int64_t, uint8_t*);
 
 struct Fused {
   DotFused dot = nullptr;
-  UnpackFused unpack = nullptr;
+  BuildPanel panel = nullptr;
 };
 
 Fused fused_for(DType t) {
   switch (t) {
-    case DType::Q4_0: return {dot_fused<ChunkQ4_0>, unpack_fused<ChunkQ4_0>};
-    case DType::Q8_0: return {dot_fused<ChunkQ8_0>, unpack_fused<ChunkQ8_0>};
-    case DType::Q4_K: return {dot_fused<ChunkQ4_K>, unpack_fused<ChunkQ4_K>};
+    case DType::Q4_0: return {dot_fused<ChunkQ4_0>, build_panel_fused<ChunkQ4_0>};
+    case DType::Q8_0: return {dot_fused<ChunkQ8_0>, build_panel_fused<ChunkQ8_0>};
+    case DType::Q4_K: return {dot_fused<ChunkQ4_K>, build_panel_fused<ChunkQ4_K>};
     default: return {};
   }
 }
@@ -172,8 +227,6 @@ Fused fused_for(DType t) {
 // Unpacks one row into `out` (chunks * unit bytes). `u` is scratch for the generic path.
 void unpack_row_vnni(DType t, const uint8_t* src, int64_t n_in, uint8_t* out, UnpackedRow& u) {
   const int64_t chunks = n_in / kChunk;
-  if (const Fused f = fused_for(t); f.unpack) return f.unpack(src, chunks, out);
-  // Every other quantized type: the shared int8 unpack, re-laid into chunks.
   unpack_row(t, src, n_in, u);
   const bool min = has_min(t);
   const uint8_t flip = min ? 0 : 0x80;  // int8 + 128 as uint8
@@ -191,10 +244,6 @@ void unpack_row_vnni(DType t, const uint8_t* src, int64_t n_in, uint8_t* out, Un
   }
 }
 
-// A panel of 16 rows, per scale block: bs/4 vectors of 64 bytes (lane r: 4 consecutive
-// weights of row r), 16 scales, and (types with a minimum) 16 minimums.
-int64_t panel_unit(int bs, bool min) { return bs / 4 * 64 + 64 + (min ? 64 : 0); }
-
 // Interleaves `rows` unpacked rows (chunk layout, see unpack_row_vnni) into a panel; the
 // rows beyond `rows` are zero.
 void build_panel(const std::vector<uint8_t>& unpacked, int64_t row_stride, int64_t rows, int64_t n_in, int bs, bool min,
@@ -203,10 +252,7 @@ void build_panel(const std::vector<uint8_t>& unpacked, int64_t row_stride, int64
   const int64_t blocks_per_chunk = kChunk / bs;
   // Where each lane of a chunk goes, relative to the chunk's first block.
   int64_t lane_dst[16];
-  for (int lane = 0; lane < 16; ++lane) {
-    const int64_t e = 16 * kGroupOfLane[lane / 4] + 4 * (lane % 4);
-    lane_dst[lane] = (e / bs) * unit + ((e % bs) / 4) * 64;
-  }
+  for (int lane = 0; lane < 16; ++lane) lane_dst[lane] = lane_offset(lane, bs, unit);
   if (rows < 16) std::memset(panel, 0, static_cast<size_t>(n_blocks * unit));
   for (int64_t r = 0; r < rows; ++r) {
     const uint8_t* src = unpacked.data() + r * row_stride;
@@ -316,16 +362,20 @@ bool matmul_avx512_vnni(const TensorView& w, const float* x, int64_t n_tok, int6
   const PanelTile tile = panel_tile_for(bs, min);
 #pragma omp parallel
   {
-    std::vector<uint8_t> unpacked(static_cast<size_t>(kPanelRows * row_stride));
+    std::vector<uint8_t> unpacked(f.panel ? 0 : static_cast<size_t>(kPanelRows * row_stride));
     std::vector<uint8_t> panel(static_cast<size_t>(n_in / bs * panel_unit(bs, min)));
     UnpackedRow scratch;
     alignas(64) float out[kTileTokens * 16];
 #pragma omp for schedule(static)
     for (int64_t pi = 0; pi < n_panels; ++pi) {
       const int64_t first = pi * kPanelRows, rows = std::min(kPanelRows, n_out - first);
-      for (int64_t r = 0; r < rows; ++r)
-        unpack_row_vnni(w.dtype, w.data + (row0 + first + r) * rb, n_in, unpacked.data() + r * row_stride, scratch);
-      build_panel(unpacked, row_stride, rows, n_in, bs, min, panel.data());
+      if (f.panel) {
+        f.panel(w.data + (row0 + first) * rb, rb, rows, n_in, panel.data());
+      } else {
+        for (int64_t r = 0; r < rows; ++r)
+          unpack_row_vnni(w.dtype, w.data + (row0 + first + r) * rb, n_in, unpacked.data() + r * row_stride, scratch);
+        build_panel(unpacked, row_stride, rows, n_in, bs, min, panel.data());
+      }
       for (int64_t t = 0; t < n_tok; t += kTileTokens) {
         const int nt = static_cast<int>(std::min<int64_t>(kTileTokens, n_tok - t));
         tile(nt, panel.data(), acts, t, out);
