@@ -191,14 +191,6 @@ float dot_row_scalar(const UnpackedRow& u, const Acts& a, int64_t t) {
   return acc;
 }
 
-__attribute__((target("avx2,fma"))) inline float hsum(__m256 v) {
-  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
-  lo = _mm_add_ps(lo, hi);
-  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-  lo = _mm_add_ss(lo, _mm_shuffle_ps(lo, lo, 1));
-  return _mm_cvtss_f32(lo);
-}
-
 __attribute__((target("avx2,fma"))) float dot_f32_avx2(const float* w, const float* x, int64_t n) {
   __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
   int64_t i = 0;
@@ -206,7 +198,7 @@ __attribute__((target("avx2,fma"))) float dot_f32_avx2(const float* w, const flo
     a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
     a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
   }
-  float s = hsum(_mm256_add_ps(a0, a1));
+  float s = hsum256(_mm256_add_ps(a0, a1));
   for (; i < n; ++i) s += w[i] * x[i];
   return s;
 }
@@ -251,7 +243,6 @@ Isa active_isa() {
   return cap && *cap < best ? *cap : best;
 }
 
-
 }  // namespace
 }  // namespace fast_detail
 
@@ -292,7 +283,7 @@ __attribute__((target("avx2,fma"))) void softmax_avx2(float* z, int64_t n) {
     _mm256_storeu_ps(z + i, e);
     vs = _mm256_add_ps(vs, e);
   }
-  float sum = hsum(vs);
+  float sum = hsum256(vs);
   for (; i < n; ++i) sum += (z[i] = std::exp(z[i] - mx));
   const float inv = 1.0f / sum;
   for (i = 0; i < n; ++i) z[i] *= inv;
@@ -324,10 +315,10 @@ __attribute__((target("avx2,fma"))) void scores_avx2(const float* q, const float
       a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(keys[j + 2] + d), a2);
       a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(keys[j + 3] + d), a3);
     }
-    scores[j] = hsum(a0);
-    scores[j + 1] = hsum(a1);
-    scores[j + 2] = hsum(a2);
-    scores[j + 3] = hsum(a3);
+    scores[j] = hsum256(a0);
+    scores[j + 1] = hsum256(a1);
+    scores[j + 2] = hsum256(a2);
+    scores[j + 3] = hsum256(a3);
   }
   for (; j < n; ++j) scores[j] = dot_f32_avx2(q, keys[j], hd);
 }

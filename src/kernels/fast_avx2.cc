@@ -26,14 +26,6 @@ namespace {
 
 constexpr int QK = 32;
 
-G4_AVX2 inline float hsum(__m256 v) {
-  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
-  lo = _mm_add_ps(lo, hi);
-  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-  lo = _mm_add_ss(lo, _mm_shuffle_ps(lo, lo, 1));
-  return _mm_cvtss_f32(lo);
-}
-
 G4_AVX2 inline float half_at(const uint8_t* p) {
   uint16_t h;
   std::memcpy(&h, p, 2);
@@ -55,64 +47,74 @@ G4_AVX2 inline __m256i load32(const void* p) { return _mm256_loadu_si256(reinter
 
 // ---- decode: one row against one token ----
 
-G4_AVX2 float dot_q8_0(const uint8_t* w, const Acts& a, int64_t t) {
-  __m256 acc = _mm256_setzero_ps();
-  const int8_t* x = a.tok(t);
-  for (int64_t b = 0; b < a.n_in / QK; ++b, w += 34) {
-    prefetch(w);
-    const __m256 d = _mm256_set1_ps(half_at(w) * a.d[a.at(t, b)]);
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_i8_lanes(load32(w + 2), load32(x + QK * b))), d, acc);
+// Block decoders of the common types: block b (32 weights) of a row as 32 bytes in element
+// order, q + zero_point unsigned (signed for the wide Q8_0), its scale and minimum. The
+// decode dots and the panel builder share them.
+struct BlockQ4_0 {
+  static constexpr bool kMin = false, kWide = false;
+  static constexpr int kZeroPoint = 8, kBytes = 18;
+  G4_AVX2 static __m256i decode(const uint8_t* row, int64_t b, float& s, float&) {
+    const uint8_t* p = row + 18 * b;
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2)), mask = _mm_set1_epi8(0x0f);
+    s = half_at(p);
+    return _mm256_setr_m128i(_mm_and_si128(raw, mask), _mm_and_si128(_mm_srli_epi16(raw, 4), mask));  // q + 8
   }
-  return hsum(acc);
-}
+};
 
-G4_AVX2 float dot_q4_0(const uint8_t* w, const Acts& a, int64_t t) {
-  __m256 acc = _mm256_setzero_ps();
-  const int8_t* x = a.tok(t);
-  const __m128i mask = _mm_set1_epi8(0x0f);
-  for (int64_t b = 0; b < a.n_in / QK; ++b, w += 18) {
-    prefetch(w);
-    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2));
-    const __m256i q = _mm256_sub_epi8(_mm256_setr_m128i(_mm_and_si128(raw, mask), _mm_and_si128(_mm_srli_epi16(raw, 4), mask)),
-                                      _mm256_set1_epi8(8));
-    const __m256 d = _mm256_set1_ps(half_at(w) * a.d[a.at(t, b)]);
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_i8_lanes(q, load32(x + QK * b))), d, acc);
+struct BlockQ8_0 {
+  static constexpr bool kMin = false, kWide = true;
+  static constexpr int kZeroPoint = 0, kBytes = 34;
+  G4_AVX2 static __m256i decode(const uint8_t* row, int64_t b, float& s, float&) {
+    s = half_at(row + 34 * b);
+    return load32(row + 34 * b + 2);  // signed (a wide type)
   }
-  return hsum(acc);
-}
+};
 
 // Q4_K and Q5_K: unsigned 4/5-bit values, a 6-bit scale and minimum per 32 (Q5_K: the
 // fifth bit of element l of block j is bit j of qh[l]).
 template <bool kFive>
-G4_AVX2 float dot_qk_min(const uint8_t* w, const Acts& a, int64_t t) {
-  constexpr int kBlockBytes = kFive ? 176 : 144, kQs = kFive ? 48 : 16;
+struct BlockQK {
+  static constexpr bool kMin = true, kWide = false;
+  static constexpr int kZeroPoint = 0, kSuperBytes = kFive ? 176 : 144, kBytes = kSuperBytes / 8;
+  G4_AVX2 static __m256i decode(const uint8_t* row, int64_t b, float& s, float& m) {
+    const uint8_t* p = row + kSuperBytes * (b / 8);
+    const int j = static_cast<int>(b % 8);
+    uint8_t ls, lm;
+    scale_min_k4(j, p + 4, ls, lm);
+    s = half_at(p) * ls;
+    m = -half_at(p + 2) * lm;
+    const __m256i raw = load32(p + (kFive ? 48 : 16) + 32 * (j / 2));
+    __m256i q = _mm256_and_si256(j % 2 ? _mm256_srli_epi16(raw, 4) : raw, _mm256_set1_epi8(0x0f));
+    if constexpr (kFive) {
+      const __m256i bit = _mm256_set1_epi8(static_cast<char>(1 << j));
+      q = _mm256_or_si256(q, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(load32(p + 16), bit), bit),
+                                              _mm256_set1_epi8(16)));
+    }
+    return q;
+  }
+};
+
+// One row against token t, block by block (the activations carry -zp * sum(x) in corr).
+template <class D>
+G4_AVX2 float dot_blocks(const uint8_t* row, const Acts& a, int64_t t) {
   __m256 acc = _mm256_setzero_ps();
   float off = 0;
   const int8_t* x = a.tok(t);
-  const __m256i mask = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1), sixteen = _mm256_set1_epi8(16);
-  for (int64_t sb = 0; sb < a.n_in / 256; ++sb, w += kBlockBytes) {
-    for (int k = 0; k < kBlockBytes; k += 64) prefetch(w + k);
-    const float d = half_at(w), dmin = half_at(w + 2);
-    const __m256i qh = kFive ? load32(w + 16) : _mm256_setzero_si256();
-    for (int c = 0; c < 4; ++c) {
-      const __m256i raw = load32(w + kQs + 32 * c);
-      for (int h = 0; h < 2; ++h) {
-        const int j = 2 * c + h;
-        uint8_t ls, lm;
-        scale_min_k4(j, w + 4, ls, lm);
-        const int64_t blk = sb * 8 + j;
-        __m256i q = _mm256_and_si256(h ? _mm256_srli_epi16(raw, 4) : raw, mask);
-        if constexpr (kFive) {
-          const __m256i bit = _mm256_set1_epi8(static_cast<char>(1 << j));
-          q = _mm256_or_si256(q, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit), sixteen));
-        }
-        const __m256i p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(q, load32(x + QK * blk)), ones);  // q is unsigned
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_set1_ps(d * ls * a.d[a.at(t, blk)]), acc);
-        off -= dmin * lm * a.sx[a.at(t, blk)];
-      }
+  for (int64_t b = 0; b < a.n_in / QK; ++b) {
+    prefetch(row + b * D::kBytes);
+    float s = 0, m = 0;
+    const __m256i w = D::decode(row, b, s, m), xb = load32(x + QK * b);
+    __m256i p32;
+    if constexpr (D::kWide) {
+      p32 = dot_i8_lanes(w, xb);
+    } else {
+      p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(w, xb), _mm256_set1_epi16(1));  // w is unsigned
+      if constexpr (D::kZeroPoint != 0) p32 = _mm256_add_epi32(p32, _mm256_zextsi128_si256(_mm_cvtsi32_si128(a.corr[a.at(t, b)])));
     }
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_set1_ps(s * a.d[a.at(t, b)]), acc);
+    if constexpr (D::kMin) off += m * a.sx[a.at(t, b)];
   }
-  return hsum(acc) + off;
+  return hsum256(acc) + off;
 }
 
 // Q6_K: 6-bit values from a low nibble (ql) and 2 high bits (qh), a signed scale per 16.
@@ -141,7 +143,7 @@ G4_AVX2 float dot_q6_k(const uint8_t* w, const Acts& a, int64_t t) {
       }
     }
   }
-  return hsum(acc);
+  return hsum256(acc);
 }
 
 // Any unpacked row (scales per 16, offsets per 32) against one token.
@@ -156,17 +158,17 @@ G4_AVX2 float dot_unpacked(const UnpackedRow& u, const Acts& a, int64_t t) {
     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), scale, acc);
     if (u.has_offset) off += u.c[2 * b] * a.sx[a.at(t, b)];
   }
-  return hsum(acc) + off;
+  return hsum256(acc) + off;
 }
 
 using FusedDot = float (*)(const uint8_t*, const Acts&, int64_t);
 
 FusedDot fused_dot(DType t) {
   switch (t) {
-    case DType::Q8_0: return dot_q8_0;
-    case DType::Q4_0: return dot_q4_0;
-    case DType::Q4_K: return dot_qk_min<false>;
-    case DType::Q5_K: return dot_qk_min<true>;
+    case DType::Q8_0: return dot_blocks<BlockQ8_0>;
+    case DType::Q4_0: return dot_blocks<BlockQ4_0>;
+    case DType::Q4_K: return dot_blocks<BlockQK<false>>;
+    case DType::Q5_K: return dot_blocks<BlockQK<true>>;
     case DType::Q6_K: return dot_q6_k;
     default: return nullptr;
   }
@@ -183,6 +185,9 @@ constexpr int zero_point(DType t) {
     default: return 0;  // types with a minimum are unsigned already; the wide types stay signed
   }
 }
+
+static_assert(BlockQ4_0::kZeroPoint == zero_point(DType::Q4_0) && BlockQK<false>::kZeroPoint == zero_point(DType::Q4_K) &&
+              BlockQK<true>::kZeroPoint == zero_point(DType::Q5_K) && BlockQ8_0::kZeroPoint == zero_point(DType::Q8_0));
 
 // Full int8 range: |w| * 127 * 2 would saturate vpmaddubsw's int16 pair sums as uint8.
 constexpr bool is_wide(DType t) { return t == DType::Q8_0 || t == DType::Q2_K || t == DType::Q3_K; }
@@ -224,40 +229,6 @@ void build_panel(DType t, const uint8_t* rows_src, int64_t row_bytes, int64_t ro
   }
 }
 
-// Block b (32 weights) of a row of the common types as 32 panel bytes in element order,
-// its scale and minimum: the decode shared with the fused dots above.
-struct BlockQ4_0 {
-  static constexpr bool kMin = false;
-  G4_AVX2 static __m256i decode(const uint8_t* row, int64_t b, float& s, float&) {
-    const uint8_t* p = row + 18 * b;
-    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2)), mask = _mm_set1_epi8(0x0f);
-    s = half_at(p);
-    return _mm256_setr_m128i(_mm_and_si128(raw, mask), _mm_and_si128(_mm_srli_epi16(raw, 4), mask));  // q + 8
-  }
-};
-
-struct BlockQ8_0 {
-  static constexpr bool kMin = false;
-  G4_AVX2 static __m256i decode(const uint8_t* row, int64_t b, float& s, float&) {
-    s = half_at(row + 34 * b);
-    return load32(row + 34 * b + 2);  // signed (a wide type)
-  }
-};
-
-struct BlockQ4_K {
-  static constexpr bool kMin = true;
-  G4_AVX2 static __m256i decode(const uint8_t* row, int64_t b, float& s, float& m) {
-    const uint8_t* p = row + 144 * (b / 8);
-    const int j = static_cast<int>(b % 8);
-    uint8_t ls, lm;
-    scale_min_k4(j, p + 4, ls, lm);
-    s = half_at(p) * ls;
-    m = -half_at(p + 2) * lm;
-    const __m256i raw = load32(p + 16 + 32 * (j / 2));
-    return _mm256_and_si256(j % 2 ? _mm256_srli_epi16(raw, 4) : raw, _mm256_set1_epi8(0x0f));
-  }
-};
-
 // In-place transpose of an 8 x 8 matrix of dwords (v[i] is row i).
 G4_AVX2 inline void transpose8x8(__m256i* v) {
   __m256i t[8], u[8];
@@ -277,7 +248,7 @@ G4_AVX2 inline void transpose8x8(__m256i* v) {
   }
 }
 
-// The panel of `n_rows` rows (the rest zero) of a common type, block by block: 8 rows are
+// The panel of `n_rows` rows (the rest zero) of a block-decoded type, block by block: 8 rows are
 // decoded in registers and transposed, with no unpacked copy.
 template <class D>
 G4_AVX2 void build_panel_fused(const uint8_t* rows, int64_t rb, int64_t n_rows, int64_t n_in, uint8_t* panel) {
@@ -303,7 +274,8 @@ BuildPanel fused_panel(DType t) {
   switch (t) {
     case DType::Q4_0: return build_panel_fused<BlockQ4_0>;
     case DType::Q8_0: return build_panel_fused<BlockQ8_0>;
-    case DType::Q4_K: return build_panel_fused<BlockQ4_K>;
+    case DType::Q4_K: return build_panel_fused<BlockQK<false>>;
+    case DType::Q5_K: return build_panel_fused<BlockQK<true>>;
     default: return nullptr;
   }
 }
@@ -410,7 +382,7 @@ bool matmul_avx2(const TensorView& w, const float* x, int64_t n_tok, int64_t n_i
   const uint8_t* rows = w.data + row0 * rb;
   Acts acts;
   if (n_tok < kTileTokens) {
-    quantize_acts(x, n_tok, n_in, 0, QK, has_min(w.dtype), quantize_block_avx2, acts);
+    quantize_acts(x, n_tok, n_in, zero_point(w.dtype), QK, has_min(w.dtype), quantize_block_avx2, acts);
     if (const FusedDot dot = fused_dot(w.dtype)) {
 #pragma omp parallel for schedule(static)
       for (int64_t o = 0; o < n_out; ++o)

@@ -1,5 +1,7 @@
 // Internals shared by the fast kernels (fast.cc: dispatch, scalar; fast_avx2.cc; fast_avx512.cc).
 #pragma once
+#include <immintrin.h>
+
 #include <cstdint>
 #include <vector>
 
@@ -7,6 +9,15 @@
 #include "formats/tensor.h"
 
 namespace g4::fast_detail {
+
+// Horizontal sum of 8 floats.
+__attribute__((target("avx2,fma"))) inline float hsum256(__m256 v) {
+  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+  lo = _mm_add_ps(lo, hi);
+  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+  lo = _mm_add_ss(lo, _mm_shuffle_ps(lo, lo, 1));
+  return _mm_cvtss_f32(lo);
+}
 
 // The quantized weight types the integer kernels know.
 constexpr bool is_quantized(DType t) {
