@@ -13,7 +13,7 @@
 #include "kernels/fast_internal.h"
 #include "kernels/ops.h"
 #include "kernels/quantize.h"
-#include "model/gemma4.h"
+#include "runtime/session.h"
 #include "test_util.h"
 #include "tools/metrics.h"
 #include "tools/perplexity.h"

@@ -1,7 +1,7 @@
 // The reference forward pass against the HF gold (fixtures README), every variant.
 #include <gtest/gtest.h>
 
-#include "model/gemma4.h"
+#include "runtime/session.h"
 #include "test_util.h"
 #include "tools/metrics.h"
 

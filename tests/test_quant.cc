@@ -9,7 +9,7 @@
 
 #include "formats/gguf.h"
 #include "kernels/quantize.h"
-#include "model/gemma4.h"
+#include "runtime/session.h"
 #include "test_util.h"
 #include "tools/metrics.h"
 #include "tools/perplexity.h"

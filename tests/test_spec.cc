@@ -8,7 +8,7 @@
 #include <cstring>
 
 #include "formats/hf_config.h"
-#include "model/gemma4.h"
+#include "runtime/session.h"
 #include "test_util.h"
 #include "tools/metrics.h"
 #include "util/error.h"

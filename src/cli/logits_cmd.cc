@@ -4,7 +4,7 @@
 
 #include "cli/commands.h"
 #include "formats/safetensors.h"
-#include "model/gemma4.h"
+#include "runtime/session.h"
 #include "tools/token_input.h"
 #include "util/error.h"
 

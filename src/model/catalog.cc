@@ -7,13 +7,8 @@
 namespace g4 {
 namespace {
 
-struct LayerTensorDef {
-  const char* hf;    // suffix after "layers.{i}."
-  const char* gguf;  // suffix after "blk.{i}."
-};
-
-// Per-layer names, HF <-> GGUF (gemma4-tensors.md §3).
-constexpr LayerTensorDef kLayerNames[] = {
+// Indexed by LayerTensor.
+constexpr TensorName kLayerNames[] = {
     {"input_layernorm.weight", "attn_norm.weight"},
     {"self_attn.q_proj.weight", "attn_q.weight"},
     {"self_attn.k_proj.weight", "attn_k.weight"},
@@ -40,6 +35,18 @@ constexpr LayerTensorDef kLayerNames[] = {
     {"post_feedforward_layernorm_1.weight", "post_ffw_norm_1.weight"},
     {"post_feedforward_layernorm_2.weight", "post_ffw_norm_2.weight"},
 };
+static_assert(std::size(kLayerNames) == static_cast<size_t>(LayerTensor::Count));
+
+// Indexed by GlobalTensor.
+constexpr TensorName kGlobalNames[] = {
+    {"embed_tokens.weight", "token_embd.weight"},
+    {"embed_tokens_per_layer.weight", "per_layer_token_embd.weight"},
+    {"per_layer_model_projection.weight", "per_layer_model_proj.weight"},
+    {"per_layer_projection_norm.weight", "per_layer_proj_norm.weight"},
+    {"", "rope_freqs.weight"},
+    {"norm.weight", "output_norm.weight"},
+};
+static_assert(std::size(kGlobalNames) == static_cast<size_t>(GlobalTensor::Count));
 
 std::string class_of(const char* gguf_suffix) {
   std::string s(gguf_suffix);
@@ -48,6 +55,11 @@ std::string class_of(const char* gguf_suffix) {
 }
 
 }  // namespace
+
+const TensorName& tensor_name(LayerTensor t) { return kLayerNames[static_cast<int>(t)]; }
+const TensorName& tensor_name(GlobalTensor t) { return kGlobalNames[static_cast<int>(t)]; }
+std::string hf_name(int layer, LayerTensor t) { return fmt::format("layers.{}.{}", layer, tensor_name(t).hf); }
+std::string gguf_name(int layer, LayerTensor t) { return fmt::format("blk.{}.{}", layer, tensor_name(t).gguf); }
 
 std::optional<std::string> strip_hf_prefix(const std::string& name) {
   for (const char* p : {"model.language_model.", "language_model.model.", "model."}) {
@@ -67,65 +79,62 @@ std::optional<std::string> strip_hf_prefix(const std::string& name) {
 std::vector<TensorSlot> expected_tensors(const ModelSpec& s, FileFormat fmt) {
   std::vector<TensorSlot> out;
   const int64_t H = s.hidden, V = s.vocab, L = s.n_layers, P = s.ple_dim;
-  auto global = [&](const char* hf, const char* gguf, std::vector<int64_t> shape, bool required = true) {
-    out.push_back({hf, gguf, class_of(gguf), -1, std::move(shape), required});
+  auto global = [&](GlobalTensor t, std::vector<int64_t> shape) {
+    const TensorName& n = tensor_name(t);
+    out.push_back({n.hf, n.gguf, class_of(n.gguf), -1, std::move(shape), true});
   };
-  global("embed_tokens.weight", "token_embd.weight", {V, H});
+  global(GlobalTensor::Embed, {V, H});
   if (P > 0) {
-    global("embed_tokens_per_layer.weight", "per_layer_token_embd.weight", {s.ple_vocab, L * P});
-    global("per_layer_model_projection.weight", "per_layer_model_proj.weight", {L * P, H});
-    global("per_layer_projection_norm.weight", "per_layer_proj_norm.weight", {P});
+    global(GlobalTensor::PleEmbed, {s.ple_vocab, L * P});
+    global(GlobalTensor::PleModelProj, {L * P, H});
+    global(GlobalTensor::PleProjNorm, {P});
   }
   bool any_full = false;
   for (const auto& l : s.layers) any_full |= l.type == AttnType::Full;
   if (fmt == FileFormat::GGUF && any_full) {
     int full_hd = 0;
     for (const auto& l : s.layers) if (l.type == AttnType::Full) full_hd = l.head_dim;
-    global("", "rope_freqs.weight", {full_hd / 2});
+    global(GlobalTensor::RopeFreqs, {full_hd / 2});
   }
-  global("norm.weight", "output_norm.weight", {H});
+  global(GlobalTensor::FinalNorm, {H});
 
   for (const auto& l : s.layers) {
     const int64_t hd = l.head_dim, q = int64_t{l.n_heads} * hd, kv = int64_t{l.n_kv_heads} * hd, I = l.ff_width;
-    auto add = [&](const char* hf, std::vector<int64_t> shape) {
-      for (const auto& d : kLayerNames) {
-        if (std::string(d.hf) != hf) continue;
-        out.push_back({fmt::format("layers.{}.{}", l.index, d.hf), fmt::format("blk.{}.{}", l.index, d.gguf),
-                       class_of(d.gguf), l.index, std::move(shape), true});
-        return;
-      }
+    using LT = LayerTensor;
+    auto add = [&](LT t, std::vector<int64_t> shape) {
+      out.push_back({hf_name(l.index, t), gguf_name(l.index, t), class_of(tensor_name(t).gguf), l.index, std::move(shape), true});
     };
-    add("input_layernorm.weight", {H});
-    add("self_attn.q_proj.weight", {q, H});
-    add("self_attn.q_norm.weight", {hd});
+    add(LT::AttnNorm, {H});
+    add(LT::Q, {q, H});
+    add(LT::QNorm, {hd});
     if (l.owns_kv) {
-      add("self_attn.k_proj.weight", {kv, H});
-      add("self_attn.k_norm.weight", {hd});
-      if (l.has_v_proj) add("self_attn.v_proj.weight", {kv, H});
+      add(LT::K, {kv, H});
+      add(LT::KNorm, {hd});
+      if (l.has_v_proj) add(LT::V, {kv, H});
     }
-    add("self_attn.o_proj.weight", {H, q});
-    add("post_attention_layernorm.weight", {H});
-    add("pre_feedforward_layernorm.weight", {H});
-    add("mlp.gate_proj.weight", {I, H});
-    add("mlp.up_proj.weight", {I, H});
-    add("mlp.down_proj.weight", {H, I});
-    add("post_feedforward_layernorm.weight", {H});
-    add("layer_scalar", {1});
+    add(LT::O, {H, q});
+    add(LT::PostAttnNorm, {H});
+    add(LT::FfnNorm, {H});
+    add(LT::Gate, {I, H});
+    add(LT::Up, {I, H});
+    add(LT::Down, {H, I});
+    add(LT::PostFfnNorm, {H});
+    add(LT::LayerScalar, {1});
     if (P > 0) {
-      add("per_layer_input_gate.weight", {P, H});
-      add("per_layer_projection.weight", {H, P});
-      add("post_per_layer_input_norm.weight", {H});
+      add(LT::PleGate, {P, H});
+      add(LT::PleProj, {H, P});
+      add(LT::PlePostNorm, {H});
     }
     if (l.moe) {
       const int64_t E = s.n_experts, Ie = s.moe_ff;
-      add("router.proj.weight", {E, H});
-      add("router.scale", {H});
-      add("router.per_expert_scale", {E});
-      add("experts.gate_up_proj", {E, 2 * Ie, H});
-      add("experts.down_proj", {E, H, Ie});
-      add("pre_feedforward_layernorm_2.weight", {H});
-      add("post_feedforward_layernorm_1.weight", {H});
-      add("post_feedforward_layernorm_2.weight", {H});
+      add(LT::RouterProj, {E, H});
+      add(LT::RouterScale, {H});
+      add(LT::PerExpertScale, {E});
+      add(LT::ExpertsGateUp, {E, 2 * Ie, H});
+      add(LT::ExpertsDown, {E, H, Ie});
+      add(LT::PreFfnNorm2, {H});
+      add(LT::PostFfnNorm1, {H});
+      add(LT::PostFfnNorm2, {H});
     }
   }
   return out;
@@ -139,7 +148,7 @@ std::optional<std::string> contradiction(const ModelSpec& s, FileFormat fmt, con
   if (std::regex_match(name, m, is_hf ? hf_layer : gguf_layer)) {
     const std::string idx_s = m[1];
     const std::string suffix = m[2];
-    const LayerTensorDef* def = nullptr;
+    const TensorName* def = nullptr;
     for (const auto& d : kLayerNames)
       if (suffix == (is_hf ? d.hf : d.gguf)) def = &d;
     if (!def) return std::nullopt;
@@ -148,21 +157,21 @@ std::optional<std::string> contradiction(const ModelSpec& s, FileFormat fmt, con
       return fmt::format("layer {} does not exist: the config has num_hidden_layers = {}", idx, s.n_layers);
     const auto& l = s.layers[static_cast<size_t>(idx)];
     const std::string hf = def->hf;
-    if ((hf == "self_attn.k_proj.weight" || hf == "self_attn.v_proj.weight" || hf == "self_attn.k_norm.weight") && !l.owns_kv)
+    auto is = [&](LayerTensor t) { return def == &tensor_name(t); };
+    if ((is(LayerTensor::K) || is(LayerTensor::V) || is(LayerTensor::KNorm)) && !l.owns_kv)
       return fmt::format("layer {} is KV-shared (num_kv_shared_layers = {}): it reads the K/V of layer {} and owns no {}",
                          idx, s.n_kv_shared, l.kv_source, hf);
-    if (hf == "self_attn.v_proj.weight" && !l.has_v_proj)
+    if (is(LayerTensor::V) && !l.has_v_proj)
       return fmt::format("layer {} is a full-attention layer of an attention_k_eq_v model: V is the K projection, there is no v_proj", idx);
-    if (hf.rfind("per_layer", 0) == 0 || hf == "post_per_layer_input_norm.weight")
+    const auto in = [&](LayerTensor lo, LayerTensor hi) { return def >= &tensor_name(lo) && def <= &tensor_name(hi); };
+    if (in(LayerTensor::PleGate, LayerTensor::PlePostNorm))
       return fmt::format("the config has hidden_size_per_layer_input = 0 (no per-layer embeddings)");
-    if (hf.rfind("router", 0) == 0 || hf.rfind("experts", 0) == 0 || hf.find("feedforward_layernorm_") != std::string::npos)
-      return fmt::format("the config has enable_moe_block = false");
+    if (in(LayerTensor::RouterProj, LayerTensor::PostFfnNorm2)) return fmt::format("the config has enable_moe_block = false");
     return std::nullopt;
   }
-  const char* ple[] = {"embed_tokens_per_layer.weight", "per_layer_model_projection.weight", "per_layer_projection_norm.weight",
-                       "per_layer_token_embd.weight", "per_layer_model_proj.weight", "per_layer_proj_norm.weight"};
-  for (const char* p : ple)
-    if (name == p) return fmt::format("the config has hidden_size_per_layer_input = 0 (no per-layer embeddings)");
+  for (GlobalTensor t : {GlobalTensor::PleEmbed, GlobalTensor::PleModelProj, GlobalTensor::PleProjNorm})
+    if (name == (is_hf ? tensor_name(t).hf : tensor_name(t).gguf))
+      return fmt::format("the config has hidden_size_per_layer_input = 0 (no per-layer embeddings)");
   return std::nullopt;
 }
 

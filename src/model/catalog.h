@@ -21,6 +21,27 @@ struct TensorSlot {
 
 enum class FileFormat { HF, GGUF };
 
+// Every tensor the forward pass reads, named once: HF name (after "layers.{i}." for
+// per-layer tensors) and GGUF name (after "blk.{i}."), gemma4-tensors.md §3. Loading,
+// validation, weight binding, the GGUF writer and forensics all go through this table.
+enum class LayerTensor : int {
+  AttnNorm, Q, K, V, O, QNorm, KNorm, PostAttnNorm, FfnNorm, Gate, Up, Down, PostFfnNorm, LayerScalar,
+  PleGate, PleProj, PlePostNorm,
+  RouterProj, RouterScale, PerExpertScale, ExpertsGateUp, ExpertsDown, PreFfnNorm2, PostFfnNorm1, PostFfnNorm2,
+  Count
+};
+enum class GlobalTensor : int { Embed, PleEmbed, PleModelProj, PleProjNorm, RopeFreqs, FinalNorm, Count };
+
+struct TensorName {
+  const char* hf;    // "" where HF has no such tensor (rope_freqs)
+  const char* gguf;
+};
+const TensorName& tensor_name(LayerTensor t);
+const TensorName& tensor_name(GlobalTensor t);
+// "layers.{i}.{hf}" / "blk.{i}.{gguf}".
+std::string hf_name(int layer, LayerTensor t);
+std::string gguf_name(int layer, LayerTensor t);
+
 // Tensors the model description calls for, in a stable order.
 std::vector<TensorSlot> expected_tensors(const ModelSpec& spec, FileFormat fmt);
 

@@ -14,50 +14,50 @@ namespace fs = std::filesystem;
 
 bool dtype_computable(DType t) { return dequant_supported(t); }
 
-namespace {
-
-}  // namespace
-
 void bind_weights(Model& m) {
   auto get = [&](const std::string& hf) -> const TensorView* {
     auto it = m.by_hf_name.find(hf);
     return it == m.by_hf_name.end() ? nullptr : &it->second;
   };
-  m.w.embed = get("embed_tokens.weight");
-  m.w.ple_embed = get("embed_tokens_per_layer.weight");
-  m.w.ple_model_proj = get("per_layer_model_projection.weight");
-  m.w.ple_proj_norm = get("per_layer_projection_norm.weight");
-  m.w.final_norm = get("norm.weight");
+  auto global = [&](GlobalTensor t) { return get(tensor_name(t).hf); };
+  m.w.embed = global(GlobalTensor::Embed);
+  m.w.ple_embed = global(GlobalTensor::PleEmbed);
+  m.w.ple_model_proj = global(GlobalTensor::PleModelProj);
+  m.w.ple_proj_norm = global(GlobalTensor::PleProjNorm);
+  m.w.final_norm = global(GlobalTensor::FinalNorm);
+  using LT = LayerTensor;
+  using Field = const TensorView* LayerWeights::*;
+  static constexpr std::pair<LT, Field> kFields[] = {
+      {LT::AttnNorm, &LayerWeights::attn_norm}, {LT::Q, &LayerWeights::q}, {LT::K, &LayerWeights::k},
+      {LT::V, &LayerWeights::v}, {LT::O, &LayerWeights::o}, {LT::QNorm, &LayerWeights::q_norm},
+      {LT::KNorm, &LayerWeights::k_norm}, {LT::PostAttnNorm, &LayerWeights::post_attn_norm},
+      {LT::FfnNorm, &LayerWeights::ffn_norm}, {LT::Gate, &LayerWeights::gate}, {LT::Up, &LayerWeights::up},
+      {LT::Down, &LayerWeights::down}, {LT::PostFfnNorm, &LayerWeights::post_ffn_norm},
+      {LT::LayerScalar, &LayerWeights::layer_scalar}, {LT::PleGate, &LayerWeights::ple_gate},
+      {LT::PleProj, &LayerWeights::ple_proj}, {LT::PlePostNorm, &LayerWeights::ple_post_norm},
+      {LT::RouterProj, &LayerWeights::router_proj}, {LT::RouterScale, &LayerWeights::router_scale},
+      {LT::PerExpertScale, &LayerWeights::per_expert_scale}, {LT::ExpertsGateUp, &LayerWeights::experts_gate_up},
+      {LT::ExpertsDown, &LayerWeights::experts_down}, {LT::PreFfnNorm2, &LayerWeights::pre_ffn_norm_2},
+      {LT::PostFfnNorm1, &LayerWeights::post_ffn_norm_1}, {LT::PostFfnNorm2, &LayerWeights::post_ffn_norm_2},
+  };
+  static_assert(std::size(kFields) == static_cast<size_t>(LT::Count));
   m.w.layers.assign(static_cast<size_t>(m.spec.n_layers), {});
-  for (int i = 0; i < m.spec.n_layers; ++i) {
-    auto L = [&](const char* suffix) { return get("layers." + std::to_string(i) + "." + suffix); };
-    auto& lw = m.w.layers[i];
-    lw.attn_norm = L("input_layernorm.weight");
-    lw.q = L("self_attn.q_proj.weight");
-    lw.k = L("self_attn.k_proj.weight");
-    lw.v = L("self_attn.v_proj.weight");
-    lw.o = L("self_attn.o_proj.weight");
-    lw.q_norm = L("self_attn.q_norm.weight");
-    lw.k_norm = L("self_attn.k_norm.weight");
-    lw.post_attn_norm = L("post_attention_layernorm.weight");
-    lw.ffn_norm = L("pre_feedforward_layernorm.weight");
-    lw.gate = L("mlp.gate_proj.weight");
-    lw.up = L("mlp.up_proj.weight");
-    lw.down = L("mlp.down_proj.weight");
-    lw.post_ffn_norm = L("post_feedforward_layernorm.weight");
-    lw.layer_scalar = L("layer_scalar");
-    lw.ple_gate = L("per_layer_input_gate.weight");
-    lw.ple_proj = L("per_layer_projection.weight");
-    lw.ple_post_norm = L("post_per_layer_input_norm.weight");
-    lw.router_proj = L("router.proj.weight");
-    lw.router_scale = L("router.scale");
-    lw.per_expert_scale = L("router.per_expert_scale");
-    lw.experts_gate_up = L("experts.gate_up_proj");
-    lw.experts_down = L("experts.down_proj");
-    lw.pre_ffn_norm_2 = L("pre_feedforward_layernorm_2.weight");
-    lw.post_ffn_norm_1 = L("post_feedforward_layernorm_1.weight");
-    lw.post_ffn_norm_2 = L("post_feedforward_layernorm_2.weight");
-  }
+  for (int i = 0; i < m.spec.n_layers; ++i)
+    for (const auto& [t, field] : kFields) m.w.layers[i].*field = get(hf_name(i, t));
+}
+
+Model Model::clone() const {
+  Model c;
+  c.path = path;
+  c.format = format;
+  c.spec = spec;
+  c.file_tensors = file_tensors;
+  c.by_hf_name = by_hf_name;
+  c.errors = errors;
+  c.warnings = warnings;
+  c.gguf = gguf;
+  if (c.valid()) bind_weights(c);
+  return c;
 }
 
 namespace {

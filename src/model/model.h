@@ -39,7 +39,16 @@ struct ValidationIssue {
   std::string message;  // what was expected, what was found, what to do
 };
 
+// Move-only: `w` points into `by_hf_name` (map nodes keep their address on a move,
+// not on a copy). clone() makes an independent copy with its own bindings.
 struct Model {
+  Model() = default;
+  Model(Model&&) noexcept = default;
+  Model& operator=(Model&&) noexcept = default;
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+  Model clone() const;
+
   std::string path;
   FileFormat format = FileFormat::HF;
   ModelSpec spec;
@@ -65,8 +74,8 @@ Model open_model(const std::string& path, const LoadOptions& opt = {});
 // open_model + throw g4::Error listing every validation error.
 Model load_model(const std::string& path, const LoadOptions& opt = {});
 
-// Re-points `w` at the entries of `by_hf_name` (after copying a Model or swapping
-// tensors in it, e.g. for forensics hybrids).
+// Re-points `w` at the entries of `by_hf_name` (after swapping tensors in it, e.g.
+// for forensics hybrids).
 void bind_weights(Model& m);
 
 // Tensor types the compute paths can read.

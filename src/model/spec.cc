@@ -105,4 +105,14 @@ std::string guess_variant(const ModelSpec& s) {
   return "custom";
 }
 
+std::vector<float> rope_inv_freq(const LayerSpec& l) {
+  std::vector<float> f(static_cast<size_t>(l.head_dim / 2), 0.0f);
+  const float base = static_cast<float>(l.rope_theta);
+  for (int j = 0; j < l.rope_pairs; ++j) {
+    const float expo = static_cast<float>(2 * j) / static_cast<float>(l.rope_dim);
+    f[j] = 1.0f / std::pow(base, expo);
+  }
+  return f;
+}
+
 }  // namespace g4

@@ -78,6 +78,10 @@ struct ModelSpec {
 // field and `source`.
 void finalize_spec(ModelSpec& spec, const std::string& source);
 
+// RoPE inverse frequencies of a layer, float32 as HF computes them:
+// inv_freq[j] = 1 / theta^(2j / rope_dim) for j < rope_pairs, 0 (identity pair) after.
+std::vector<float> rope_inv_freq(const LayerSpec& l);
+
 // Variant guess from the geometry: "E2B", "E4B", "12B", "26B-A4B", "31B" or "custom".
 std::string guess_variant(const ModelSpec& spec);
 

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "model/gemma4.h"
+#include "runtime/session.h"
 #include "runtime/sampler.h"
 #include "tokenizer/tokenizer.h"
 

@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "model/gemma4.h"
+#include "runtime/session.h"
 #include "tools/metrics.h"
 #include "util/json.h"
 

@@ -251,7 +251,7 @@ std::vector<RestoreResult> run_restore(const Model& art, const Model& ref, const
                                        const std::vector<int32_t>& tokens, const PerplexityOptions& po,
                                        const ForensicsReport* findings) {
   // Hybrids need every tensor: missing ones come from the reference in all of them.
-  Model base = art;
+  Model base = art.clone();
   for (const auto& [hf, t] : ref.by_hf_name)
     if (!base.by_hf_name.count(hf)) base.by_hf_name.emplace(hf, t);
   for (const auto& [hf, t] : base.by_hf_name)
@@ -300,7 +300,7 @@ std::vector<RestoreResult> run_restore(const Model& art, const Model& ref, const
   out.push_back({"artifact", p_art, 0});
   out.push_back({"reference", p_ref, 1});
   for (const auto& [label, pick] : hybrids) {
-    Model h = base;
+    Model h = base.clone();
     for (auto& [hf, t] : h.by_hf_name)
       if (pick(hf, hf_layer[hf], hf_cls[hf])) t = ref.by_hf_name.at(hf);
     bind_weights(h);

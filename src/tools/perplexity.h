@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "model/gemma4.h"
+#include "runtime/session.h"
 
 namespace g4 {
 

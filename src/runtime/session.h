@@ -1,5 +1,5 @@
-// The Gemma 4 text forward pass (gemma4-architecture.md §5-10), one code path for
-// every variant, with the compute precision as a parameter.
+// A model plus a KV cache on one backend: the Gemma 4 text forward pass
+// (gemma4-architecture.md §5-10), one code path for every variant and every backend.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -7,15 +7,10 @@
 #include <string>
 #include <vector>
 
+#include "backends/backend.h"
 #include "model/model.h"
 
 namespace g4 {
-
-// F64: the reference. F32: the same math in float. Fast: float activations with the
-// SIMD kernels of kernels/fast.h (8-bit activations against quantized weights).
-enum class Precision { F64, F32, Fast };
-Precision parse_precision(const std::string& s);
-const char* precision_name(Precision p);
 
 struct ForwardOptions {
   Precision precision = Precision::F64;
@@ -27,6 +22,13 @@ struct ForwardOptions {
   // softmax uses dtype=float32). Off by default: the gold fixtures (transformers 5.17)
   // match pure float64 better (tiny-e NMSE 1.4e-13 vs 2.1e-13 with the islands).
   bool hf_float32_islands = false;
+  // Tokens per forward step: longer inputs run in steps of this many (activations are
+  // preallocated for it). Context to reserve the KV cache for (0 = grow on demand).
+  int64_t n_batch = 512;
+  int64_t n_ctx = 0;
+  // Check every layer's hidden state for NaN/Inf and name the first layer that made
+  // one (a pass over n x hidden values per layer: cheap next to the matmuls).
+  bool check_finite = true;
 };
 
 struct EvalRequest {
@@ -51,12 +53,16 @@ class Session {
   EvalOutput eval(std::span<const int32_t> tokens, const EvalRequest& req = {});
   // Logits of the last token only (generation).
   std::vector<float> eval_last(std::span<const int32_t> tokens);
+  // The same without allocating: the view stays valid until the next call.
+  std::span<const float> decode(std::span<const int32_t> tokens);
   void reset();
   // Drops positions >= n from the KV cache; false if the cache cannot rewind that far.
   bool truncate(int64_t n);
   int64_t n_past() const;
+  size_t kv_bytes() const;
   const Model& model() const { return model_; }
   const ForwardOptions& options() const { return opt_; }
+  std::string backend_name() const;
 
   struct Impl;
 

@@ -1,12 +1,14 @@
-// KV cache. Layers that own K/V store post-norm, post-RoPE K and post-norm V per
-// position; sliding layers keep only their window (ring buffer), full layers grow.
-// KV-shared layers own nothing: they read their source layer's cache.
+// The KV cache of the CPU backends. Layers that own K/V store post-norm, post-RoPE K
+// and post-norm V per position; sliding layers keep only their window (ring buffer),
+// full layers grow. KV-shared layers own nothing: they read their source layer's cache.
+// Stores are reserved for the session's context and step size up front, so a step
+// allocates nothing.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
 #include "model/spec.h"
-#include "util/error.h"
 
 namespace g4 {
 
@@ -15,8 +17,8 @@ struct LayerKv {
   int64_t width = 0;     // n_kv_heads * head_dim; 0 for KV-shared layers
   int64_t capacity = 0;  // ring slots for sliding layers; 0 = unbounded
   std::vector<T> k, v;
-  // Entries computed by the current eval() call, committed at its end, so that
-  // queries early in a long batch still see keys the ring has no room for.
+  // Entries of the current step, committed at its end, so that queries early in a
+  // long step still see keys the ring has no room for.
   std::vector<T> pending_k, pending_v;
 
   const T* k_at(int64_t pos) const { return &k[static_cast<size_t>(slot(pos) * width)]; }
@@ -31,17 +33,30 @@ inline constexpr int64_t kKvRewindSlots = 256;
 template <typename T>
 struct KvCache {
   int64_t n_past = 0;
+  int64_t n_pending = 0;
   std::vector<LayerKv<T>> layers;
   int64_t max_rewind = INT64_MAX;  // limited by the sliding rings
 
-  explicit KvCache(const ModelSpec& s) {
+  // n_batch: most positions per step; n_ctx: positions to reserve (0 = grow on demand).
+  KvCache(const ModelSpec& s, int64_t n_batch, int64_t n_ctx) {
     layers.resize(static_cast<size_t>(s.n_layers));
     for (const auto& l : s.layers) {
       if (!l.owns_kv) continue;
-      layers[l.index].width = int64_t{l.n_kv_heads} * l.head_dim;
-      layers[l.index].capacity = l.window > 0 ? l.window + kKvRewindSlots : 0;
+      auto& kv = layers[l.index];
+      kv.width = int64_t{l.n_kv_heads} * l.head_dim;
+      kv.capacity = l.window > 0 ? l.window + kKvRewindSlots : 0;
       if (l.window > 0) max_rewind = kKvRewindSlots + 1;
+      kv.pending_k.resize(static_cast<size_t>(n_batch * kv.width));
+      kv.pending_v.resize(kv.pending_k.size());
+      const int64_t slots = kv.capacity ? (n_ctx ? std::min(kv.capacity, n_ctx) : 0) : n_ctx;
+      kv.k.reserve(static_cast<size_t>(slots * kv.width));
+      kv.v.reserve(static_cast<size_t>(slots * kv.width));
     }
+  }
+
+  // Most keys a query can see: the whole context on full layers, the window on sliding ones.
+  int64_t max_keys(const LayerSpec& l, int64_t pos) const {
+    return l.window > 0 ? std::min<int64_t>(pos + 1, l.window) : pos + 1;
   }
 
   // Forgets positions >= n. Possible while every position a later query can see is
@@ -50,7 +65,7 @@ struct KvCache {
     if (n < 0 || n > n_past) return false;
     if (n_past - n > max_rewind) return false;
     // Ring slots stay where they are (later commits overwrite them); full-attention
-    // stores simply shrink.
+    // stores simply shrink (keeping their capacity).
     for (auto& l : layers) {
       if (l.width == 0 || l.capacity) continue;
       l.k.resize(static_cast<size_t>(n * l.width));
@@ -62,8 +77,10 @@ struct KvCache {
 
   void reset() {
     n_past = 0;
+    n_pending = 0;
     for (auto& l : layers) {
-      l.k.clear(); l.v.clear(); l.pending_k.clear(); l.pending_v.clear();
+      l.k.clear();
+      l.v.clear();
     }
   }
 
@@ -74,14 +91,16 @@ struct KvCache {
       for (int64_t t = 0; t < n_new; ++t) {
         const int64_t pos = n_past + t;
         const size_t need = static_cast<size_t>((l.capacity ? std::min(pos + 1, l.capacity) : pos + 1) * l.width);
-        if (l.k.size() < need) { l.k.resize(need); l.v.resize(need); }
+        if (l.k.size() < need) {
+          l.k.resize(need);
+          l.v.resize(need);
+        }
         std::copy_n(&l.pending_k[static_cast<size_t>(t * l.width)], l.width, &l.k[static_cast<size_t>(l.slot(pos) * l.width)]);
         std::copy_n(&l.pending_v[static_cast<size_t>(t * l.width)], l.width, &l.v[static_cast<size_t>(l.slot(pos) * l.width)]);
       }
-      l.pending_k.clear();
-      l.pending_v.clear();
     }
     n_past += n_new;
+    n_pending = 0;
   }
 
   size_t bytes() const {

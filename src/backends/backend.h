@@ -1,0 +1,109 @@
+// The backend seam. The Gemma 4 forward (runtime/forward.cc) is written once against
+// this small set of named operations; a backend owns its activation buffers, its copy
+// of the weights (or views of the mmap) and the KV cache, and implements the ops.
+// Backends: the float64/float32 reference (backends/cpu_ref.*), the CPU fast path
+// (backends/cpu_fast.cc). Adding one means implementing this interface and
+// registering it in make_backend(); the forward does not change.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "formats/tensor.h"
+#include "model/model.h"
+
+namespace g4 {
+
+// F64: the reference. F32: the same math in float. Fast: float activations with the
+// SIMD kernels of kernels/fast.h (8-bit activations against quantized weights).
+enum class Precision { F64, F32, Fast };
+Precision parse_precision(const std::string& s);
+const char* precision_name(Precision p);
+
+// A buffer of activations on the backend's device, in the backend's compute type.
+struct Buf {
+  int id = -1;
+};
+
+// A row-major matrix inside a buffer: `rows` rows of `cols` elements, `stride` apart.
+struct View {
+  Buf buf;
+  int64_t offset = 0, rows = 0, cols = 0, stride = 0;
+  int64_t numel() const { return rows * cols; }
+  // Rows [r0, r0 + n).
+  View sub_rows(int64_t r0, int64_t n) const { return {buf, offset + r0 * stride, n, cols, stride}; }
+  // Columns [c0, c0 + n) of every row.
+  View sub_cols(int64_t c0, int64_t n) const { return {buf, offset + c0, rows, n, stride}; }
+  // The same elements seen as rows of `c` (contiguous views only), e.g. [n, heads*hd] -> [n*heads, hd].
+  View reshape(int64_t c) const { return {buf, offset, rows * cols / c, c, c}; }
+};
+
+struct BackendOptions {
+  Precision precision = Precision::F64;
+  // Tokens per forward step (activation buffers are sized for it) and context length
+  // (KV cache reserved for it; 0 = grow on demand).
+  int64_t n_batch = 512;
+  int64_t n_ctx = 0;
+  // Emulate HF's float32 RMSNorm/softmax islands in the f64 reference (see ForwardOptions).
+  bool hf_float32_islands = false;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+
+  // Buffers. alloc() is called while the forward sets up, never per step.
+  virtual Buf alloc(int64_t n) = 0;
+  // Copies a view out to the host (widened to double; exact for every compute type).
+  virtual void read(const View& src, double* dst) = 0;
+  virtual void read(const View& src, float* dst) = 0;
+  // False as soon as a value is NaN or +-Inf.
+  virtual bool all_finite(const View& x) = 0;
+
+  // out[t] = table[tokens[t]] * scale (rows of out.cols elements).
+  virtual void embed(const TensorView& table, std::span<const int32_t> tokens, double scale, const View& out) = 0;
+  // out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w (w = nullptr: no weight); out may alias x.
+  virtual void rms_norm(const View& x, const TensorView* w, double eps, const View& out) = 0;
+  // y[t, o] = sum_i W[row0 + o, i] x[t, i]; W rows have x.cols elements, y.cols outputs.
+  virtual void matmul(const TensorView& w, const View& x, const View& y, int64_t row0 = 0) = 0;
+  // Rotate-half RoPE of layer `layer` on rows of one head each; row r belongs to token
+  // r / heads at absolute position pos0 + r / heads.
+  virtual void rope(int layer, const View& x, int64_t heads, int64_t pos0) = 0;
+  // g = gelu_tanh(g) * u.
+  virtual void gelu_mul(const View& g, const View& u) = 0;
+  // x *= s; x *= w (broadcast over rows) * s; dst += src.
+  virtual void scale(const View& x, double s) = 0;
+  virtual void mul(const View& x, const TensorView& w, double s) = 0;
+  virtual void add(const View& dst, const View& src) = 0;
+  // x = c * tanh(x / c).
+  virtual void softcap(const View& x, double c) = 0;
+
+  // KV cache. K/V rows of layer `layer` for positions n_past() .. n_past() + k.rows,
+  // visible to attention() at once and kept after kv_commit().
+  virtual void kv_write(int layer, const View& k, const View& v) = 0;
+  // Causal attention (scale 1, within the layer's window) of q ([tokens*heads, hd]) at
+  // positions n_past() + t over the cache of layer kv_source; out has q's shape.
+  virtual void attention(int layer, const View& q, int64_t heads, const View& out) = 0;
+  virtual void kv_commit(int64_t n) = 0;
+  virtual int64_t n_past() const = 0;
+  virtual bool kv_truncate(int64_t n) = 0;
+  virtual void kv_reset() = 0;
+  virtual size_t kv_bytes() const = 0;
+
+  // MoE routing of logits [n, E]: softmax, top-k (ties: lower id), renormalised weights
+  // times per_expert_scale, in the compute type; ids/weights are [n, k] on the host.
+  virtual void moe_route(const View& logits, int64_t k, const TensorView& per_expert_scale, int32_t* ids,
+                         double* weights) = 0;
+  // dst[r] = src[rows[r]] (gather), dst[rows[r]] = src[r] (scatter).
+  virtual void gather_rows(const View& src, std::span<const int32_t> rows, const View& dst) = 0;
+  virtual void scatter_rows(const View& src, std::span<const int32_t> rows, const View& dst) = 0;
+  // out[t] = sum_k w[t, k] * eo[t * K + k], summed in k order.
+  virtual void moe_combine(const View& eo, const double* w, int64_t K, const View& out) = 0;
+};
+
+// The backend for a model; `model` must outlive it.
+std::unique_ptr<Backend> make_backend(const Model& model, const BackendOptions& opt);
+
+}  // namespace g4

@@ -1,0 +1,77 @@
+// The CPU fast backend: the reference float backend with the hot ops replaced by the
+// SIMD kernels of kernels/fast.h (8-bit activations against quantized weights,
+// vectorized attention and GELU). Everything else is the float reference.
+#include <omp.h>
+
+#include "backends/cpu_ref.h"
+#include "kernels/fast.h"
+
+namespace g4 {
+namespace {
+
+class FastBackend final : public RefBackend<float> {
+ public:
+  FastBackend(const Model& m, const BackendOptions& opt) : RefBackend<float>(m, opt) {
+    reserve_attention(opt.n_ctx ? opt.n_ctx : std::min<int64_t>(opt.n_batch, s_.max_ctx));
+  }
+
+  std::string name() const override { return "cpu-fast (" + fast_kernel_isa() + ")"; }
+
+  void matmul(const TensorView& w, const View& x, const View& y, int64_t row0) override {
+    contiguous(x, "matmul input");
+    contiguous(y, "matmul output");
+    fast_matmul(w, row(x, 0), x.rows, x.cols, y.cols, row(y, 0), row0);
+  }
+  void gelu_mul(const View& g, const View& u) override {
+    if (g.stride == g.cols && u.stride == u.cols) return fast_gelu_tanh_mul(row(g, 0), row(u, 0), g.numel());
+    for (int64_t r = 0; r < g.rows; ++r) fast_gelu_tanh_mul(row(g, r), row(u, r), g.cols);
+  }
+  void attention(int layer, const View& q, int64_t heads, const View& out) override {
+    const LayerSpec& ls = s_.layers[layer];
+    const LayerKv<float>& src = kv_.layers[ls.kv_source];
+    const int64_t hd = q.cols, group = ls.n_heads / ls.n_kv_heads, n = q.rows / heads;
+    const int64_t kvw = src.width, start = kv_.n_past;
+    reserve_attention(kv_.max_keys(ls, start + n - 1));
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t hh = 0; hh < heads; ++hh) {
+        const int64_t pos = start + t;
+        const int64_t lo = ls.window > 0 ? std::max<int64_t>(0, pos - ls.window + 1) : 0, nk = pos - lo + 1;
+        const int64_t off = (hh / group) * hd;
+        const int tid = omp_get_thread_num();
+        const float** keys = keys_[tid].data();
+        const float** vals = vals_[tid].data();
+        float* scores = scores_[tid].data();
+        for (int64_t kp = lo; kp <= pos; ++kp) {
+          keys[kp - lo] = (kp < start ? src.k_at(kp) : &src.pending_k[(kp - start) * kvw]) + off;
+          vals[kp - lo] = (kp < start ? src.v_at(kp) : &src.pending_v[(kp - start) * kvw]) + off;
+        }
+        float* o = row(out, t * heads + hh);
+        fast_scores(row(q, t * heads + hh), keys, nk, hd, scores);
+        fast_softmax(scores, nk);
+        fast_weighted_sum(scores, vals, nk, hd, o);
+      }
+  }
+
+ protected:
+  void reserve_attention(int64_t keys) override {
+    RefBackend<float>::reserve_attention(keys);
+    keys_.resize(scores_.size());
+    vals_.resize(scores_.size());
+    for (size_t i = 0; i < scores_.size(); ++i) {
+      keys_[i].resize(scores_[i].size());
+      vals_[i].resize(scores_[i].size());
+    }
+  }
+
+ private:
+  std::vector<std::vector<const float*>> keys_, vals_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_fast_backend(const Model& m, const BackendOptions& opt) {
+  return std::make_unique<FastBackend>(m, opt);
+}
+
+}  // namespace g4

@@ -1,0 +1,262 @@
+// The CPU reference backend: every op in plain loops over T (double = the float64
+// reference that equals HF transformers; float = the same math in float32). Weights
+// stay in the mmap and are dequantized one row at a time (kernels/ops.h). It is the
+// obviously-correct truth every other backend is tested against, and the base of the
+// CPU fast backend, which overrides the hot ops.
+#pragma once
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <unordered_map>
+#include <vector>
+
+#include "backends/backend.h"
+#include "backends/kv_cache.h"
+#include "kernels/ops.h"
+#include "util/error.h"
+
+namespace g4 {
+
+template <typename T>
+class RefBackend : public Backend {
+ public:
+  RefBackend(const Model& m, const BackendOptions& opt)
+      : m_(m), s_(m.spec), opt_(opt), kv_(m.spec, opt.n_batch, opt.n_ctx),
+        f32_islands_(opt.hf_float32_islands && std::is_same_v<T, double>) {
+    // Small tensors (norm weights, scales) converted once to the compute type.
+    for (const auto& [name, t] : m.by_hf_name)
+      if (t.shape.size() == 1) consts_.emplace(&t, ops::to_vector<T>(t));
+    for (const auto& l : s_.layers) inv_freq_.push_back(rope_inv_freq(l));
+    const int64_t E = s_.n_experts;
+    route_idx_.resize(static_cast<size_t>(E));
+    reserve_attention(opt.n_ctx ? opt.n_ctx : std::min<int64_t>(opt.n_batch, s_.max_ctx));
+  }
+
+  std::string name() const override { return std::is_same_v<T, double> ? "cpu-f64" : "cpu-f32"; }
+
+  Buf alloc(int64_t n) override {
+    bufs_.emplace_back(static_cast<size_t>(n), T(0));
+    return Buf{static_cast<int>(bufs_.size() - 1)};
+  }
+  void read(const View& src, double* dst) override { read_as(src, dst); }
+  void read(const View& src, float* dst) override { read_as(src, dst); }
+  bool all_finite(const View& x) override {
+    for (int64_t r = 0; r < x.rows; ++r) {
+      const T* p = row(x, r);
+      for (int64_t j = 0; j < x.cols; ++j)
+        if (!std::isfinite(p[j])) return false;
+    }
+    return true;
+  }
+
+  void embed(const TensorView& table, std::span<const int32_t> tokens, double scale, const View& out) override {
+    const T sc = static_cast<T>(scale);
+    for (size_t t = 0; t < tokens.size(); ++t) {
+      T* o = row(out, static_cast<int64_t>(t));
+      ops::weight_row(table, tokens[t], out.cols, o);
+      for (int64_t i = 0; i < out.cols; ++i) o[i] *= sc;
+    }
+  }
+  void rms_norm(const View& x, const TensorView* w, double eps, const View& out) override {
+    const T* wv = w ? constant(*w) : nullptr;
+    for (int64_t r = 0; r < x.rows; ++r) {
+      if constexpr (std::is_same_v<T, double>) {
+        if (f32_islands_) {
+          ops::rms_norm_hf_f32(row(x, r), x.cols, wv, eps, row(out, r));
+          continue;
+        }
+      }
+      ops::rms_norm(row(x, r), x.cols, wv, eps, row(out, r));
+    }
+  }
+  void matmul(const TensorView& w, const View& x, const View& y, int64_t row0) override {
+    contiguous(x, "matmul input");
+    contiguous(y, "matmul output");
+    ops::matmul(w, row(x, 0), x.rows, x.cols, y.cols, row(y, 0), row0);
+  }
+  // NEOX (rotate-half) RoPE. Angles are float32 products as in HF; cos/sin are rounded
+  // to float32, then widened.
+  void rope(int layer, const View& x, int64_t heads, int64_t pos0) override {
+    const std::vector<float>& f = inv_freq_[layer];
+    const int64_t half = x.cols / 2;
+    for (int64_t r = 0; r < x.rows; ++r) {
+      T* v = row(x, r);
+      const int64_t pos = pos0 + r / heads;
+      for (int64_t j = 0; j < half; ++j) {
+        if (f[j] == 0.0f) continue;  // identity pair
+        const float angle = f[j] * static_cast<float>(pos);
+        const T cs = static_cast<float>(std::cos(static_cast<double>(angle)));
+        const T sn = static_cast<float>(std::sin(static_cast<double>(angle)));
+        const T a = v[j], b = v[j + half];
+        v[j] = a * cs - b * sn;
+        v[j + half] = b * cs + a * sn;
+      }
+    }
+  }
+  void gelu_mul(const View& g, const View& u) override {
+    for (int64_t r = 0; r < g.rows; ++r) {
+      T* gp = row(g, r);
+      const T* up = row(u, r);
+      for (int64_t j = 0; j < g.cols; ++j) gp[j] = ops::gelu_tanh(gp[j]) * up[j];
+    }
+  }
+  void scale(const View& x, double s) override {
+    const T sc = static_cast<T>(s);
+    for (int64_t r = 0; r < x.rows; ++r) {
+      T* p = row(x, r);
+      for (int64_t j = 0; j < x.cols; ++j) p[j] *= sc;
+    }
+  }
+  void mul(const View& x, const TensorView& w, double s) override {
+    const T sc = static_cast<T>(s);
+    const T* wv = constant(w);
+    for (int64_t r = 0; r < x.rows; ++r) {
+      T* p = row(x, r);
+      for (int64_t j = 0; j < x.cols; ++j) p[j] = p[j] * wv[j] * sc;
+    }
+  }
+  void add(const View& dst, const View& src) override {
+    for (int64_t r = 0; r < dst.rows; ++r) {
+      T* d = row(dst, r);
+      const T* p = row(src, r);
+      for (int64_t j = 0; j < dst.cols; ++j) d[j] += p[j];
+    }
+  }
+  void softcap(const View& x, double c) override {
+    const T cc = static_cast<T>(c);
+    for (int64_t r = 0; r < x.rows; ++r) {
+      T* p = row(x, r);
+      for (int64_t j = 0; j < x.cols; ++j) p[j] = cc * std::tanh(p[j] / cc);
+    }
+  }
+
+  void kv_write(int layer, const View& k, const View& v) override {
+    LayerKv<T>& kv = kv_.layers[layer];
+    if (k.rows > opt_.n_batch) fail("kv_write: {} positions in one step, more than n_batch = {}", k.rows, opt_.n_batch);
+    for (int64_t t = 0; t < k.rows; ++t) {
+      std::copy_n(row(k, t), kv.width, &kv.pending_k[static_cast<size_t>(t * kv.width)]);
+      std::copy_n(row(v, t), kv.width, &kv.pending_v[static_cast<size_t>(t * kv.width)]);
+    }
+    kv_.n_pending = k.rows;
+  }
+  void attention(int layer, const View& q, int64_t heads, const View& out) override {
+    const LayerSpec& ls = s_.layers[layer];
+    const LayerKv<T>& src = kv_.layers[ls.kv_source];
+    const int64_t hd = q.cols, group = ls.n_heads / ls.n_kv_heads, n = q.rows / heads;
+    const int64_t kvw = src.width, start = kv_.n_past;
+    reserve_attention(kv_.max_keys(ls, start + n - 1));
+    auto key = [&](int64_t pos) { return pos < start ? src.k_at(pos) : &src.pending_k[(pos - start) * kvw]; };
+    auto val = [&](int64_t pos) { return pos < start ? src.v_at(pos) : &src.pending_v[(pos - start) * kvw]; };
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t hh = 0; hh < heads; ++hh) {
+        const int64_t pos = start + t;
+        const int64_t lo = ls.window > 0 ? std::max<int64_t>(0, pos - ls.window + 1) : 0;
+        const int64_t kvh = hh / group;
+        const T* qh = row(q, t * heads + hh);
+        T* o = row(out, t * heads + hh);
+        T* scores = scores_[omp_get_thread_num()].data();
+        std::fill(o, o + hd, T(0));
+        for (int64_t kp = lo; kp <= pos; ++kp) {
+          const T* kh = key(kp) + kvh * hd;
+          T s = 0;
+          for (int64_t d = 0; d < hd; ++d) s += qh[d] * kh[d];
+          scores[kp - lo] = s;
+        }
+        ops::softmax(scores, pos - lo + 1, f32_islands_);
+        for (int64_t kp = lo; kp <= pos; ++kp) {
+          const T p = scores[kp - lo];
+          const T* vh = val(kp) + kvh * hd;
+          for (int64_t d = 0; d < hd; ++d) o[d] += p * vh[d];
+        }
+      }
+  }
+  void kv_commit(int64_t n) override { kv_.commit(n); }
+  int64_t n_past() const override { return kv_.n_past; }
+  bool kv_truncate(int64_t n) override { return kv_.truncate(n); }
+  void kv_reset() override { kv_.reset(); }
+  size_t kv_bytes() const override { return kv_.bytes(); }
+
+  void moe_route(const View& logits, int64_t k, const TensorView& per_expert_scale, int32_t* ids,
+                 double* weights) override {
+    const int64_t E = logits.cols;
+    const T* pes = constant(per_expert_scale);
+    for (int64_t t = 0; t < logits.rows; ++t) {
+      T* z = row(logits, t);
+      ops::softmax(z, E, false);  // HF: in the activation dtype
+      // Top-k by repeated selection: the first maximum wins, so on equal probabilities
+      // the lower expert id comes first (HF's topk on CPU, a stable sort).
+      auto& taken = route_idx_;
+      std::fill(taken.begin(), taken.end(), 0);
+      T wsum = 0;
+      for (int64_t j = 0; j < k; ++j) {
+        int64_t best = -1;
+        for (int64_t e = 0; e < E; ++e)
+          if (!taken[e] && (best < 0 || z[e] > z[best])) best = e;
+        taken[best] = 1;
+        ids[t * k + j] = static_cast<int32_t>(best);
+        wsum += z[best];
+      }
+      for (int64_t j = 0; j < k; ++j) {
+        const int32_t e = ids[t * k + j];
+        weights[t * k + j] = static_cast<double>(z[e] / wsum * pes[e]);
+      }
+    }
+  }
+  void gather_rows(const View& src, std::span<const int32_t> rows, const View& dst) override {
+    for (size_t r = 0; r < rows.size(); ++r) std::copy_n(row(src, rows[r]), src.cols, row(dst, static_cast<int64_t>(r)));
+  }
+  void scatter_rows(const View& src, std::span<const int32_t> rows, const View& dst) override {
+    for (size_t r = 0; r < rows.size(); ++r) std::copy_n(row(src, static_cast<int64_t>(r)), src.cols, row(dst, rows[r]));
+  }
+  void moe_combine(const View& eo, const double* w, int64_t K, const View& out) override {
+    for (int64_t t = 0; t < out.rows; ++t) {
+      T* o = row(out, t);
+      std::fill(o, o + out.cols, T(0));
+      for (int64_t k = 0; k < K; ++k) {
+        const T wk = static_cast<T>(w[t * K + k]);
+        const T* e = row(eo, t * K + k);
+        for (int64_t j = 0; j < out.cols; ++j) o[j] += wk * e[j];
+      }
+    }
+  }
+
+ protected:
+  T* row(const View& v, int64_t r) { return bufs_[v.buf.id].data() + v.offset + r * v.stride; }
+  const T* constant(const TensorView& t) const {
+    auto it = consts_.find(&t);
+    if (it == consts_.end()) fail("{}: not a small constant tensor of this model", t.name);
+    return it->second.data();
+  }
+  static void contiguous(const View& v, const char* what) {
+    if (v.stride != v.cols && v.rows > 1) fail("internal: {} view is strided ({} != {})", what, v.stride, v.cols);
+  }
+  // Per-thread attention scratch for `keys` keys (grows only when the context does).
+  virtual void reserve_attention(int64_t keys) {
+    const size_t threads = static_cast<size_t>(std::max(1, omp_get_max_threads()));
+    if (scores_.size() < threads) scores_.resize(threads);
+    for (auto& s : scores_)
+      if (static_cast<int64_t>(s.size()) < keys) s.resize(static_cast<size_t>(std::max(keys, 2 * static_cast<int64_t>(s.size()))));
+  }
+  template <typename U>
+  void read_as(const View& src, U* dst) {
+    for (int64_t r = 0; r < src.rows; ++r) {
+      const T* p = row(src, r);
+      for (int64_t j = 0; j < src.cols; ++j) dst[r * src.cols + j] = static_cast<U>(p[j]);
+    }
+  }
+
+  const Model& m_;
+  const ModelSpec& s_;
+  BackendOptions opt_;
+  KvCache<T> kv_;
+  bool f32_islands_;
+  std::vector<std::vector<T>> bufs_;
+  std::unordered_map<const TensorView*, std::vector<T>> consts_;
+  std::vector<std::vector<float>> inv_freq_;
+  std::vector<char> route_idx_;
+  std::vector<std::vector<T>> scores_;
+};
+
+}  // namespace g4

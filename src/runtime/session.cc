@@ -1,0 +1,339 @@
+// The Gemma 4 forward, written once against the Backend ops. Every buffer it uses is
+// allocated here, once per session (gemma.cpp's Activations): a step allocates nothing.
+#include "runtime/session.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/ops.h"
+#include "util/error.h"
+#include "util/half.h"
+
+namespace g4 {
+namespace {
+
+// Activations for steps of up to `cap` tokens: views into backend buffers.
+struct Activations {
+  int64_t cap = 0;
+  View h, x, q, k, v, attn, a, y;  // [cap, hidden or head widths]
+  View g, u;                       // [cap, widest MLP]
+  View ple, ple_tok, ple_g, ple_z;  // [cap, L*P] x2, [cap, P], [cap, H]
+  View router, eu, ex, eo, eout;    // MoE
+  View logits;                      // [cap_out, vocab], grown on demand
+  // Host-side MoE routing tables, [cap, K].
+  std::vector<int32_t> ids, order, rows_in, rows_out;
+  std::vector<double> weights;
+  std::vector<int64_t> expert_start;
+};
+
+View matrix(Backend& be, int64_t rows, int64_t cols) { return View{be.alloc(rows * cols), 0, rows, cols, cols}; }
+// The first n x cols elements of a buffer as a contiguous matrix.
+View mat(const View& buf, int64_t n, int64_t cols) { return View{buf.buf, buf.offset, n, cols, cols}; }
+
+}  // namespace
+
+struct Session::Impl {
+  const Model& m;
+  const ModelSpec& s;
+  const Weights& w;
+  ForwardOptions opt;
+  std::unique_ptr<Backend> be;
+  Activations act;
+  double embed_scale = 1, ple_embed_scale = 1;
+  std::vector<double> layer_scalar;
+  std::vector<float> host_logits;  // decode()
+
+  Impl(const Model& model, const ForwardOptions& o) : m(model), s(model.spec), w(model.w), opt(o) {
+    BackendOptions bo;
+    bo.precision = o.precision;
+    bo.n_batch = std::max<int64_t>(1, o.n_batch);
+    bo.n_ctx = o.n_ctx;
+    bo.hf_float32_islands = o.hf_float32_islands;
+    be = make_backend(model, bo);
+    const double sqrt_h = std::sqrt(static_cast<double>(s.hidden));
+    const double sqrt_p = std::sqrt(static_cast<double>(s.ple_dim));
+    embed_scale = o.bf16_embed_scale ? bf16_to_f32(f32_to_bf16(static_cast<float>(sqrt_h))) : sqrt_h;
+    ple_embed_scale = o.bf16_embed_scale ? bf16_to_f32(f32_to_bf16(static_cast<float>(sqrt_p))) : sqrt_p;
+    for (const auto& lw : w.layers) layer_scalar.push_back(ops::to_vector<double>(*lw.layer_scalar)[0]);
+    allocate(bo.n_batch);
+  }
+
+  void allocate(int64_t cap) {
+    Backend& b = *be;
+    const int64_t H = s.hidden, L = s.n_layers, P = s.ple_dim;
+    int64_t qw = 0, kvw = 0, ff = 0;
+    for (const auto& l : s.layers) {
+      qw = std::max(qw, int64_t{l.n_heads} * l.head_dim);
+      kvw = std::max(kvw, int64_t{l.n_kv_heads} * l.head_dim);
+      ff = std::max<int64_t>(ff, l.ff_width);
+    }
+    if (s.moe) ff = std::max<int64_t>(ff, s.moe_ff);
+    act.cap = cap;
+    act.h = matrix(b, cap, H);
+    act.x = matrix(b, cap, H);
+    act.a = matrix(b, cap, H);
+    act.y = matrix(b, cap, H);
+    act.q = matrix(b, cap, qw);
+    act.attn = matrix(b, cap, qw);
+    act.k = matrix(b, cap, kvw);
+    act.v = matrix(b, cap, kvw);
+    act.g = matrix(b, cap, ff);
+    act.u = matrix(b, cap, ff);
+    if (P > 0) {
+      act.ple = matrix(b, cap, L * P);
+      act.ple_tok = matrix(b, cap, L * P);
+      act.ple_g = matrix(b, cap, P);
+      act.ple_z = matrix(b, cap, H);
+    }
+    if (s.moe) {
+      const int64_t E = s.n_experts, K = s.top_k;
+      act.router = matrix(b, cap, E);
+      act.eu = matrix(b, cap, H);
+      act.ex = matrix(b, cap, H);
+      act.eo = matrix(b, cap * K, H);
+      act.eout = matrix(b, cap, H);
+      act.ids.resize(static_cast<size_t>(cap * K));
+      act.order.resize(act.ids.size());
+      act.rows_in.resize(act.ids.size());
+      act.rows_out.resize(act.ids.size());
+      act.weights.resize(act.ids.size());
+      act.expert_start.resize(static_cast<size_t>(E + 1));
+    }
+    act.logits = matrix(b, 1, s.vocab);
+    host_logits.resize(static_cast<size_t>(s.vocab));
+  }
+
+  // Logit rows for `n` outputs; grows (once per new maximum) for long logits requests.
+  View logits_rows(int64_t n) {
+    if (act.logits.rows < n) act.logits = matrix(*be, n, s.vocab);
+    return act.logits.sub_rows(0, n);
+  }
+
+  void check(const View& x, int layer, int64_t pos0) {
+    if (!opt.check_finite) return;
+    if (!be->all_finite(x))
+      fail("non-finite values (NaN or Inf) in the hidden state after layer {} (positions {}..{}); the weights of "
+           "layer {} or the input are damaged: `g4 inspect -m {}` lists tensors with non-finite values",
+           layer, pos0, pos0 + x.rows - 1, layer, m.path);
+  }
+
+  // One step of n <= cap tokens at positions n_past()...; logits for rows >= first
+  // (first = n: none) go to `logits`; hidden states to `hidden` (stride n_total).
+  void step(std::span<const int32_t> tokens, int64_t first, const View* logits, float* hidden, int64_t hidden_stride) {
+    Backend& b = *be;
+    const int64_t n = static_cast<int64_t>(tokens.size()), H = s.hidden, L = s.n_layers, pos0 = b.n_past();
+    for (int64_t t = 0; t < n; ++t) {
+      if (tokens[t] < 0 || tokens[t] >= s.vocab)
+        fail("token id {} at position {} is outside the vocabulary [0, {})", tokens[t], pos0 + t, s.vocab);
+      if (s.ple_dim > 0 && tokens[t] >= s.ple_vocab)
+        fail("token id {} has no per-layer embedding row (vocab_size_per_layer_input = {})", tokens[t], s.ple_vocab);
+    }
+    if (pos0 + n > s.max_ctx)
+      fail("context of {} tokens exceeds the model's max_position_embeddings = {}", pos0 + n, s.max_ctx);
+    const View h = act.h.sub_rows(0, n);
+    auto record = [&](int64_t entry) {
+      if (hidden) be->read(h, hidden + entry * hidden_stride);
+    };
+
+    // 1. Token embeddings scaled by sqrt(H).
+    b.embed(*w.embed, tokens, embed_scale, h);
+    record(0);
+    // 2. Per-layer inputs from the token id and the scaled embedding:
+    //    ple[t, l] = (RMSNorm(W_ple_proj e_t / sqrt(H))[l] + E_ple[tok_t][l] * sqrt(P)) / sqrt(2)
+    if (s.ple_dim > 0) {
+      const View ple = act.ple.sub_rows(0, n), tok = act.ple_tok.sub_rows(0, n);
+      b.matmul(*w.ple_model_proj, h, ple);
+      b.scale(ple, 1.0 / std::sqrt(static_cast<double>(H)));
+      b.rms_norm(ple.reshape(s.ple_dim), w.ple_proj_norm, s.rms_eps, ple.reshape(s.ple_dim));
+      b.embed(*w.ple_embed, tokens, ple_embed_scale, tok);
+      b.add(ple, tok);
+      b.scale(ple, 1.0 / std::sqrt(2.0));
+    }
+    // 3. The decoder stack.
+    for (int i = 0; i < L; ++i) {
+      decoder_layer(i, n);
+      check(h, i, pos0);
+      if (i + 1 < L) record(i + 1);
+    }
+    // 4. Final norm (the last hidden state is recorded after it, as HF does).
+    b.rms_norm(h, w.final_norm, s.rms_eps, h);
+    record(L);
+    // 5-6. Tied LM head, final logit softcap.
+    if (logits && first < n) {
+      b.matmul(*w.embed, h.sub_rows(first, n - first), *logits);
+      if (s.final_softcap) b.softcap(*logits, *s.final_softcap);
+    }
+    b.kv_commit(n);
+  }
+
+  void decoder_layer(int i, int64_t n) {
+    Backend& b = *be;
+    const LayerSpec& ls = s.layers[i];
+    const LayerWeights& lw = w.layers[i];
+    const int64_t hd = ls.head_dim, nh = ls.n_heads, nkv = ls.n_kv_heads;
+    const double eps = s.rms_eps;
+    const View h = act.h.sub_rows(0, n), x = act.x.sub_rows(0, n), a = act.a.sub_rows(0, n), y = act.y.sub_rows(0, n);
+    const View q = mat(act.q, n, nh * hd), attn = mat(act.attn, n, nh * hd);
+
+    // 1. x = RMSNorm(h; input_layernorm)
+    b.rms_norm(h, lw.attn_norm, eps, x);
+    // 2. q = RoPE(RMSNorm_head(Wq x; q_norm))
+    b.matmul(*lw.q, x, q);
+    b.rms_norm(q.reshape(hd), lw.q_norm, eps, q.reshape(hd));
+    b.rope(i, q.reshape(hd), nh, b.n_past());
+    // 3. K/V of this layer (owners only): k = RoPE(RMSNorm_head(Wk x; k_norm)),
+    //    v = RMSNorm_head(Wv x, or the raw Wk x on k_eq_v layers) without weight.
+    if (ls.owns_kv) {
+      const View k = mat(act.k, n, nkv * hd), v = mat(act.v, n, nkv * hd);
+      b.matmul(*lw.k, x, k);
+      if (lw.v) {
+        b.matmul(*lw.v, x, v);
+        b.rms_norm(v.reshape(hd), nullptr, eps, v.reshape(hd));
+      } else {
+        b.rms_norm(k.reshape(hd), nullptr, eps, v.reshape(hd));  // k_eq_v: V is the raw K projection
+      }
+      b.rms_norm(k.reshape(hd), lw.k_norm, eps, k.reshape(hd));
+      b.rope(i, k.reshape(hd), nkv, b.n_past());
+      b.kv_write(i, k, v);
+    }
+    // 4. Attention (scale 1.0, no softcap) over the source layer's cache.
+    b.attention(i, q.reshape(hd), nh, attn.reshape(hd));
+    // 5-7. a = RMSNorm(Wo o; post_attention_layernorm); h1 = h + a
+    b.matmul(*lw.o, attn, a);
+    b.rms_norm(a, lw.post_attn_norm, eps, a);
+    b.add(h, a);
+    // 8. y = MLP(RMSNorm(h1; pre_feedforward_layernorm))
+    b.rms_norm(h, lw.ffn_norm, eps, x);
+    gated_mlp(*lw.gate, *lw.up, *lw.down, x, ls.ff_width, y);
+    // 9. MoE: y = RMSNorm(y; post_ffn_norm_1) + RMSNorm(Experts(h1); post_ffn_norm_2)
+    if (ls.moe) moe_block(lw, h, y);
+    // 10-11. h2 = h1 + RMSNorm(y; post_feedforward_layernorm)
+    b.rms_norm(y, lw.post_ffn_norm, eps, y);
+    b.add(h, y);
+    // 12. PLE: h3 = h2 + RMSNorm(W_proj(gelu(W_gate h2) * ple[:, i]); post_per_layer_input_norm)
+    if (s.ple_dim > 0) {
+      const int64_t P = s.ple_dim;
+      const View g = act.ple_g.sub_rows(0, n), z = act.ple_z.sub_rows(0, n);
+      b.matmul(*lw.ple_gate, h, g);
+      b.gelu_mul(g, act.ple.sub_rows(0, n).sub_cols(int64_t{i} * P, P));
+      b.matmul(*lw.ple_proj, g, z);
+      b.rms_norm(z, lw.ple_post_norm, eps, z);
+      b.add(h, z);
+    }
+    // 13. layer_scalar multiplies the whole hidden state.
+    b.scale(h, layer_scalar[i]);
+  }
+
+  // y = down(gelu_tanh(gate x) * up x); gate/up/down rows may be an expert's slice.
+  void gated_mlp(const TensorView& gate, const TensorView& up, const TensorView& down, const View& x, int64_t width,
+                 const View& y, int64_t gate_row0 = 0, int64_t up_row0 = 0, int64_t down_row0 = 0) {
+    const int64_t n = x.rows;
+    const View g = mat(act.g, n, width), u = mat(act.u, n, width);
+    be->matmul(gate, x, g, gate_row0);
+    be->matmul(up, x, u, up_row0);
+    be->gelu_mul(g, u);
+    be->matmul(down, g, y, down_row0);
+  }
+
+  void moe_block(const LayerWeights& lw, const View& h1, const View& y) {
+    Backend& b = *be;
+    const int64_t n = h1.rows, H = s.hidden, E = s.n_experts, K = s.top_k, Ie = s.moe_ff;
+    const double eps = s.rms_eps;
+    // Dense branch output norm.
+    b.rms_norm(y, lw.post_ffn_norm_1, eps, y);
+    // Router on h1: RMSNorm without weight, * scale * H^-1/2, proj, softmax, top-k,
+    // renormalise, * per_expert_scale.
+    const View r = act.ex.sub_rows(0, n), logits = act.router.sub_rows(0, n);
+    b.rms_norm(h1, nullptr, eps, r);
+    b.mul(r, *lw.router_scale, 1.0 / std::sqrt(static_cast<double>(H)));
+    b.matmul(*lw.router_proj, r, logits);
+    b.moe_route(logits, K, *lw.per_expert_scale, act.ids.data(), act.weights.data());
+    // Expert inputs.
+    const View u = act.eu.sub_rows(0, n);
+    b.rms_norm(h1, lw.pre_ffn_norm_2, eps, u);
+    // Tokens grouped by expert (counting sort): each expert runs once on all its tokens.
+    auto& start = act.expert_start;
+    std::fill(start.begin(), start.end(), 0);
+    for (int64_t j = 0; j < n * K; ++j) ++start[act.ids[j] + 1];
+    for (int64_t e = 0; e < E; ++e) start[e + 1] += start[e];
+    for (int64_t j = 0; j < n * K; ++j) act.order[start[act.ids[j]]++] = static_cast<int32_t>(j);
+    for (int64_t e = E; e > 0; --e) start[e] = start[e - 1];
+    start[0] = 0;
+    const View eo = act.eo.sub_rows(0, n * K);
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t m = start[e + 1] - start[e];
+      if (m == 0) continue;
+      for (int64_t j = 0; j < m; ++j) {
+        const int32_t slot = act.order[start[e] + j];  // t * K + k
+        act.rows_in[j] = slot / static_cast<int32_t>(K);
+        act.rows_out[j] = slot;
+      }
+      const View xe = act.ex.sub_rows(0, m), oe = act.eout.sub_rows(0, m);
+      b.gather_rows(u, std::span<const int32_t>(act.rows_in.data(), m), xe);
+      // experts.gate_up_proj[e]: rows [0, Ie) gate, [Ie, 2Ie) up; down_proj[e]: [H, Ie].
+      gated_mlp(*lw.experts_gate_up, *lw.experts_gate_up, *lw.experts_down, xe, Ie, oe, e * 2 * Ie, e * 2 * Ie + Ie, e * H);
+      b.scatter_rows(oe, std::span<const int32_t>(act.rows_out.data(), m), eo);
+    }
+    const View experts_out = act.eout.sub_rows(0, n);
+    b.moe_combine(eo, act.weights.data(), K, experts_out);
+    b.rms_norm(experts_out, lw.post_ffn_norm_2, eps, experts_out);
+    b.add(y, experts_out);
+  }
+};
+
+Session::Session(const Model& model, ForwardOptions opt) : model_(model), opt_(opt) {
+  if (!model.valid()) fail("{}: refusing to run a model that failed validation", model.path);
+  impl_ = std::make_unique<Impl>(model, opt);
+}
+Session::~Session() = default;
+Session::Session(Session&&) noexcept = default;
+
+EvalOutput Session::eval(std::span<const int32_t> tokens, const EvalRequest& req) {
+  Impl& im = *impl_;
+  const int64_t n = static_cast<int64_t>(tokens.size()), V = im.s.vocab, H = im.s.hidden;
+  EvalOutput out;
+  if (n == 0) return out;
+  const int64_t first = req.logits_from < 0 ? n - 1 : std::min(req.logits_from, n);
+  if (req.hidden) out.hidden.resize(static_cast<size_t>((im.s.n_layers + 1) * n * H));
+  if (req.logits_f64) out.logits64.resize(static_cast<size_t>((n - first) * V));
+  else out.logits.resize(static_cast<size_t>((n - first) * V));
+  // Steps of at most cap tokens; the KV cache holds the earlier steps' keys.
+  for (int64_t t0 = 0; t0 < n; t0 += im.act.cap) {
+    const int64_t len = std::min(im.act.cap, n - t0);
+    const int64_t f = std::clamp(first - t0, int64_t{0}, len);  // first row of this step with logits
+    const View logits = im.logits_rows(len - f);
+    im.step(tokens.subspan(t0, len), f, &logits, req.hidden ? out.hidden.data() + t0 * H : nullptr, n * H);
+    if (f == len) continue;
+    const int64_t o = (t0 + f - first) * V;
+    if (req.logits_f64) im.be->read(logits, out.logits64.data() + o);
+    else im.be->read(logits, out.logits.data() + o);
+  }
+  return out;
+}
+
+std::span<const float> Session::decode(std::span<const int32_t> tokens) {
+  Impl& im = *impl_;
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  if (n == 0) fail("decode() needs at least one token");
+  for (int64_t t0 = 0; t0 < n; t0 += im.act.cap) {
+    const int64_t len = std::min(im.act.cap, n - t0);
+    const bool last = t0 + len == n;
+    const View logits = im.logits_rows(1);
+    im.step(tokens.subspan(t0, len), last ? len - 1 : len, &logits, nullptr, 0);
+    if (last) im.be->read(logits, im.host_logits.data());
+  }
+  return im.host_logits;
+}
+
+std::vector<float> Session::eval_last(std::span<const int32_t> tokens) {
+  auto l = decode(tokens);
+  return {l.begin(), l.end()};
+}
+
+void Session::reset() { impl_->be->kv_reset(); }
+bool Session::truncate(int64_t n) { return impl_->be->kv_truncate(n); }
+int64_t Session::n_past() const { return impl_->be->n_past(); }
+size_t Session::kv_bytes() const { return impl_->be->kv_bytes(); }
+std::string Session::backend_name() const { return impl_->be->name(); }
+
+}  // namespace g4
