@@ -7,7 +7,7 @@
 #include <functional>
 #include <cstring>
 
-#include "formats/hf_config.h"
+#include "model/config_hf.h"
 #include "model/gemma4.h"
 #include "test_util.h"
 #include "tools/metrics.h"
