@@ -3,7 +3,7 @@
 #include <string>
 
 #include "formats/gguf.h"
-#include "formats/gguf_config.h"
+#include "model/config_gguf.h"
 #include "util/error.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

@@ -7,7 +7,7 @@
 #include <functional>
 #include <cstring>
 
-#include "formats/hf_config.h"
+#include "model/config_hf.h"
 #include "runtime/session.h"
 #include "test_util.h"
 #include "tools/metrics.h"

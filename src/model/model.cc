@@ -3,8 +3,8 @@
 #include <filesystem>
 #include <set>
 
-#include "formats/gguf_config.h"
-#include "formats/hf_config.h"
+#include "model/config_gguf.h"
+#include "model/config_hf.h"
 #include "formats/safetensors.h"
 #include "kernels/dequant.h"
 #include "util/error.h"

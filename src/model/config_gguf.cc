@@ -1,4 +1,4 @@
-#include "formats/gguf_config.h"
+#include "model/config_gguf.h"
 
 #include <cmath>
 #include <cstring>

@@ -1,4 +1,4 @@
-#include "formats/hf_config.h"
+#include "model/config_hf.h"
 
 #include "util/error.h"
 #include "util/mapped_file.h"
