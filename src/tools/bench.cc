@@ -3,6 +3,7 @@
 #include <omp.h>
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <random>
@@ -69,7 +70,9 @@ BenchResult run_bench(const Model& m, const BenchOptions& opt) {
   for (const auto& t : m.file_tensors) { r.n_params += t.numel(); r.n_bytes += t.nbytes; }
   std::mt19937 rng(42);
   std::uniform_int_distribution<int32_t> tok(5, m.spec.vocab - 1);
-  Session s(m, {opt.precision});
+  ForwardOptions fo{opt.precision};
+  fo.n_ctx = std::max(opt.n_prompt, opt.n_gen) + 1;  // KV reserved up front, as -c does
+  Session s(m, fo);
   std::vector<double> pp, tg;
   // One warm-up of each (page in the weights), then the timed repetitions.
   for (int rep = -1; rep < opt.reps; ++rep) {
@@ -78,7 +81,7 @@ BenchResult run_bench(const Model& m, const BenchOptions& opt) {
       for (auto& t : prompt) t = tok(rng);
       s.reset();
       const auto t0 = std::chrono::steady_clock::now();
-      s.eval_last(prompt);
+      s.decode(prompt);
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       if (rep >= 0) pp.push_back(opt.n_prompt / secs);
     }
@@ -87,7 +90,7 @@ BenchResult run_bench(const Model& m, const BenchOptions& opt) {
       int32_t t = 2;
       const auto t0 = std::chrono::steady_clock::now();
       for (int i = 0; i < opt.n_gen; ++i) {
-        s.eval_last(std::span<const int32_t>(&t, 1));
+        s.decode(std::span<const int32_t>(&t, 1));
         t = tok(rng);
       }
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
