@@ -6,21 +6,32 @@
 namespace g4 {
 
 std::unique_ptr<Backend> make_cpu_fast_backend(const Model& m, const BackendOptions& opt);
+std::unique_ptr<Backend> make_cpu_bf16_backend(const Model& m, const BackendOptions& opt);
 
 Precision parse_precision(const std::string& s) {
   if (s == "f64") return Precision::F64;
   if (s == "f32") return Precision::F32;
   if (s == "fast") return Precision::Fast;
-  fail("unknown precision '{}' (use f64, f32 or fast)", s);
+  if (s == "bf16") return Precision::BF16;
+  fail("unknown precision '{}' (use f64, f32, fast or bf16)", s);
 }
 
-const char* precision_name(Precision p) { return p == Precision::F64 ? "f64" : p == Precision::F32 ? "f32" : "fast"; }
+const char* precision_name(Precision p) {
+  switch (p) {
+    case Precision::F64: return "f64";
+    case Precision::F32: return "f32";
+    case Precision::Fast: return "fast";
+    case Precision::BF16: return "bf16";
+  }
+  return "?";
+}
 
 std::unique_ptr<Backend> make_backend(const Model& model, const BackendOptions& opt) {
   switch (opt.precision) {
     case Precision::F64: return std::make_unique<RefBackend<double>>(model, opt);
     case Precision::F32: return std::make_unique<RefBackend<float>>(model, opt);
     case Precision::Fast: return make_cpu_fast_backend(model, opt);
+    case Precision::BF16: return make_cpu_bf16_backend(model, opt);
   }
   fail("unknown precision");
 }

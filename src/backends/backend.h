@@ -17,7 +17,8 @@ namespace g4 {
 
 // F64: the reference. F32: the same math in float. Fast: float activations with the
 // SIMD kernels of kernels/fast.h (8-bit activations against quantized weights).
-enum class Precision { F64, F32, Fast };
+// BF16: HF transformers' native bf16 forward, emulated (backends/cpu_bf16.cc).
+enum class Precision { F64, F32, Fast, BF16 };
 Precision parse_precision(const std::string& s);
 const char* precision_name(Precision p);
 
@@ -47,6 +48,8 @@ struct BackendOptions {
   int64_t n_ctx = 0;
   // Emulate HF's float32 RMSNorm/softmax islands in the f64 reference (see ForwardOptions).
   bool hf_float32_islands = false;
+  // BF16 precision with bf16 weights but float32 activations (a rung of `g4 ladder`).
+  bool bf16_weights_only = false;
 };
 
 class Backend {

@@ -49,6 +49,7 @@ struct Session::Impl {
     bo.n_batch = std::max<int64_t>(1, o.n_batch);
     bo.n_ctx = o.n_ctx;
     bo.hf_float32_islands = o.hf_float32_islands;
+    bo.bf16_weights_only = o.bf16_weights_only;
     be = make_backend(model, bo);
     const double sqrt_h = std::sqrt(static_cast<double>(s.hidden));
     const double sqrt_p = std::sqrt(static_cast<double>(s.ple_dim));

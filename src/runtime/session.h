@@ -22,6 +22,8 @@ struct ForwardOptions {
   // softmax uses dtype=float32). Off by default: the gold fixtures (transformers 5.17)
   // match pure float64 better (tiny-e NMSE 1.4e-13 vs 2.1e-13 with the islands).
   bool hf_float32_islands = false;
+  // With Precision::BF16: round only the weights to bf16, keep float32 activations.
+  bool bf16_weights_only = false;
   // Tokens per forward step: longer inputs run in steps of this many (activations are
   // preallocated for it). Context to reserve the KV cache for (0 = grow on demand).
   int64_t n_batch = 512;
