@@ -24,6 +24,7 @@ int main(int argc, char** argv) {
   g4::cli::register_grade(app);
   g4::cli::register_bench(app);
   g4::cli::register_synth(app);
+  g4::cli::register_ladder(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,132 @@
+#include "tools/ladder.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include "tools/token_input.h"
+#include "util/error.h"
+
+namespace g4 {
+namespace {
+
+void log_softmax(const double* z, int64_t V, std::vector<double>& out) {
+  double mx = z[0];
+  for (int64_t j = 1; j < V; ++j) mx = std::max(mx, z[j]);
+  double s = 0;
+  for (int64_t j = 0; j < V; ++j) s += std::exp(z[j] - mx);
+  const double lse = mx + std::log(s);
+  for (int64_t j = 0; j < V; ++j) out[j] = z[j] - lse;
+}
+
+}  // namespace
+
+std::vector<LadderRung> ladder_rungs() {
+  std::vector<LadderRung> r;
+  auto add = [&](std::string name, std::string what, ForwardOptions fo) { r.push_back({std::move(name), std::move(what), fo}); };
+  add("f64", "float64 reference (HF transformers in float64)", {Precision::F64});
+  ForwardOptions consts{Precision::F64};
+  consts.bf16_embed_scale = true;
+  add("f64 bf16-const", "float64, embedding scales sqrt(H), sqrt(P) rounded to bf16", consts);
+  add("f32", "float32 throughout", {Precision::F32});
+  ForwardOptions weights{Precision::BF16};
+  weights.bf16_weights_only = true;
+  add("bf16 weights", "weights rounded to bf16, float32 activations", weights);
+  add("bf16", "HF's native bf16 forward emulated: every op's output rounded to bf16", {Precision::BF16});
+  add("fast", "g4's CPU fast path (8-bit activations against the stored weights)", {Precision::Fast});
+  return r;
+}
+
+LadderResult run_ladder(const Model& m, const std::string& text, const LadderOptions& opt) {
+  const int n_ctx = opt.n_ctx;
+  if (n_ctx < 4 || n_ctx % 2) fail("ladder: -c {} must be even and at least 4", n_ctx);
+  if (n_ctx > m.spec.max_ctx) fail("ladder: -c {} exceeds the model's context length {}", n_ctx, m.spec.max_ctx);
+  std::string t = text;
+  if (!t.empty() && t.back() == '\n') t.pop_back();
+  const std::vector<int32_t> tokens = load_tokenizer(m).encode(t, true, false);
+  const int64_t avail = static_cast<int64_t>(tokens.size()) / n_ctx;
+  if (avail < 1) fail("ladder: the text has {} tokens, fewer than one chunk of -c {}", tokens.size(), n_ctx);
+  const int chunks = static_cast<int>(opt.max_chunks > 0 ? std::min<int64_t>(avail, opt.max_chunks) : avail);
+  const int first = n_ctx / 2 - 1, rows = n_ctx - 1 - first;
+  const int64_t V = m.spec.vocab;
+
+  std::vector<LadderRung> rungs = ladder_rungs();
+  struct Acc {
+    double sq = 0, nll = 0, kld = 0;
+    int64_t top = 0;
+  };
+  std::vector<Acc> acc(rungs.size());
+  double ref_sum = 0, ref_sq = 0;
+  int64_t n = 0;
+  std::vector<Session> sessions;
+  for (const auto& r : rungs) {
+    ForwardOptions fo = r.forward;
+    fo.n_ctx = n_ctx;
+    sessions.emplace_back(m, fo);
+  }
+  std::vector<double> ref_lp(static_cast<size_t>(V)), lp(ref_lp.size());
+  for (int c = 0; c < chunks; ++c) {
+    std::vector<int32_t> chunk(tokens.begin() + static_cast<int64_t>(c) * n_ctx, tokens.begin() + static_cast<int64_t>(c + 1) * n_ctx);
+    chunk[0] = m.spec.bos_id;
+    EvalRequest req;
+    req.logits_from = first;
+    req.logits_f64 = true;
+    // The reference first, then each rung against it (two sets of logits in memory).
+    auto eval = [&](size_t k) {
+      const auto t0 = std::chrono::steady_clock::now();
+      sessions[k].reset();
+      std::vector<double> z = sessions[k].eval(chunk, req).logits64;
+      rungs[k].seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      return z;
+    };
+    const std::vector<double> ref = eval(0);
+    for (int p = 0; p < rows; ++p)
+      for (int64_t j = 0; j < V; ++j) {
+        const double z = ref[static_cast<size_t>(p) * V + j];
+        ref_sum += z;
+        ref_sq += z * z;
+      }
+    n += static_cast<int64_t>(rows) * V;
+    for (size_t k = 0; k < rungs.size(); ++k) {
+      const std::vector<double> logits = k == 0 ? ref : eval(k);
+      for (int p = 0; p < rows; ++p) {
+        const double* zr = &ref[static_cast<size_t>(p) * V];
+        const double* z = &logits[static_cast<size_t>(p) * V];
+        log_softmax(zr, V, ref_lp);
+        log_softmax(z, V, lp);
+        double kl = 0;
+        for (int64_t j = 0; j < V; ++j) {
+          acc[k].sq += (z[j] - zr[j]) * (z[j] - zr[j]);
+          kl += std::exp(ref_lp[j]) * (ref_lp[j] - lp[j]);
+        }
+        acc[k].kld += kl;
+        acc[k].nll -= lp[chunk[first + p + 1]];
+        acc[k].top += (std::max_element(z, z + V) - z) == (std::max_element(zr, zr + V) - zr);
+      }
+    }
+  }
+  const double var = ref_sq / n - (ref_sum / n) * (ref_sum / n);
+  const double npos = static_cast<double>(chunks) * rows;
+  for (size_t k = 0; k < rungs.size(); ++k) {
+    rungs[k].nmse = acc[k].sq / n / var;
+    rungs[k].kld = acc[k].kld / npos;
+    rungs[k].top1 = acc[k].top / npos;
+    rungs[k].ppl = std::exp(acc[k].nll / npos);
+  }
+  return {rungs, n_ctx, chunks};
+}
+
+std::string format_ladder(const LadderResult& r, const std::string& model) {
+  std::string s = fmt::format("precision ladder: {} (c={}, {} chunk{}, each rung against f64 on the same positions)\n\n",
+                              model, r.n_ctx, r.chunks, r.chunks == 1 ? "" : "s");
+  s += "| rung | NMSE vs f64 | mean KLD vs f64 | top-1 = f64 | PPL | seconds | what |\n";
+  s += "| --- | ---: | ---: | ---: | ---: | ---: | --- |\n";
+  for (const auto& g : r.rungs)
+    s += fmt::format("| {} | {:.3e} | {:.3e} | {:.2f}% | {:.4f} | {:.2f} | {} |\n", g.name, g.nmse, g.kld, 100 * g.top1,
+                     g.ppl, g.seconds, g.what);
+  return s;
+}
+
+}  // namespace g4
