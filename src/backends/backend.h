@@ -10,6 +10,7 @@
 #include <span>
 #include <string>
 
+#include "backends/kv_codec.h"
 #include "formats/tensor.h"
 #include "model/model.h"
 
@@ -50,6 +51,8 @@ struct BackendOptions {
   bool hf_float32_islands = false;
   // BF16 precision with bf16 weights but float32 activations (a rung of `g4 ladder`).
   bool bf16_weights_only = false;
+  // What the KV cache stores (f32: the backend's own precision).
+  KvType cache_type_k = KvType::F32, cache_type_v = KvType::F32;
 };
 
 class Backend {

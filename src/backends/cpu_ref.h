@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <unordered_map>
 #include <vector>
 
@@ -27,7 +28,11 @@ class RefBackend : public Backend {
     // Small tensors (norm weights, scales) converted once to the compute type.
     for (const auto& [name, t] : m.by_hf_name)
       if (t.shape.size() == 1) consts_.emplace(&t, ops::to_vector<T>(t));
-    for (const auto& l : s_.layers) inv_freq_.push_back(rope_inv_freq(l));
+    for (const auto& l : s_.layers) {
+      inv_freq_.push_back(rope_inv_freq(l));
+      if (l.owns_kv && !codecs_.count(l.head_dim))
+        codecs_.emplace(l.head_dim, std::pair{KvCodec(opt.cache_type_k, l.head_dim), KvCodec(opt.cache_type_v, l.head_dim)});
+    }
     const int64_t E = s_.n_experts;
     route_idx_.resize(static_cast<size_t>(E));
     reserve_attention(opt.n_ctx ? opt.n_ctx : std::min<int64_t>(opt.n_batch, s_.max_ctx));
@@ -134,9 +139,17 @@ class RefBackend : public Backend {
   void kv_write(int layer, const View& k, const View& v) override {
     LayerKv<T>& kv = kv_.layers[layer];
     if (k.rows > opt_.n_batch) fail("kv_write: {} positions in one step, more than n_batch = {}", k.rows, opt_.n_batch);
+    const int64_t hd = s_.layers[layer].head_dim;
+    const auto& [ck, cv] = codecs_.at(hd);
     for (int64_t t = 0; t < k.rows; ++t) {
-      std::copy_n(row(k, t), kv.width, &kv.pending_k[static_cast<size_t>(t * kv.width)]);
-      std::copy_n(row(v, t), kv.width, &kv.pending_v[static_cast<size_t>(t * kv.width)]);
+      T* pk = &kv.pending_k[static_cast<size_t>(t * kv.width)];
+      T* pv = &kv.pending_v[static_cast<size_t>(t * kv.width)];
+      std::copy_n(row(k, t), kv.width, pk);
+      std::copy_n(row(v, t), kv.width, pv);
+      for (int64_t h = 0; h < kv.width; h += hd) {  // what the cache type stores of each head row
+        ck.roundtrip(pk + h);
+        cv.roundtrip(pv + h);
+      }
     }
     kv_.n_pending = k.rows;
   }
@@ -255,6 +268,7 @@ class RefBackend : public Backend {
   std::vector<std::vector<T>> bufs_;
   std::unordered_map<const TensorView*, std::vector<T>> consts_;
   std::vector<std::vector<float>> inv_freq_;
+  std::map<int64_t, std::pair<KvCodec, KvCodec>> codecs_;  // by head_dim: K, V
   std::vector<char> route_idx_;
   std::vector<std::vector<T>> scores_;
 };

@@ -50,6 +50,8 @@ struct Session::Impl {
     bo.n_ctx = o.n_ctx;
     bo.hf_float32_islands = o.hf_float32_islands;
     bo.bf16_weights_only = o.bf16_weights_only;
+    bo.cache_type_k = o.cache_type_k;
+    bo.cache_type_v = o.cache_type_v;
     be = make_backend(model, bo);
     const double sqrt_h = std::sqrt(static_cast<double>(s.hidden));
     const double sqrt_p = std::sqrt(static_cast<double>(s.ple_dim));

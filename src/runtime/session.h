@@ -24,6 +24,8 @@ struct ForwardOptions {
   bool hf_float32_islands = false;
   // With Precision::BF16: round only the weights to bf16, keep float32 activations.
   bool bf16_weights_only = false;
+  // KV cache element types (--cache-type-k/-v; backends/kv_codec.h).
+  KvType cache_type_k = KvType::F32, cache_type_v = KvType::F32;
   // Tokens per forward step: longer inputs run in steps of this many (activations are
   // preallocated for it). Context to reserve the KV cache for (0 = grow on demand).
   int64_t n_batch = 512;

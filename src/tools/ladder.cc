@@ -39,20 +39,28 @@ std::vector<LadderRung> ladder_rungs() {
   return r;
 }
 
-LadderResult run_ladder(const Model& m, const std::string& text, const LadderOptions& opt) {
-  const int n_ctx = opt.n_ctx;
-  if (n_ctx < 4 || n_ctx % 2) fail("ladder: -c {} must be even and at least 4", n_ctx);
-  if (n_ctx > m.spec.max_ctx) fail("ladder: -c {} exceeds the model's context length {}", n_ctx, m.spec.max_ctx);
+std::vector<int32_t> ladder_tokens(const Model& m, const std::string& text) {
   std::string t = text;
   if (!t.empty() && t.back() == '\n') t.pop_back();
-  const std::vector<int32_t> tokens = load_tokenizer(m).encode(t, true, false);
+  return load_tokenizer(m).encode(t, true, false);
+}
+
+LadderResult run_ladder(const Model& m, const std::string& text, const LadderOptions& opt) {
+  return compare_rungs(m, ladder_tokens(m, text), opt, ladder_rungs());
+}
+
+LadderResult compare_rungs(const Model& m, const std::vector<int32_t>& tokens, const LadderOptions& opt,
+                           std::vector<LadderRung> rungs) {
+  const int n_ctx = opt.n_ctx;
+  if (n_ctx < 4 || n_ctx % 2) fail("-c {} must be even and at least 4", n_ctx);
+  if (n_ctx > m.spec.max_ctx) fail("-c {} exceeds the model's context length {}", n_ctx, m.spec.max_ctx);
+  if (rungs.empty()) fail("nothing to compare");
   const int64_t avail = static_cast<int64_t>(tokens.size()) / n_ctx;
-  if (avail < 1) fail("ladder: the text has {} tokens, fewer than one chunk of -c {}", tokens.size(), n_ctx);
+  if (avail < 1) fail("the text has {} tokens, fewer than one chunk of -c {}", tokens.size(), n_ctx);
   const int chunks = static_cast<int>(opt.max_chunks > 0 ? std::min<int64_t>(avail, opt.max_chunks) : avail);
   const int first = n_ctx / 2 - 1, rows = n_ctx - 1 - first;
   const int64_t V = m.spec.vocab;
 
-  std::vector<LadderRung> rungs = ladder_rungs();
   struct Acc {
     double sq = 0, nll = 0, kld = 0;
     int64_t top = 0;

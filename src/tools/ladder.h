@@ -29,6 +29,12 @@ struct LadderResult {
 
 // The rungs, f64 first (the reference of the others).
 std::vector<LadderRung> ladder_rungs();
+// The text as perplexity tokenizes it (BOS first, one trailing newline dropped).
+std::vector<int32_t> ladder_tokens(const Model& m, const std::string& text);
+// The engine of the ladder and of kv-study: every rung on the same chunks, each against
+// the first rung.
+LadderResult compare_rungs(const Model& m, const std::vector<int32_t>& tokens, const LadderOptions& opt,
+                           std::vector<LadderRung> rungs);
 // Chunks of the text as perplexity makes them (BOS first; predictions at positions
 // n_ctx/2-1 .. n_ctx-2 count, the gold protocol).
 LadderResult run_ladder(const Model& m, const std::string& text, const LadderOptions& opt);

@@ -1,0 +1,123 @@
+// KV-cache types: the codecs, the cache through the forward, and kv-study.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <random>
+
+#include "backends/kv_codec.h"
+#include "kernels/dequant.h"
+#include "kernels/quantize.h"
+#include "runtime/session.h"
+#include "test_util.h"
+#include "tools/kv_study.h"
+#include "util/mapped_file.h"
+
+namespace g4 {
+namespace {
+
+std::vector<float> random_row(int n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(n));
+  for (auto& v : x) v = d(rng);
+  x[3] = 9.0f;  // an outlier, as K rows have
+  return x;
+}
+
+double rel_rms(const std::vector<float>& a, const std::vector<float>& b) {
+  double e = 0, n = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    e += (a[i] - b[i]) * (a[i] - b[i]);
+    n += b[i] * b[i];
+  }
+  return std::sqrt(e / n);
+}
+
+TEST(KvCodec, RoundTripsAndErrors) {
+  const int n = 128;
+  const auto x = random_row(n, 1);
+  for (KvType t : all_kv_types()) {
+    auto y = x;
+    KvCodec(t, n).roundtrip(y.data());
+    const double e = rel_rms(y, x);
+    std::printf("%-7s %4.1f bits/value  rel. RMS error %.3e\n", kv_type_name(t), kv_bits_per_value(t), e);
+    if (t == KvType::F32) EXPECT_EQ(e, 0.0);
+    // Bars ~3-10x above the observed errors of this row (f16 2e-4, q8_0 ~5e-3, 4-bit ~0.1, 3-bit ~0.2).
+    const double bar = t == KvType::F32 ? 0 : t == KvType::F16 ? 1e-3 : t == KvType::BF16 ? 5e-3 : t == KvType::Q8_0 ? 2e-2
+                       : t == KvType::Rot3 ? 0.5 : 0.3;
+    EXPECT_LE(e, bar) << kv_type_name(t);
+    if (t != KvType::IQ4_NL && t != KvType::Rot4 && t != KvType::Rot3) {  // plain and GGML: a stored row stores unchanged
+      auto z = y;
+      KvCodec(t, n).roundtrip(z.data());
+      EXPECT_EQ(z, y) << kv_type_name(t);
+    }
+  }
+  // q8_0 is GGML's own block: the same bytes as the quantizer writes.
+  std::vector<uint8_t> q(static_cast<size_t>(*row_bytes(DType::Q8_0, n)));
+  quantize_row(DType::Q8_0, x.data(), n, q.data());
+  std::vector<float> ref(static_cast<size_t>(n));
+  dequant_row(DType::Q8_0, q.data(), n, ref.data());
+  auto y = x;
+  KvCodec(KvType::Q8_0, n).roundtrip(y.data());
+  EXPECT_EQ(y, ref);
+  // The rotation helps exactly where it should: a row with one large outlier.
+  auto r4 = x, q4 = x;
+  KvCodec(KvType::Rot4, n).roundtrip(r4.data());
+  KvCodec(KvType::Q4_0, n).roundtrip(q4.data());
+  std::printf("outlier row: q4_0 %.3e, rot4 %.3e\n", rel_rms(q4, x), rel_rms(r4, x));
+  EXPECT_LT(rel_rms(r4, x), rel_rms(q4, x));
+}
+
+TEST(KvCodec, UnsupportedHeadDimsAreClearErrors) {
+  EXPECT_NE(test::error_of([] { KvCodec(KvType::Q8_0, 16); }).find("head_dim = 16"), std::string::npos);
+  EXPECT_NE(test::error_of([] { KvCodec(KvType::Rot4, 48); }).find("power of two"), std::string::npos);
+  EXPECT_NE(test::error_of([] { parse_kv_type("q9"); }).find("rot3"), std::string::npos);
+  Model m = load_model(test::fixture("tiny-e"));  // head_dim 16
+  ForwardOptions fo{Precision::Fast};
+  fo.cache_type_k = KvType::Q4_0;
+  EXPECT_NE(test::error_of([&] { Session s(m, fo); }).find("blocks of 32"), std::string::npos);
+}
+
+// Every cache type goes through KV sharing and the sliding ring: brown-mini (window 64,
+// 2 KV-shared layers) decoding tokens 70..99 one by one equals one pass over all 100.
+TEST(KvCache, QuantizedCacheStepsEqualOnePass) {
+  Model m = load_model(test::model_dir("brown-mini"));
+  std::vector<int32_t> ids(100);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>((i * 37 + 11) % m.spec.vocab);
+  for (KvType t : {KvType::Q8_0, KvType::Q4_0, KvType::Rot3}) {
+    ForwardOptions fo{Precision::Fast};
+    fo.cache_type_k = fo.cache_type_v = t;
+    const auto all = Session(m, fo).eval(ids).logits;
+    Session s(m, fo);
+    s.eval(std::span(ids).subspan(0, 70));
+    double worst = 0;
+    for (size_t i = 70; i < ids.size(); ++i) {
+      const auto l = s.eval_last(std::span(ids).subspan(i, 1));
+      for (int64_t j = 0; j < m.spec.vocab; ++j)
+        worst = std::max(worst, std::fabs(double(l[j]) - all[i * m.spec.vocab + j]));
+    }
+    std::printf("[%s] steps vs one pass: max|diff| %.3g\n", kv_type_name(t), worst);
+    EXPECT_EQ(worst, 0.0);  // the round trip happens when a row enters the cache, whatever the step size
+  }
+}
+
+TEST(KvStudy, BrownMiniTable) {
+  Model m = load_model(test::model_dir("brown-mini"));
+  KvStudyOptions o;
+  o.contexts = {64};
+  o.max_chunks = 2;
+  o.types = {KvType::F16, KvType::Q8_0, KvType::Q4_0, KvType::Rot4};
+  const KvStudyResult r = run_kv_study(m, read_text_file(test::fixture("brown-heldout.txt")), o);
+  std::printf("%s", format_kv_study(r, "brown-mini").c_str());
+  ASSERT_EQ(r.rows.size(), 5u);  // f32 reference + 4
+  EXPECT_EQ(r.rows[0].type, KvType::F32);
+  EXPECT_EQ(r.rows[0].at[0].kld, 0.0);
+  EXPECT_LE(r.rows[1].at[0].kld, 1e-6);   // f16, observed ~8e-8
+  EXPECT_LE(r.rows[2].at[0].kld, 3e-4);   // q8_0, observed ~3e-5
+  EXPECT_GE(r.rows[3].at[0].kld, 1e-4);   // q4_0 costs visibly more (observed ~6e-3)
+  EXPECT_EQ(r.rows[2].bytes_per_token * 32 / 8.5, r.rows[0].bytes_per_token);
+}
+
+}  // namespace
+}  // namespace g4
