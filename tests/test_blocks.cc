@@ -191,6 +191,9 @@ TEST(Blocks, SimdDecodersMatchTheScalarDecodersBitForBit) {
       std::printf("[%s] decoders checked against the scalar decoder:%s\n", std::string(dtype_name(t)).c_str(), ran.c_str());
     });
   }
+#if defined(__aarch64__)
+  std::printf("NEON kernels built with %s\n", fast_detail::neon_dot_kind());
+#endif
   std::printf("block decoders: %lld elements compared (%d rows x %lld elements per type and decoder, %d edge cases)\n",
               static_cast<long long>(compared), kRows, static_cast<long long>(kN), kCases);
 }

@@ -108,6 +108,8 @@ bool cpu_has_avx512_vnni();
 #endif
 #if defined(__aarch64__)
 bool matmul_neon(const TensorView& w, const float* x, int64_t n_tok, int64_t n_in, int64_t n_out, float* y, int64_t row0);
+// The int8 dot fast_neon.cc was built with: "vdotq_s32" or "vmull_s8+vpadalq_s16".
+const char* neon_dot_kind();
 #endif
 
 // Tests: the in-register block decoders of one ISA, as floats (s * q + m per element, in

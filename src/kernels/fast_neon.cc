@@ -172,6 +172,14 @@ bool matmul_neon(const TensorView& w, const float* x, int64_t n_tok, int64_t n_i
   return true;
 }
 
+const char* neon_dot_kind() {
+#if defined(__ARM_FEATURE_DOTPROD)
+  return "vdotq_s32";
+#else
+  return "vmull_s8+vpadalq_s16";
+#endif
+}
+
 bool decode_row_neon(DType t, const uint8_t* row, int64_t n, float* y) {
   switch (t) {
     case DType::Q4_0: decode_blocks_as_floats<DecQ4_0>(row, n, y); return true;
