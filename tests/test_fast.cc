@@ -45,7 +45,7 @@ TEST(FastKernels, EveryTypeMatchesTheReferenceMatmul) {
   for (auto& v : x) v = n(rng);
   for (const std::string& isa : fast_available_isas()) {
     fast_force_isa(isa);
-    double worst = 0;
+    double worst = 0, worst_float = 0;
     for (DType t : {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1,
                     DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
       auto bytes = t == DType::Q2_K || t == DType::Q3_K ? random_k_blocks(t, out, in, rng) : quantize_rows(t, w.data(), out, in);
@@ -60,19 +60,24 @@ TEST(FastKernels, EveryTypeMatchesTheReferenceMatmul) {
         ops::matmul(tv, x.data(), ntok, in, out, ref.data());
         fast_matmul(tv, x.data(), ntok, in, out, fast.data());
         const auto st = compare_arrays(fast, ref, out);
-        // Float weights: f32 FMA (order only); quantized: 8-bit activations.
+        // Float weights: f32 FMA (order only; observed 3e-13); quantized: 8-bit activations (observed 7e-5).
         const bool is_float = t == DType::F32 || t == DType::F16 || t == DType::BF16;
-        EXPECT_LT(st.nmse, is_float ? 1e-10 : 2e-4) << dtype_name(t) << " " << isa << " ntok " << ntok;
-        if (!is_float) worst = std::max(worst, st.nmse);
+        EXPECT_LT(st.nmse, is_float ? 3e-11 : 2e-4) << dtype_name(t) << " " << isa << " ntok " << ntok;
+        (is_float ? worst_float : worst) = std::max(is_float ? worst_float : worst, st.nmse);
       }
     }
-    std::printf("fast kernels %s: worst quantized-type NMSE vs the reference matmul %.2e\n", isa.c_str(), worst);
+    std::printf("fast kernels %s: worst NMSE vs the reference matmul: quantized types %.2e (bound 2e-4), float types %.2e "
+                "(bound 3e-11)\n",
+                isa.c_str(), worst, worst_float);
   }
   fast_force_isa("");
 }
 
 // Activations must be quantized to the same bits on every ISA.
 TEST(FastKernels, ActivationQuantizersAgreeBitForBit) {
+#if !defined(__x86_64__)
+  GTEST_SKIP() << "one activation quantizer on this target (scalar)";
+#else
   const auto isas = fast_available_isas();
   if (std::find(isas.begin(), isas.end(), "avx2") == isas.end()) GTEST_SKIP() << "no AVX2 on this CPU";
   std::mt19937 rng(9);
@@ -92,6 +97,7 @@ TEST(FastKernels, ActivationQuantizersAgreeBitForBit) {
     ASSERT_EQ(ss[0], sv[0]);
     ASSERT_EQ(ss[1], sv[1]);
   }
+#endif
 }
 
 TEST(FastKernels, AttentionAndActivationHelpersMatchTheReference) {
@@ -105,31 +111,41 @@ TEST(FastKernels, AttentionAndActivationHelpersMatchTheReference) {
   for (int64_t j = 0; j < nk; ++j) rows.push_back(&kv[j * hd]);
   for (const std::string& isa : fast_available_isas()) {
     fast_force_isa(isa);
+    double e_scores = 0, e_softmax = 0, e_sum = 0, e_gelu = 0;  // worst error, in the units of each bound
     std::vector<float> s(nk), ref(nk);
     fast_scores(q.data(), rows.data(), nk, hd, s.data());
     for (int64_t j = 0; j < nk; ++j) {
       double d = 0;
       for (int64_t i = 0; i < hd; ++i) d += static_cast<double>(q[i]) * kv[j * hd + i];
       ref[j] = static_cast<float>(d);
-      EXPECT_NEAR(s[j], ref[j], 1e-4 * (1 + std::fabs(ref[j]))) << isa;
+      EXPECT_NEAR(s[j], ref[j], 5e-5 * (1 + std::fabs(ref[j]))) << isa;
+      e_scores = std::max(e_scores, static_cast<double>(std::fabs(s[j] - ref[j]) / (1 + std::fabs(ref[j]))));
     }
     std::vector<float> p = s, pref = s;
     fast_softmax(p.data(), nk);
     ops::softmax(pref.data(), nk, false);
-    for (int64_t j = 0; j < nk; ++j) EXPECT_NEAR(p[j], pref[j], 1e-6 * (1 + pref[j])) << isa;
+    for (int64_t j = 0; j < nk; ++j) {
+      EXPECT_NEAR(p[j], pref[j], 1e-6 * (1 + pref[j])) << isa;
+      e_softmax = std::max(e_softmax, static_cast<double>(std::fabs(p[j] - pref[j]) / (1 + pref[j])));
+    }
     std::vector<float> o(hd);
     fast_weighted_sum(p.data(), rows.data(), nk, hd, o.data());
     for (int64_t i = 0; i < hd; ++i) {
       double d = 0;
       for (int64_t j = 0; j < nk; ++j) d += static_cast<double>(p[j]) * kv[j * hd + i];
-      EXPECT_NEAR(o[i], d, 1e-5) << isa;
+      EXPECT_NEAR(o[i], d, 3e-6) << isa;
+      e_sum = std::max(e_sum, std::fabs(o[i] - d));
     }
     std::vector<float> gl = g;
     fast_gelu_tanh_mul(gl.data(), u.data(), 300);
     for (size_t i = 0; i < g.size(); ++i) {
       const double r = ops::gelu_tanh(static_cast<double>(g[i])) * u[i];
       EXPECT_NEAR(gl[i], r, 1e-6 * (1 + std::fabs(r))) << isa << " gelu at " << g[i];
+      e_gelu = std::max(e_gelu, std::fabs(gl[i] - r) / (1 + std::fabs(r)));
     }
+    std::printf("fast helpers %s: worst error scores %.1e (bound 5e-5), softmax %.1e (1e-6), weighted sum %.1e (3e-6), "
+                "gelu*u %.1e (1e-6)\n",
+                isa.c_str(), e_scores, e_softmax, e_sum, e_gelu);
   }
   fast_force_isa("");
 }

@@ -199,8 +199,8 @@ std::vector<float> tensor_to_f32(const TensorView& t) {
     switch (t.dtype) {
       case DType::F32: std::memcpy(&out[i], p + 4 * i, 4); break;
       case DType::F64: { double d; std::memcpy(&d, p + 8 * i, 8); out[i] = static_cast<float>(d); break; }
-      case DType::BF16: { uint16_t h; std::memcpy(&h, p + 2 * i, 2); out[i] = bf16_to_f32(h); break; }
-      case DType::F16: { uint16_t h; std::memcpy(&h, p + 2 * i, 2); out[i] = f16_to_f32(h); break; }
+      case DType::BF16: out[i] = load_bf16(p + 2 * i); break;
+      case DType::F16: out[i] = load_f16(p + 2 * i); break;
       default: fail("{}: tensor '{}' has dtype {}, expected a float type", t.file->path(), t.name, dtype_name(t.dtype));
     }
   }

@@ -1,6 +1,8 @@
 #include "kernels/fast.h"
 
+#if defined(__x86_64__)
 #include <immintrin.h>
+#endif
 
 #include <cmath>
 #include <cstdlib>
@@ -8,6 +10,7 @@
 #include <optional>
 #include <vector>
 
+#include "kernels/blocks.h"
 #include "kernels/dequant.h"
 #include "kernels/fast_internal.h"
 #include "kernels/ops.h"
@@ -18,13 +21,7 @@ namespace g4 {
 namespace fast_detail {
 namespace {
 
-constexpr int QK = 32;
-
-inline float f16(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return f16_to_f32(h);
-}
+constexpr int QK = blocks::QK;
 
 }  // namespace
 
@@ -39,6 +36,11 @@ void quantize_block_scalar(const float* x, int8_t* q, float& d, int32_t sums[2])
     q[j] = static_cast<int8_t>(v);
     sums[j / 16] += v;
   }
+}
+
+Scratch& scratch() {
+  thread_local Scratch s;
+  return s;
 }
 
 void quantize_acts(const float* x, int64_t n_tok, int64_t n_in, int zp, int bs, bool with_sums, QuantizeBlock block,
@@ -70,6 +72,7 @@ void quantize_acts(const float* x, int64_t n_tok, int64_t n_in, int zp, int bs, 
 
 // Unpacks row r of a quantized tensor with `cols` columns.
 void unpack_row(DType t, const uint8_t* src, int64_t cols, UnpackedRow& u) {
+  using namespace blocks;
   u.resize(cols);
   int8_t* q = u.q.data();
   float* s = u.s.data();
@@ -77,61 +80,72 @@ void unpack_row(DType t, const uint8_t* src, int64_t cols, UnpackedRow& u) {
   u.has_offset = false;
   switch (t) {
     case DType::Q8_0:
-      for (int64_t b = 0; b < cols / 32; ++b, src += 34) {
-        s[2 * b] = s[2 * b + 1] = f16(src);
-        std::memcpy(q + 32 * b, src + 2, 32);
+      for (int64_t b = 0; b < cols / QK; ++b) {
+        const auto& blk = *block_at<block_q8_0>(src, b);
+        s[2 * b] = s[2 * b + 1] = load_f16(blk.d);
+        std::memcpy(q + 32 * b, blk.qs, 32);
       }
       return;
     case DType::Q4_0:
-      for (int64_t b = 0; b < cols / 32; ++b, src += 18) {
-        s[2 * b] = s[2 * b + 1] = f16(src);
+      for (int64_t b = 0; b < cols / QK; ++b) {
+        const auto& blk = *block_at<block_q4_0>(src, b);
+        s[2 * b] = s[2 * b + 1] = load_f16(blk.d);
         for (int j = 0; j < 16; ++j) {
-          q[32 * b + j] = static_cast<int8_t>((src[2 + j] & 0x0f) - 8);
-          q[32 * b + j + 16] = static_cast<int8_t>((src[2 + j] >> 4) - 8);
+          q[32 * b + j] = static_cast<int8_t>((blk.qs[j] & 0x0f) - 8);
+          q[32 * b + j + 16] = static_cast<int8_t>((blk.qs[j] >> 4) - 8);
         }
       }
       return;
     case DType::Q4_1:
       u.has_offset = true;
-      for (int64_t b = 0; b < cols / 32; ++b, src += 20) {
-        s[2 * b] = s[2 * b + 1] = f16(src);
-        c[2 * b] = c[2 * b + 1] = f16(src + 2);
+      for (int64_t b = 0; b < cols / QK; ++b) {
+        const auto& blk = *block_at<block_q4_1>(src, b);
+        s[2 * b] = s[2 * b + 1] = load_f16(blk.d);
+        c[2 * b] = c[2 * b + 1] = load_f16(blk.m);
         for (int j = 0; j < 16; ++j) {
-          q[32 * b + j] = static_cast<int8_t>(src[4 + j] & 0x0f);
-          q[32 * b + j + 16] = static_cast<int8_t>(src[4 + j] >> 4);
+          q[32 * b + j] = static_cast<int8_t>(blk.qs[j] & 0x0f);
+          q[32 * b + j + 16] = static_cast<int8_t>(blk.qs[j] >> 4);
         }
       }
       return;
-    case DType::Q5_0: case DType::Q5_1: {
-      const bool one = t == DType::Q5_1;
-      const int bs = one ? 24 : 22;
-      u.has_offset = one;
-      for (int64_t b = 0; b < cols / 32; ++b, src += bs) {
-        s[2 * b] = s[2 * b + 1] = f16(src);
-        if (one) c[2 * b] = c[2 * b + 1] = f16(src + 2);
-        uint32_t qh;
-        std::memcpy(&qh, src + (one ? 4 : 2), 4);
-        const uint8_t* qs = src + (one ? 8 : 6);
+    case DType::Q5_0:
+      for (int64_t b = 0; b < cols / QK; ++b) {
+        const auto& blk = *block_at<block_q5_0>(src, b);
+        s[2 * b] = s[2 * b + 1] = load_f16(blk.d);
+        const uint32_t qh = load_qh(blk.qh);
         for (int j = 0; j < 16; ++j) {
-          const int lo = (qs[j] & 0x0f) | (((qh >> j) & 1) << 4), hi = (qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4);
-          q[32 * b + j] = static_cast<int8_t>(one ? lo : lo - 16);
-          q[32 * b + j + 16] = static_cast<int8_t>(one ? hi : hi - 16);
+          q[32 * b + j] = static_cast<int8_t>(((blk.qs[j] & 0x0f) | (((qh >> j) & 1) << 4)) - 16);
+          q[32 * b + j + 16] = static_cast<int8_t>(((blk.qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - 16);
         }
       }
       return;
-    }
+    case DType::Q5_1:
+      u.has_offset = true;
+      for (int64_t b = 0; b < cols / QK; ++b) {
+        const auto& blk = *block_at<block_q5_1>(src, b);
+        s[2 * b] = s[2 * b + 1] = load_f16(blk.d);
+        c[2 * b] = c[2 * b + 1] = load_f16(blk.m);
+        const uint32_t qh = load_qh(blk.qh);
+        for (int j = 0; j < 16; ++j) {
+          q[32 * b + j] = static_cast<int8_t>((blk.qs[j] & 0x0f) | (((qh >> j) & 1) << 4));
+          q[32 * b + j + 16] = static_cast<int8_t>((blk.qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4));
+        }
+      }
+      return;
     default: break;
   }
-  // K-quants: dequantize each 256 block with the exact formulas, then re-express it as
-  // int8 * per-16 scale + offset where the format allows it exactly.
-  const auto& info = dtype_info(t);
-  std::vector<float> tmp(256);
-  for (int64_t b = 0; b < cols / 256; ++b, src += info.block_bytes) {
+  // K-quants: re-express each 256 block as int8 * per-16 scale + offset where the format
+  // allows it exactly.
+  for (int64_t b = 0; b < cols / QK_K; ++b) {
     if (t == DType::Q4_K || t == DType::Q5_K) {
-      const float d = f16(src), dmin = f16(src + 2);
-      const uint8_t* sc = src + 4;
-      const uint8_t* qh = src + 16;
-      const uint8_t* qs = src + (t == DType::Q4_K ? 16 : 48);
+      // Q4_K and Q5_K share d, dmin and scales; Q5_K adds a fifth bit per element.
+      const block_q4_k* k4 = t == DType::Q4_K ? block_at<block_q4_k>(src, b) : nullptr;
+      const block_q5_k* k5 = t == DType::Q5_K ? block_at<block_q5_k>(src, b) : nullptr;
+      const uint8_t* dp = k4 ? k4->d : k5->d;
+      const uint8_t* dminp = k4 ? k4->dmin : k5->dmin;
+      const uint8_t* sc = k4 ? k4->scales : k5->scales;
+      const uint8_t* qs = k4 ? k4->qs : k5->qs;
+      const float d = load_f16(dp), dmin = load_f16(dminp);
       u.has_offset = true;
       for (int j = 0; j < 8; ++j) {
         uint8_t ls, lm;
@@ -142,29 +156,23 @@ void unpack_row(DType t, const uint8_t* src, int64_t cols, UnpackedRow& u) {
         const int cc = j / 2, hi = j % 2;
         for (int l = 0; l < 32; ++l) {
           int v = hi ? qs[32 * cc + l] >> 4 : qs[32 * cc + l] & 0xf;
-          if (t == DType::Q5_K) v += 16 * ((qh[l] >> j) & 1);
+          if (k5) v += 16 * ((k5->qh[l] >> j) & 1);
           q[blk * 32 + l] = static_cast<int8_t>(v);
         }
       }
     } else if (t == DType::Q6_K) {
-      const uint8_t* ql = src;
-      const uint8_t* qhp = src + 128;
-      const int8_t* sc = reinterpret_cast<const int8_t*>(src + 192);
-      const float d = f16(src + 208);
-      int8_t* qb = q + b * 256;
+      const auto& blk = *block_at<block_q6_k>(src, b);
+      const float d = load_f16(blk.d);
+      int8_t* qb = q + b * QK_K;
       for (int n = 0; n < 2; ++n)
-        for (int l = 0; l < 32; ++l) {
-          const uint8_t h = qhp[32 * n + l];
-          qb[128 * n + l] = static_cast<int8_t>(((ql[64 * n + l] & 0xf) | (((h >> 0) & 3) << 4)) - 32);
-          qb[128 * n + l + 32] = static_cast<int8_t>(((ql[64 * n + l + 32] & 0xf) | (((h >> 2) & 3) << 4)) - 32);
-          qb[128 * n + l + 64] = static_cast<int8_t>(((ql[64 * n + l] >> 4) | (((h >> 4) & 3) << 4)) - 32);
-          qb[128 * n + l + 96] = static_cast<int8_t>(((ql[64 * n + l + 32] >> 4) | (((h >> 6) & 3) << 4)) - 32);
-        }
-      for (int g = 0; g < 16; ++g) s[b * 16 + g] = d * sc[g];  // 16 groups of 16 in element order
+        for (int l = 0; l < 32; ++l)
+          for (int i = 0; i < 4; ++i) qb[128 * n + 32 * i + l] = static_cast<int8_t>(q6_k_value(blk, n, i, l));
+      for (int g = 0; g < 16; ++g) s[b * 16 + g] = d * blk.scales[g];  // 16 groups of 16 in element order
     } else {
       // Q2_K / Q3_K: exact floats re-quantized per 16 would lose bits; use the
       // dequantized values at int8 resolution of each 16-group's range.
-      dequant_row(t, src, 256, tmp.data());
+      float tmp[QK_K];
+      dequant_row(t, src + b * dtype_info(t).block_bytes, QK_K, tmp);
       for (int g = 0; g < 16; ++g) {
         float amax = 0;
         for (int l = 0; l < 16; ++l) amax = std::max(amax, std::fabs(tmp[16 * g + l]));
@@ -191,6 +199,7 @@ float dot_row_scalar(const UnpackedRow& u, const Acts& a, int64_t t) {
   return acc;
 }
 
+#if defined(__x86_64__)
 __attribute__((target("avx2,fma"))) float dot_f32_avx2(const float* w, const float* x, int64_t n) {
   __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
   int64_t i = 0;
@@ -203,31 +212,65 @@ __attribute__((target("avx2,fma"))) float dot_f32_avx2(const float* w, const flo
   return s;
 }
 
+#endif
+
 float dot_f32_scalar(const float* w, const float* x, int64_t n) {
   float s = 0;
   for (int64_t i = 0; i < n; ++i) s += w[i] * x[i];
   return s;
 }
 
-enum class Isa { Scalar, Avx2, Avx512Vnni };
+// The kernels of this build, weakest first: x86-64 scalar < avx2 < avx512vnni, aarch64
+// scalar < neon, anything else scalar only. Each one is a superset of the one before.
+enum class Isa { Scalar, Avx2, Avx512Vnni, Neon };
 
-// The best ISA this CPU runs; G4_FORCE_ISA=scalar|avx2 caps it (as fast_force_isa does).
+#if defined(__x86_64__)
+constexpr Isa kBuilt[] = {Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni};
+constexpr const char* kBuiltNames = "scalar, avx2 or avx512vnni";
+#elif defined(__aarch64__)
+constexpr Isa kBuilt[] = {Isa::Scalar, Isa::Neon};
+constexpr const char* kBuiltNames = "scalar or neon";
+#else
+constexpr Isa kBuilt[] = {Isa::Scalar};
+constexpr const char* kBuiltNames = "scalar";
+#endif
+
+// Rank in kBuilt (the cap order).
+int rank(Isa i) {
+  for (size_t k = 0; k < std::size(kBuilt); ++k)
+    if (kBuilt[k] == i) return static_cast<int>(k);
+  return 0;
+}
+
+// The best ISA this CPU runs; G4_FORCE_ISA=scalar|avx2|... caps it (as fast_force_isa does).
 Isa best_isa() {
   static const Isa v = [] {
+#if defined(__x86_64__)
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return Isa::Scalar;
     return cpu_has_avx512_vnni() ? Isa::Avx512Vnni : Isa::Avx2;
+#elif defined(__aarch64__)
+    return Isa::Neon;  // Advanced SIMD is part of every aarch64 CPU
+#else
+    return Isa::Scalar;
+#endif
   }();
   return v;
 }
 
-const char* isa_name(Isa i) { return i == Isa::Avx512Vnni ? "avx512vnni" : i == Isa::Avx2 ? "avx2" : "scalar"; }
+const char* isa_name(Isa i) {
+  switch (i) {
+    case Isa::Avx512Vnni: return "avx512vnni";
+    case Isa::Avx2: return "avx2";
+    case Isa::Neon: return "neon";
+    default: return "scalar";
+  }
+}
 
 Isa parse_isa(const std::string& s) {
-  if (s == "scalar") return Isa::Scalar;
-  if (s == "avx2") return Isa::Avx2;
-  if (s == "avx512vnni") return Isa::Avx512Vnni;
-  fail("unknown fast-kernel ISA '{}': expected scalar, avx2 or avx512vnni", s);
+  for (Isa i : kBuilt)
+    if (s == isa_name(i)) return i;
+  fail("unknown fast-kernel ISA '{}' (G4_FORCE_ISA or fast_force_isa): this build has {}", s, kBuiltNames);
 }
 
 std::optional<Isa> g_forced;
@@ -240,7 +283,7 @@ Isa active_isa() {
   }();
   const Isa best = best_isa();
   const std::optional<Isa> cap = g_forced ? g_forced : from_env;
-  return cap && *cap < best ? *cap : best;
+  return cap && rank(*cap) < rank(best) ? *cap : best;
 }
 
 }  // namespace
@@ -252,13 +295,14 @@ std::string fast_kernel_isa() { return isa_name(active_isa()); }
 
 std::vector<std::string> fast_available_isas() {
   std::vector<std::string> out;
-  for (Isa i : {Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni})
-    if (i <= best_isa()) out.push_back(isa_name(i));
+  for (Isa i : kBuilt)
+    if (rank(i) <= rank(best_isa())) out.push_back(isa_name(i));
   return out;
 }
 
 namespace {
 
+#if defined(__x86_64__)
 // exp(x) = 2^k exp(r), |r| <= ln2/2, Taylor to degree 7 (relative error < 2e-7 in float).
 __attribute__((target("avx2,fma"))) inline __m256 exp_avx2(__m256 x) {
   x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
@@ -341,28 +385,38 @@ __attribute__((target("avx2,fma"))) void weighted_sum_avx2(const float* p, const
     out[d] = s;
   }
 }
+#endif
 
 }  // namespace
 
+// The vector helpers: the AVX2 versions serve AVX-512 too; other ISAs take the scalar loops.
 void fast_scores(const float* q, const float* const* keys, int64_t n, int64_t hd, float* scores) {
-  if (active_isa() >= Isa::Avx2) return scores_avx2(q, keys, n, hd, scores);
+#if defined(__x86_64__)
+  if (active_isa() != Isa::Scalar) return scores_avx2(q, keys, n, hd, scores);
+#endif
   for (int64_t j = 0; j < n; ++j) scores[j] = dot_f32_scalar(q, keys[j], hd);
 }
 
 void fast_weighted_sum(const float* p, const float* const* vals, int64_t n, int64_t hd, float* out) {
-  if (active_isa() >= Isa::Avx2) return weighted_sum_avx2(p, vals, n, hd, out);
+#if defined(__x86_64__)
+  if (active_isa() != Isa::Scalar) return weighted_sum_avx2(p, vals, n, hd, out);
+#endif
   std::fill(out, out + hd, 0.0f);
   for (int64_t j = 0; j < n; ++j)
     for (int64_t d = 0; d < hd; ++d) out[d] += p[j] * vals[j][d];
 }
 
 void fast_softmax(float* z, int64_t n) {
-  if (active_isa() >= Isa::Avx2) return softmax_avx2(z, n);
+#if defined(__x86_64__)
+  if (active_isa() != Isa::Scalar) return softmax_avx2(z, n);
+#endif
   ops::softmax(z, n, false);
 }
 
 void fast_gelu_tanh_mul(float* g, const float* u, int64_t n) {
-  if (active_isa() >= Isa::Avx2) return gelu_tanh_mul_avx2(g, u, n);
+#if defined(__x86_64__)
+  if (active_isa() != Isa::Scalar) return gelu_tanh_mul_avx2(g, u, n);
+#endif
   for (int64_t i = 0; i < n; ++i) g[i] = ops::gelu_tanh(g[i]) * u[i];
 }
 
@@ -372,27 +426,42 @@ void fast_matmul(const TensorView& w, const float* x, int64_t n_tok, int64_t n_i
   const auto rb = row_bytes(w.dtype, n_in);
   if (!rb) fail("{}: rows of {} elements cannot be {}", w.name, n_in, dtype_name(w.dtype));
   const Isa isa = active_isa();
-  const bool avx2 = isa >= Isa::Avx2;
+#if defined(__x86_64__)
+  const bool avx2 = isa == Isa::Avx2 || isa == Isa::Avx512Vnni;
   if (isa == Isa::Avx512Vnni && matmul_avx512_vnni(w, x, n_tok, n_in, n_out, y, row0)) return;
+#elif defined(__aarch64__)
+  if (isa == Isa::Neon && matmul_neon(w, x, n_tok, n_in, n_out, y, row0)) return;
+#else
+  (void)isa;
+#endif
   if (!is_quantized(w.dtype) || n_in % QK != 0) {
 #pragma omp parallel
     {
-      std::vector<float> row(static_cast<size_t>(n_in));
+      float* row = grown(scratch().f32, n_in);
 #pragma omp for schedule(static)
       for (int64_t o = 0; o < n_out; ++o) {
-        dequant_row(w.dtype, w.data + (row0 + o) * *rb, n_in, row.data());
-        for (int64_t t = 0; t < n_tok; ++t)
-          y[t * n_out + o] = avx2 ? dot_f32_avx2(row.data(), x + t * n_in, n_in) : dot_f32_scalar(row.data(), x + t * n_in, n_in);
+        dequant_row(w.dtype, w.data + (row0 + o) * *rb, n_in, row);
+        for (int64_t t = 0; t < n_tok; ++t) {
+#if defined(__x86_64__)
+          if (avx2) {
+            y[t * n_out + o] = dot_f32_avx2(row, x + t * n_in, n_in);
+            continue;
+          }
+#endif
+          y[t * n_out + o] = dot_f32_scalar(row, x + t * n_in, n_in);
+        }
       }
     }
     return;
   }
+#if defined(__x86_64__)
   if (avx2 && matmul_avx2(w, x, n_tok, n_in, n_out, y, row0)) return;
-  Acts acts;
+#endif
+  Acts& acts = scratch().acts;
   quantize_acts(x, n_tok, n_in, 0, QK, true, quantize_block_scalar, acts);
 #pragma omp parallel
   {
-    UnpackedRow u;
+    UnpackedRow& u = scratch().row;
 #pragma omp for schedule(static)
     for (int64_t o = 0; o < n_out; ++o) {
       unpack_row(w.dtype, w.data + (row0 + o) * *rb, n_in, u);
@@ -400,5 +469,13 @@ void fast_matmul(const TensorView& w, const float* x, int64_t n_tok, int64_t n_i
     }
   }
 }
+
+#if !defined(__x86_64__)
+bool fast_detail::decode_row_avx2(DType, const uint8_t*, int64_t, float*) { return false; }
+bool fast_detail::decode_row_avx512(DType, const uint8_t*, int64_t, float*) { return false; }
+#endif
+#if !defined(__aarch64__)
+bool fast_detail::decode_row_neon(DType, const uint8_t*, int64_t, float*) { return false; }
+#endif
 
 }  // namespace g4

@@ -3,7 +3,10 @@
 // Prefill: panels of weight rows are unpacked to 8-bit with per-16/32 scales and
 // multiplied by register tiles of (rows x tokens): 16 x 8 with AVX-512 VNNI (fast_avx512.cc),
 // 8 x 4 with AVX2 (fast_avx2.cc). Decode: rows are decoded in registers and streamed.
-// Float weights (F32/F16/BF16) take an f32 FMA path. Dispatch is at run time (fast.cc).
+// On aarch64, NEON decodes Q4_0/Q8_0/Q4_K rows in registers (fast_neon.cc); other types and
+// targets take the scalar kernels. Float weights (F32/F16/BF16) take an f32 FMA path.
+// Dispatch is at run time (fast.cc). After warm-up (a shape seen once) nothing here
+// allocates on the heap: scratch is per thread and only grows.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -23,8 +26,9 @@ void fast_scores(const float* q, const float* const* keys, int64_t n, int64_t hd
 void fast_weighted_sum(const float* p, const float* const* vals, int64_t n, int64_t hd, float* out);
 void fast_gelu_tanh_mul(float* g, const float* u, int64_t n);  // g = gelu_tanh(g) * u
 
-// "avx512vnni", "avx2" or "scalar": what fast_matmul runs on this CPU
-// (G4_FORCE_ISA=avx2|scalar caps it, e.g. to compare kernels).
+// "avx512vnni", "avx2", "neon" or "scalar": what fast_matmul runs on this CPU
+// (G4_FORCE_ISA=avx2|scalar|... caps it, e.g. to compare kernels; names of another
+// architecture are an error).
 std::string fast_kernel_isa();
 // Every ISA this CPU can run, weakest first.
 std::vector<std::string> fast_available_isas();

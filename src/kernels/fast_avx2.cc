@@ -9,12 +9,17 @@
 // enough (Q4_0 8, Q5_0 16, Q6_K 32) that the int16 pair sums cannot saturate, and several
 // slices are summed in int16 before widening. The types with full int8 range (Q8_0, Q2_K,
 // Q3_K) stay signed and use |w| x sign(x, w), as llama.cpp does. Tiles are 8 rows x 4 tokens.
+//
+// x86-64 only (the whole file); block offsets and sizes come from kernels/blocks.h.
+#if defined(__x86_64__)
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
+#include "kernels/blocks.h"
 #include "kernels/dequant.h"
 #include "kernels/fast_internal.h"
 #include "util/half.h"
@@ -24,13 +29,9 @@
 namespace g4::fast_detail {
 namespace {
 
-constexpr int QK = 32;
+using namespace blocks;
 
-G4_AVX2 inline float half_at(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return _cvtsh_ss(h);
-}
+G4_AVX2 inline float half_at(const uint8_t* p) { return load_f16_f16c(p); }
 
 // Decode streams weights from DRAM: read 4 KiB ahead (see fast_avx512.cc).
 constexpr int kPrefetchBytes = 4096;
@@ -51,22 +52,25 @@ G4_AVX2 inline __m256i load32(const void* p) { return _mm256_loadu_si256(reinter
 // order, q + zero_point unsigned (signed for the wide Q8_0), its scale and minimum. The
 // decode dots and the panel builder share them.
 struct BlockQ4_0 {
+  static constexpr DType kType = DType::Q4_0;
   static constexpr bool kMin = false, kWide = false;
-  static constexpr int kZeroPoint = 8, kBytes = 18;
+  static constexpr int kZeroPoint = 8, kBytes = sizeof(block_q4_0);
   G4_AVX2 static __m256i decode(const uint8_t* row, int64_t b, float& s, float&) {
-    const uint8_t* p = row + 18 * b;
-    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2)), mask = _mm_set1_epi8(0x0f);
-    s = half_at(p);
+    const block_q4_0& p = *block_at<block_q4_0>(row, b);
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p.qs)), mask = _mm_set1_epi8(0x0f);
+    s = half_at(p.d);
     return _mm256_setr_m128i(_mm_and_si128(raw, mask), _mm_and_si128(_mm_srli_epi16(raw, 4), mask));  // q + 8
   }
 };
 
 struct BlockQ8_0 {
+  static constexpr DType kType = DType::Q8_0;
   static constexpr bool kMin = false, kWide = true;
-  static constexpr int kZeroPoint = 0, kBytes = 34;
+  static constexpr int kZeroPoint = 0, kBytes = sizeof(block_q8_0);
   G4_AVX2 static __m256i decode(const uint8_t* row, int64_t b, float& s, float&) {
-    s = half_at(row + 34 * b);
-    return load32(row + 34 * b + 2);  // signed (a wide type)
+    const block_q8_0& p = *block_at<block_q8_0>(row, b);
+    s = half_at(p.d);
+    return load32(p.qs);  // signed (a wide type)
   }
 };
 
@@ -74,20 +78,22 @@ struct BlockQ8_0 {
 // fifth bit of element l of block j is bit j of qh[l]).
 template <bool kFive>
 struct BlockQK {
+  using B = std::conditional_t<kFive, block_q5_k, block_q4_k>;
+  static constexpr DType kType = B::kType;
   static constexpr bool kMin = true, kWide = false;
-  static constexpr int kZeroPoint = 0, kSuperBytes = kFive ? 176 : 144, kBytes = kSuperBytes / 8;
+  static constexpr int kZeroPoint = 0, kBytes = sizeof(B) / 8;
   G4_AVX2 static __m256i decode(const uint8_t* row, int64_t b, float& s, float& m) {
-    const uint8_t* p = row + kSuperBytes * (b / 8);
+    const B& p = *block_at<B>(row, b / 8);
     const int j = static_cast<int>(b % 8);
     uint8_t ls, lm;
-    scale_min_k4(j, p + 4, ls, lm);
-    s = half_at(p) * ls;
-    m = -half_at(p + 2) * lm;
-    const __m256i raw = load32(p + (kFive ? 48 : 16) + 32 * (j / 2));
+    scale_min_k4(j, p.scales, ls, lm);
+    s = half_at(p.d) * ls;
+    m = -half_at(p.dmin) * lm;
+    const __m256i raw = load32(p.qs + 32 * (j / 2));
     __m256i q = _mm256_and_si256(j % 2 ? _mm256_srli_epi16(raw, 4) : raw, _mm256_set1_epi8(0x0f));
     if constexpr (kFive) {
       const __m256i bit = _mm256_set1_epi8(static_cast<char>(1 << j));
-      q = _mm256_or_si256(q, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(load32(p + 16), bit), bit),
+      q = _mm256_or_si256(q, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(load32(p.qh), bit), bit),
                                               _mm256_set1_epi8(16)));
     }
     return q;
@@ -118,23 +124,33 @@ G4_AVX2 float dot_blocks(const uint8_t* row, const Acts& a, int64_t t) {
 }
 
 // Q6_K: 6-bit values from a low nibble (ql) and 2 high bits (qh), a signed scale per 16.
+// Half n (128 elements) of a block as 4 vectors of 32 signed values: elements 0-31, 32-63,
+// 64-95, 96-127 are the low nibbles of ql[0..31], ql[32..63], then the high nibbles, with qh
+// bits 0-1, 2-3, 4-5, 6-7.
+G4_AVX2 inline void decode_q6_k_half(const block_q6_k& blk, int n, __m256i q[4]) {
+  const __m256i nib = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(3), bias = _mm256_set1_epi8(32);
+  const __m256i ql0 = load32(blk.ql + 64 * n), ql1 = load32(blk.ql + 64 * n + 32), qh = load32(blk.qh + 32 * n);
+  const __m256i lo[4] = {_mm256_and_si256(ql0, nib), _mm256_and_si256(ql1, nib),
+                         _mm256_and_si256(_mm256_srli_epi16(ql0, 4), nib), _mm256_and_si256(_mm256_srli_epi16(ql1, 4), nib)};
+  for (int i = 0; i < 4; ++i) {
+    const __m256i hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * i), two), 4);
+    q[i] = _mm256_sub_epi8(_mm256_or_si256(lo[i], hi), bias);
+  }
+}
+
 G4_AVX2 float dot_q6_k(const uint8_t* w, const Acts& a, int64_t t) {
   __m256 acc = _mm256_setzero_ps();
   const int8_t* x = a.tok(t);
-  const __m256i nib = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(3), bias = _mm256_set1_epi8(32);
-  for (int64_t sb = 0; sb < a.n_in / 256; ++sb, w += 210) {
+  for (int64_t sb = 0; sb < a.n_in / QK_K; ++sb, w += sizeof(block_q6_k)) {
     for (int k = 0; k < 4; ++k) prefetch(w + 64 * k);
-    const float d = half_at(w + 208);
-    const int8_t* sc = reinterpret_cast<const int8_t*>(w + 192);
+    const block_q6_k& qb = *block_at<block_q6_k>(w, 0);
+    const float d = half_at(qb.d);
+    const int8_t* sc = qb.scales;
     for (int n = 0; n < 2; ++n) {  // two halves of 128 elements
-      const __m256i ql0 = load32(w + 64 * n), ql1 = load32(w + 64 * n + 32), qh = load32(w + 128 + 32 * n);
-      // Elements 0-31, 32-63, 64-95, 96-127 of the half: low nibbles of ql0, ql1, then high
-      // nibbles, with qh bits 0-1, 2-3, 4-5, 6-7.
-      const __m256i lo[4] = {_mm256_and_si256(ql0, nib), _mm256_and_si256(ql1, nib),
-                             _mm256_and_si256(_mm256_srli_epi16(ql0, 4), nib), _mm256_and_si256(_mm256_srli_epi16(ql1, 4), nib)};
+      __m256i qv[4];
+      decode_q6_k_half(qb, n, qv);
       for (int i = 0; i < 4; ++i) {
-        const __m256i hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * i), two), 4);
-        const __m256i q = _mm256_sub_epi8(_mm256_or_si256(lo[i], hi), bias);
+        const __m256i q = qv[i];
         const int64_t blk = sb * 8 + 4 * n + i;
         const int g = 8 * n + 2 * i;  // the 16-element groups of this 32-block
         const __m256 scale = _mm256_mul_ps(_mm256_set1_ps(d * a.d[a.at(t, blk)]),
@@ -380,7 +396,7 @@ bool matmul_avx2(const TensorView& w, const float* x, int64_t n_tok, int64_t n_i
   if (!is_quantized(w.dtype) || n_in % QK != 0) return false;
   const int64_t rb = *row_bytes(w.dtype, n_in);
   const uint8_t* rows = w.data + row0 * rb;
-  Acts acts;
+  Acts& acts = scratch().acts;
   if (n_tok < kTileTokens) {
     quantize_acts(x, n_tok, n_in, zero_point(w.dtype), QK, has_min(w.dtype), quantize_block_avx2, acts);
     if (const FusedDot dot = fused_dot(w.dtype)) {
@@ -391,7 +407,7 @@ bool matmul_avx2(const TensorView& w, const float* x, int64_t n_tok, int64_t n_i
     }
 #pragma omp parallel
     {
-      UnpackedRow u;
+      UnpackedRow& u = scratch().row;
 #pragma omp for schedule(static)
       for (int64_t o = 0; o < n_out; ++o) {
         unpack_row(w.dtype, rows + o * rb, n_in, u);
@@ -407,20 +423,20 @@ bool matmul_avx2(const TensorView& w, const float* x, int64_t n_tok, int64_t n_i
   const int64_t n_panels = (n_out + kPanelRows - 1) / kPanelRows;
 #pragma omp parallel
   {
-    UnpackedRow u;
-    std::vector<uint8_t> panel(static_cast<size_t>(n_in / bs * panel_unit(bs, has_min(w.dtype))));
+    UnpackedRow& u = scratch().row;
+    uint8_t* panel = grown(scratch().panel, n_in / bs * panel_unit(bs, has_min(w.dtype)));
     alignas(32) float out[kTileTokens * kPanelRows];
 #pragma omp for schedule(static)
     for (int64_t pi = 0; pi < n_panels; ++pi) {
       const int64_t first = pi * kPanelRows, n_rows = std::min<int64_t>(kPanelRows, n_out - first);
       if (fused) {
-        fused(rows + first * rb, rb, n_rows, n_in, panel.data());
+        fused(rows + first * rb, rb, n_rows, n_in, panel);
       } else {
-        build_panel(w.dtype, rows + first * rb, rb, n_rows, n_in, u, panel.data());
+        build_panel(w.dtype, rows + first * rb, rb, n_rows, n_in, u, panel);
       }
       for (int64_t t = 0; t < n_tok; t += kTileTokens) {
         const int nt = static_cast<int>(std::min<int64_t>(kTileTokens, n_tok - t));
-        tile(nt, panel.data(), acts, t, out);
+        tile(nt, panel, acts, t, out);
         for (int k = 0; k < nt; ++k) std::memcpy(y + (t + k) * n_out + first, out + kPanelRows * k, static_cast<size_t>(n_rows) * 4);
       }
     }
@@ -428,4 +444,55 @@ bool matmul_avx2(const TensorView& w, const float* x, int64_t n_tok, int64_t n_i
   return true;
 }
 
+namespace {
+
+// s * (q - zero point) + m per element (q, s, m as a decoder gives them), as the scalar
+// decoders compute it: the types with a minimum as s * q + m, the others as q * s.
+template <class D>
+G4_AVX2 void decode_blocks_as_floats(const uint8_t* row, int64_t n, float* y) {
+  for (int64_t b = 0; b < n / QK; ++b) {
+    float s = 0, m = 0;
+    alignas(32) uint8_t q[32];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(q), D::decode(row, b, s, m));
+    for (int j = 0; j < 32; ++j) {
+      const int v = D::kWide ? static_cast<int8_t>(q[j]) : q[j] - D::kZeroPoint;
+      y[QK * b + j] = D::kMin ? s * static_cast<float>(v) + m : static_cast<float>(v) * s;
+    }
+  }
+}
+
+G4_AVX2 void decode_q6_k_as_floats(const uint8_t* row, int64_t n, float* y) {
+  for (int64_t sb = 0; sb < n / QK_K; ++sb) {
+    const block_q6_k& blk = *block_at<block_q6_k>(row, sb);
+    const float d = half_at(blk.d);
+    for (int h = 0; h < 2; ++h) {
+      __m256i qv[4];
+      decode_q6_k_half(blk, h, qv);
+      for (int i = 0; i < 4; ++i) {
+        alignas(32) int8_t q[32];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(q), qv[i]);
+        for (int l = 0; l < 32; ++l)
+          y[QK_K * sb + 128 * h + 32 * i + l] = d * static_cast<float>(blk.scales[8 * h + 2 * i + l / 16]) * static_cast<float>(q[l]);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+bool decode_row_avx2(DType t, const uint8_t* row, int64_t n, float* y) {
+  __builtin_cpu_init();
+  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") || !__builtin_cpu_supports("f16c")) return false;
+  switch (t) {
+    case DType::Q4_0: decode_blocks_as_floats<BlockQ4_0>(row, n, y); return true;
+    case DType::Q8_0: decode_blocks_as_floats<BlockQ8_0>(row, n, y); return true;
+    case DType::Q4_K: decode_blocks_as_floats<BlockQK<false>>(row, n, y); return true;
+    case DType::Q5_K: decode_blocks_as_floats<BlockQK<true>>(row, n, y); return true;
+    case DType::Q6_K: decode_q6_k_as_floats(row, n, y); return true;
+    default: return false;
+  }
+}
+
 }  // namespace g4::fast_detail
+
+#endif  // __x86_64__

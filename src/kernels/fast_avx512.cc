@@ -15,6 +15,9 @@
 // time in "chunk layout": the four 16-element groups g0 g1 g2 g3 in the order g0 g2 g1 g3,
 // the order in which a pair of Q4_0/Q4_K blocks comes out of a 256-bit nibble split, so
 // lanes 4i..4i+3 of a 16-lane vector cover group (0, 2, 1, 3)[i].
+//
+// x86-64 only (the whole file); block offsets and sizes come from kernels/blocks.h.
+#if defined(__x86_64__)
 #include <immintrin.h>
 
 #include <algorithm>
@@ -22,6 +25,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/blocks.h"
 #include "kernels/dequant.h"
 #include "kernels/fast_internal.h"
 #include "util/half.h"
@@ -30,6 +34,8 @@
 
 namespace g4::fast_detail {
 namespace {
+
+using namespace blocks;
 
 constexpr int kChunk = 64;
 constexpr int kGroupOfLane[4] = {0, 2, 1, 3};  // lane group -> 16-element group
@@ -48,11 +54,7 @@ G4_AVX512 inline __m512 pair_lanes(float s0, float s1) {
   return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_setr_ps(s0, s1, 0, 0)));
 }
 
-G4_AVX512 inline float half_at(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return _cvtsh_ss(h);
-}
+G4_AVX512 inline float half_at(const uint8_t* p) { return load_f16_f16c(p); }
 
 // Decode streams weights from DRAM: prefetching 4 KiB ahead took e2b Q4_0 decode from
 // 6.8 to 10.3-11.4 tokens/s (2 threads), about 94% of the measured read bandwidth.
@@ -62,47 +64,47 @@ constexpr int kPrefetchBytes = 4096;
 // layout, its 16 lane scales, and (types with a minimum) 16 lane minimums.
 struct ChunkQ4_0 {
   static constexpr bool kMin = false;
-  static constexpr int kBytes = 36;
+  static constexpr int kZeroPoint = 8, kBytes = 2 * sizeof(block_q4_0);
   G4_AVX512 static void decode(const uint8_t* row, int64_t c, __m512i& w, __m512& s, __m512&) {
-    const uint8_t* b = row + 36 * c;
+    const block_q4_0* b = block_at<block_q4_0>(row, 2 * c);
     const __m256i nib = _mm256_set1_epi8(0x0f);
-    const __m256i raw = _mm256_setr_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2)),
-                                          _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 20)));
+    const __m256i raw = _mm256_setr_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b[0].qs)),
+                                          _mm_loadu_si128(reinterpret_cast<const __m128i*>(b[1].qs)));
     const __m256i lo = _mm256_and_si256(raw, nib), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), nib);
     w = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);  // g0 g2 | g1 g3
-    s = pair_lanes(half_at(b), half_at(b + 18));
+    s = pair_lanes(half_at(b[0].d), half_at(b[1].d));
   }
 };
 
 struct ChunkQ8_0 {
   static constexpr bool kMin = false;
-  static constexpr int kBytes = 68;
+  static constexpr int kZeroPoint = 128, kBytes = 2 * sizeof(block_q8_0);
   G4_AVX512 static void decode(const uint8_t* row, int64_t c, __m512i& w, __m512& s, __m512&) {
-    const uint8_t* b = row + 68 * c;
+    const block_q8_0* b = block_at<block_q8_0>(row, 2 * c);
     const __m512i q = _mm512_inserti64x4(
-        _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 2))),
-        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 36)), 1);
+        _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[0].qs))),
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[1].qs)), 1);
     const __m512i ordered = _mm512_shuffle_i64x2(q, q, _MM_SHUFFLE(3, 1, 2, 0));  // g0 g1 g2 g3 -> g0 g2 g1 g3
     w = _mm512_xor_si512(ordered, _mm512_set1_epi8(static_cast<char>(0x80)));
-    s = pair_lanes(half_at(b), half_at(b + 34));
+    s = pair_lanes(half_at(b[0].d), half_at(b[1].d));
   }
 };
 
 struct ChunkQ4_K {
   static constexpr bool kMin = true;
-  static constexpr int kBytes = 72;
+  static constexpr int kZeroPoint = 0, kBytes = sizeof(block_q4_k) / 4;
   G4_AVX512 static void decode(const uint8_t* row, int64_t c, __m512i& w, __m512& s, __m512& m) {
-    const uint8_t* b = row + 144 * (c / 4);
+    const block_q4_k& b = *block_at<block_q4_k>(row, c / 4);
     const int j = static_cast<int>(c % 4);
     const __m256i nib = _mm256_set1_epi8(0x0f);
-    const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 16 + 32 * j));
+    const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs + 32 * j));
     const __m256i lo = _mm256_and_si256(raw, nib), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), nib);
     const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
     w = _mm512_shuffle_i64x2(q, q, _MM_SHUFFLE(3, 1, 2, 0));  // lo(A) lo(B) hi(A) hi(B) -> g0 g2 g1 g3
     uint8_t s0, m0, s1, m1;
-    scale_min_k4(2 * j, b + 4, s0, m0);
-    scale_min_k4(2 * j + 1, b + 4, s1, m1);
-    const float d = half_at(b), dmin = half_at(b + 2);
+    scale_min_k4(2 * j, b.scales, s0, m0);
+    scale_min_k4(2 * j + 1, b.scales, s1, m1);
+    const float d = half_at(b.d), dmin = half_at(b.dmin);
     s = pair_lanes(d * s0, d * s1);
     m = pair_lanes(-dmin * m0, -dmin * m1);
   }
@@ -246,7 +248,7 @@ void unpack_row_vnni(DType t, const uint8_t* src, int64_t n_in, uint8_t* out, Un
 
 // Interleaves `rows` unpacked rows (chunk layout, see unpack_row_vnni) into a panel; the
 // rows beyond `rows` are zero.
-void build_panel(const std::vector<uint8_t>& unpacked, int64_t row_stride, int64_t rows, int64_t n_in, int bs, bool min,
+void build_panel(const uint8_t* unpacked, int64_t row_stride, int64_t rows, int64_t n_in, int bs, bool min,
                  uint8_t* panel) {
   const int64_t unit = panel_unit(bs, min), n_blocks = n_in / bs, slices = bs / 4;
   const int64_t blocks_per_chunk = kChunk / bs;
@@ -255,7 +257,7 @@ void build_panel(const std::vector<uint8_t>& unpacked, int64_t row_stride, int64
   for (int lane = 0; lane < 16; ++lane) lane_dst[lane] = lane_offset(lane, bs, unit);
   if (rows < 16) std::memset(panel, 0, static_cast<size_t>(n_blocks * unit));
   for (int64_t r = 0; r < rows; ++r) {
-    const uint8_t* src = unpacked.data() + r * row_stride;
+    const uint8_t* src = unpacked + r * row_stride;
     for (int64_t c = 0; c < n_in / kChunk; ++c, src += unit_bytes(min)) {
       uint8_t* chunk = panel + c * blocks_per_chunk * unit;
       for (int lane = 0; lane < 16; ++lane) std::memcpy(chunk + lane_dst[lane] + 4 * r, src + 4 * lane, 4);
@@ -348,7 +350,7 @@ bool matmul_avx512_vnni(const TensorView& w, const float* x, int64_t n_tok, int6
   // Decode of the other types: a panel costs more than it saves for one token; the AVX2
   // kernels stream those rows (decode is bound by memory reads, not arithmetic).
   if (n_tok < 4 && !f.dot) return false;
-  Acts acts;
+  Acts& acts = scratch().acts;
   quantize_acts(x, n_tok, n_in, zero_point(w.dtype), bs, min, quantize_block_avx2, acts);
   if (f.dot && n_tok < 4) {
 #pragma omp parallel for schedule(static)
@@ -362,23 +364,23 @@ bool matmul_avx512_vnni(const TensorView& w, const float* x, int64_t n_tok, int6
   const PanelTile tile = panel_tile_for(bs, min);
 #pragma omp parallel
   {
-    std::vector<uint8_t> unpacked(f.panel ? 0 : static_cast<size_t>(kPanelRows * row_stride));
-    std::vector<uint8_t> panel(static_cast<size_t>(n_in / bs * panel_unit(bs, min)));
-    UnpackedRow scratch;
+    Scratch& sc = scratch();
+    uint8_t* unpacked = f.panel ? nullptr : grown(sc.unpacked, kPanelRows * row_stride);
+    uint8_t* panel = grown(sc.panel, n_in / bs * panel_unit(bs, min));
     alignas(64) float out[kTileTokens * 16];
 #pragma omp for schedule(static)
     for (int64_t pi = 0; pi < n_panels; ++pi) {
       const int64_t first = pi * kPanelRows, rows = std::min(kPanelRows, n_out - first);
       if (f.panel) {
-        f.panel(w.data + (row0 + first) * rb, rb, rows, n_in, panel.data());
+        f.panel(w.data + (row0 + first) * rb, rb, rows, n_in, panel);
       } else {
         for (int64_t r = 0; r < rows; ++r)
-          unpack_row_vnni(w.dtype, w.data + (row0 + first + r) * rb, n_in, unpacked.data() + r * row_stride, scratch);
-        build_panel(unpacked, row_stride, rows, n_in, bs, min, panel.data());
+          unpack_row_vnni(w.dtype, w.data + (row0 + first + r) * rb, n_in, unpacked + r * row_stride, sc.row);
+        build_panel(unpacked, row_stride, rows, n_in, bs, min, panel);
       }
       for (int64_t t = 0; t < n_tok; t += kTileTokens) {
         const int nt = static_cast<int>(std::min<int64_t>(kTileTokens, n_tok - t));
-        tile(nt, panel.data(), acts, t, out);
+        tile(nt, panel, acts, t, out);
         for (int k = 0; k < nt; ++k) std::memcpy(y + (t + k) * n_out + first, out + 16 * k, static_cast<size_t>(rows) * 4);
       }
     }
@@ -386,4 +388,41 @@ bool matmul_avx512_vnni(const TensorView& w, const float* x, int64_t n_tok, int6
   return true;
 }
 
+namespace {
+
+// Element order from chunk layout: lanes 4i..4i+3 (bytes 16i..16i+15) hold group
+// kGroupOfLane[i]; y = s * (w - zero point) + m, as the scalar decoders compute it.
+template <class D>
+G4_AVX512 void decode_chunks_as_floats(const uint8_t* row, int64_t n, float* y) {
+  for (int64_t c = 0; c < n / kChunk; ++c) {
+    __m512i w;
+    __m512 s, m = _mm512_setzero_ps();
+    D::decode(row, c, w, s, m);
+    alignas(64) uint8_t q[64];
+    alignas(64) float sv[16], mv[16];
+    _mm512_store_si512(q, w);
+    _mm512_store_ps(sv, s);
+    _mm512_store_ps(mv, m);
+    for (int i = 0; i < 4; ++i)
+      for (int k = 0; k < 16; ++k) {
+        const float v = static_cast<float>(q[16 * i + k] - D::kZeroPoint);
+        y[kChunk * c + 16 * kGroupOfLane[i] + k] = D::kMin ? sv[4 * i] * v + mv[4 * i] : v * sv[4 * i];
+      }
+  }
+}
+
+}  // namespace
+
+bool decode_row_avx512(DType t, const uint8_t* row, int64_t n, float* y) {
+  if (!cpu_has_avx512_vnni()) return false;
+  switch (t) {
+    case DType::Q4_0: decode_chunks_as_floats<ChunkQ4_0>(row, n, y); return true;
+    case DType::Q8_0: decode_chunks_as_floats<ChunkQ8_0>(row, n, y); return true;
+    case DType::Q4_K: decode_chunks_as_floats<ChunkQ4_K>(row, n, y); return true;
+    default: return false;
+  }
+}
+
 }  // namespace g4::fast_detail
+
+#endif  // __x86_64__

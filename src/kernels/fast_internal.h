@@ -1,6 +1,9 @@
-// Internals shared by the fast kernels (fast.cc: dispatch, scalar; fast_avx2.cc; fast_avx512.cc).
+// Internals shared by the fast kernels (fast.cc: dispatch, scalar; fast_avx2.cc and
+// fast_avx512.cc on x86-64; fast_neon.cc on aarch64).
 #pragma once
+#if defined(__x86_64__)
 #include <immintrin.h>
+#endif
 
 #include <cstdint>
 #include <vector>
@@ -10,6 +13,7 @@
 
 namespace g4::fast_detail {
 
+#if defined(__x86_64__)
 // Horizontal sum of 8 floats.
 __attribute__((target("avx2,fma"))) inline float hsum256(__m256 v) {
   __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
@@ -18,6 +22,7 @@ __attribute__((target("avx2,fma"))) inline float hsum256(__m256 v) {
   lo = _mm_add_ss(lo, _mm_shuffle_ps(lo, lo, 1));
   return _mm_cvtss_f32(lo);
 }
+#endif
 
 // The quantized weight types the integer kernels know.
 constexpr bool is_quantized(DType t) {
@@ -67,16 +72,51 @@ struct Acts {
 // of q over each half. Every ISA gives the same bits.
 using QuantizeBlock = void (*)(const float* x, int8_t* q, float& d, int32_t sums[2]);
 void quantize_block_scalar(const float* x, int8_t* q, float& d, int32_t sums[2]);
+#if defined(__x86_64__)
 void quantize_block_avx2(const float* x, int8_t* q, float& d, int32_t sums[2]);
+#endif
 
 void quantize_acts(const float* x, int64_t n_tok, int64_t n_in, int zp, int bs, bool with_sums, QuantizeBlock block,
                    Acts& a);
 
+// Per-thread scratch of the kernels. Vectors only grow (resize within capacity does not
+// allocate), so once a shape has been seen a kernel call allocates nothing on the heap.
+// `acts` belongs to the thread that calls fast_matmul; the rest to each thread of its
+// parallel region.
+struct Scratch {
+  Acts acts;
+  UnpackedRow row;
+  std::vector<uint8_t> panel, unpacked;
+  std::vector<float> f32;
+};
+Scratch& scratch();
+
+// Grows v to at least n elements (never shrinks) and returns its data.
+template <class T>
+T* grown(std::vector<T>& v, int64_t n) {
+  if (v.size() < static_cast<size_t>(n)) v.resize(static_cast<size_t>(n));
+  return v.data();
+}
+
 // y[t, o] = sum_i W[row0 + o, i] * x[t, i] for quantized W; false where the kernel does not
 // apply (float weights, n_in not a multiple of its block), and the caller takes another path.
+#if defined(__x86_64__)
 bool matmul_avx2(const TensorView& w, const float* x, int64_t n_tok, int64_t n_in, int64_t n_out, float* y, int64_t row0);
 bool matmul_avx512_vnni(const TensorView& w, const float* x, int64_t n_tok, int64_t n_in, int64_t n_out, float* y,
                         int64_t row0);
 bool cpu_has_avx512_vnni();
+#endif
+#if defined(__aarch64__)
+bool matmul_neon(const TensorView& w, const float* x, int64_t n_tok, int64_t n_in, int64_t n_out, float* y, int64_t row0);
+// The int8 dot fast_neon.cc was built with: "vdotq_s32" or "vmull_s8+vpadalq_s16".
+const char* neon_dot_kind();
+#endif
+
+// Tests: the in-register block decoders of one ISA, as floats (s * q + m per element, in
+// element order), to be compared with the scalar decoders of blocks.h. False where that
+// ISA has no such decoder for t (or is not built). n is a multiple of the type's block.
+bool decode_row_avx2(DType t, const uint8_t* row, int64_t n, float* y);
+bool decode_row_avx512(DType t, const uint8_t* row, int64_t n, float* y);
+bool decode_row_neon(DType t, const uint8_t* row, int64_t n, float* y);
 
 }  // namespace g4::fast_detail

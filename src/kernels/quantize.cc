@@ -3,18 +3,15 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
+#include "kernels/blocks.h"
 #include "kernels/dequant.h"
 #include "util/error.h"
 #include "util/half.h"
 
 namespace g4 {
 namespace {
-
-void put_f16(uint8_t* p, float v) {
-  const uint16_t h = f32_to_f16(v);
-  std::memcpy(p, &h, 2);
-}
 
 // Round half to even (llama.cpp's nearest_int: the 1.5 * 2^23 trick).
 inline int nearest_int(float f) {
@@ -24,12 +21,13 @@ inline int nearest_int(float f) {
   return (i & 0x007fffff) - 0x00400000;
 }
 
-void q8_0(const float* x, uint8_t* b) {
+void q8_0(const float* x, uint8_t* out) {
+  auto& b = *blocks::block_at<blocks::block_q8_0>(out, 0);
   float amax = 0;
   for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[j]));
   const float d = amax / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
-  put_f16(b, d);
-  for (int j = 0; j < 32; ++j) b[2 + j] = static_cast<uint8_t>(static_cast<int8_t>(std::roundf(x[j] * id)));
+  store_f16(b.d, d);
+  for (int j = 0; j < 32; ++j) b.qs[j] = static_cast<int8_t>(std::roundf(x[j] * id));
 }
 
 // Signed value of largest magnitude (first occurrence wins).
@@ -40,58 +38,62 @@ float signed_absmax(const float* x, int n) {
   return mx;
 }
 
-void q4_0(const float* x, uint8_t* b) {
+void q4_0(const float* x, uint8_t* out) {
+  auto& b = *blocks::block_at<blocks::block_q4_0>(out, 0);
   const float d = signed_absmax(x, 32) / -8.0f, id = d != 0 ? 1.0f / d : 0.0f;
-  put_f16(b, d);
+  store_f16(b.d, d);
   for (int j = 0; j < 16; ++j) {
     const uint8_t a = static_cast<uint8_t>(std::min(15, static_cast<int>(x[j] * id + 8.5f)));
     const uint8_t c = static_cast<uint8_t>(std::min(15, static_cast<int>(x[j + 16] * id + 8.5f)));
-    b[2 + j] = a | static_cast<uint8_t>(c << 4);
+    b.qs[j] = a | static_cast<uint8_t>(c << 4);
   }
 }
 
-void q4_1(const float* x, uint8_t* b) {
+void q4_1(const float* x, uint8_t* out) {
+  auto& b = *blocks::block_at<blocks::block_q4_1>(out, 0);
   float mn = x[0], mx = x[0];
   for (int j = 1; j < 32; ++j) { mn = std::min(mn, x[j]); mx = std::max(mx, x[j]); }
   const float d = (mx - mn) / 15.0f, id = d != 0 ? 1.0f / d : 0.0f;
-  put_f16(b, d);
-  put_f16(b + 2, mn);
+  store_f16(b.d, d);
+  store_f16(b.m, mn);
   for (int j = 0; j < 16; ++j) {
     const uint8_t a = static_cast<uint8_t>(std::min(15, static_cast<int>((x[j] - mn) * id + 0.5f)));
     const uint8_t c = static_cast<uint8_t>(std::min(15, static_cast<int>((x[j + 16] - mn) * id + 0.5f)));
-    b[4 + j] = a | static_cast<uint8_t>(c << 4);
+    b.qs[j] = a | static_cast<uint8_t>(c << 4);
   }
 }
 
-void q5_0(const float* x, uint8_t* b) {
+void q5_0(const float* x, uint8_t* out) {
+  auto& b = *blocks::block_at<blocks::block_q5_0>(out, 0);
   const float d = signed_absmax(x, 32) / -16.0f, id = d != 0 ? 1.0f / d : 0.0f;
-  put_f16(b, d);
+  store_f16(b.d, d);
   uint32_t qh = 0;
   for (int j = 0; j < 16; ++j) {
     const int a = std::min(31, static_cast<int>(x[j] * id + 16.5f));
     const int c = std::min(31, static_cast<int>(x[j + 16] * id + 16.5f));
-    b[6 + j] = static_cast<uint8_t>((a & 0x0f) | ((c & 0x0f) << 4));
+    b.qs[j] = static_cast<uint8_t>((a & 0x0f) | ((c & 0x0f) << 4));
     qh |= static_cast<uint32_t>((a & 0x10) >> 4) << j;
     qh |= static_cast<uint32_t>((c & 0x10) >> 4) << (j + 16);
   }
-  std::memcpy(b + 2, &qh, 4);
+  std::memcpy(b.qh, &qh, 4);
 }
 
-void q5_1(const float* x, uint8_t* b) {
+void q5_1(const float* x, uint8_t* out) {
+  auto& b = *blocks::block_at<blocks::block_q5_1>(out, 0);
   float mn = x[0], mx = x[0];
   for (int j = 1; j < 32; ++j) { mn = std::min(mn, x[j]); mx = std::max(mx, x[j]); }
   const float d = (mx - mn) / 31.0f, id = d != 0 ? 1.0f / d : 0.0f;
-  put_f16(b, d);
-  put_f16(b + 2, mn);
+  store_f16(b.d, d);
+  store_f16(b.m, mn);
   uint32_t qh = 0;
   for (int j = 0; j < 16; ++j) {
     const int a = static_cast<int>((x[j] - mn) * id + 0.5f);
     const int c = static_cast<int>((x[j + 16] - mn) * id + 0.5f);
-    b[8 + j] = static_cast<uint8_t>((a & 0x0f) | ((c & 0x0f) << 4));
+    b.qs[j] = static_cast<uint8_t>((a & 0x0f) | ((c & 0x0f) << 4));
     qh |= static_cast<uint32_t>((a & 0x10) >> 4) << j;
     qh |= static_cast<uint32_t>((c & 0x10) >> 4) << (j + 16);
   }
-  std::memcpy(b + 4, &qh, 4);
+  std::memcpy(b.qh, &qh, 4);
 }
 
 // Weighted search for (scale, min) with x ~ scale * L - min, L in [0, nmax]
@@ -195,7 +197,9 @@ float search_scale_signed(int n, int nmax, const float* x, int8_t* L) {
 
 // Q4_K / Q5_K: 8 sub-blocks of 32 with 6-bit (scale, min) under f16 (d, dmin).
 template <int kBits>
-void qk_scale_min(const float* x, uint8_t* b) {
+void qk_scale_min(const float* x, uint8_t* out) {
+  using B = std::conditional_t<kBits == 4, blocks::block_q4_k, blocks::block_q5_k>;
+  B& b = *blocks::block_at<B>(out, 0);
   constexpr int nmax = (1 << kBits) - 1;
   uint8_t L[256], Laux[32];
   float weights[32], mins[8], scales[8];
@@ -213,8 +217,8 @@ void qk_scale_min(const float* x, uint8_t* b) {
   }
   const float inv_scale = max_scale > 0 ? 63.0f / max_scale : 0.0f;
   const float inv_min = max_min > 0 ? 63.0f / max_min : 0.0f;
-  uint8_t* sc = b + 4;
-  std::memset(sc, 0, 12);
+  uint8_t* sc = b.scales;
+  std::memset(sc, 0, sizeof(b.scales));
   for (int j = 0; j < 8; ++j) {
     const uint8_t ls = static_cast<uint8_t>(std::min(63, nearest_int(inv_scale * scales[j])));
     const uint8_t lm = static_cast<uint8_t>(std::min(63, nearest_int(inv_min * mins[j])));
@@ -227,12 +231,9 @@ void qk_scale_min(const float* x, uint8_t* b) {
       sc[j] |= static_cast<uint8_t>((lm >> 4) << 6);
     }
   }
-  put_f16(b, max_scale / 63.0f);
-  put_f16(b + 2, max_min / 63.0f);
-  uint16_t hd, hm;
-  std::memcpy(&hd, b, 2);
-  std::memcpy(&hm, b + 2, 2);
-  const float d = f16_to_f32(hd), dmin = f16_to_f32(hm);
+  store_f16(b.d, max_scale / 63.0f);
+  store_f16(b.dmin, max_min / 63.0f);
+  const float d = load_f16(b.d), dmin = load_f16(b.dmin);
   for (int j = 0; j < 8; ++j) {
     uint8_t ls, lm;
     scale_min_k4(j, sc, ls, lm);
@@ -242,13 +243,13 @@ void qk_scale_min(const float* x, uint8_t* b) {
     for (int l = 0; l < 32; ++l) L[32 * j + l] = static_cast<uint8_t>(std::clamp(nearest_int((x[32 * j + l] + dm) / dj), 0, nmax));
   }
   if constexpr (kBits == 4) {
-    uint8_t* qs = b + 16;
+    uint8_t* qs = b.qs;
     for (int c = 0; c < 4; ++c)
       for (int l = 0; l < 32; ++l) qs[32 * c + l] = static_cast<uint8_t>(L[64 * c + l] | (L[64 * c + 32 + l] << 4));
   } else {
-    uint8_t* qh = b + 16;
-    uint8_t* qs = b + 48;
-    std::memset(qh, 0, 32);
+    uint8_t* qh = b.qh;
+    uint8_t* qs = b.qs;
+    std::memset(qh, 0, sizeof(b.qh));
     for (int c = 0; c < 4; ++c)
       for (int l = 0; l < 32; ++l) {
         const int a = L[64 * c + l], e = L[64 * c + 32 + l];
@@ -260,7 +261,8 @@ void qk_scale_min(const float* x, uint8_t* b) {
 }
 
 // Q6_K: 16 sub-blocks of 16 with int8 scales under an f16 d.
-void q6_k(const float* x, uint8_t* b) {
+void q6_k(const float* x, uint8_t* out) {
+  auto& b = *blocks::block_at<blocks::block_q6_k>(out, 0);
   int8_t L[256];
   float scales[16];
   float max_scale = 0, max_abs_scale = 0;
@@ -268,26 +270,24 @@ void q6_k(const float* x, uint8_t* b) {
     scales[j] = search_scale_signed(16, 32, x + 16 * j, L + 16 * j);
     if (std::fabs(scales[j]) > max_abs_scale) { max_abs_scale = std::fabs(scales[j]); max_scale = scales[j]; }
   }
-  uint8_t* ql = b;
-  uint8_t* qh = b + 128;
-  int8_t* sc = reinterpret_cast<int8_t*>(b + 192);
+  uint8_t* ql = b.ql;
+  uint8_t* qh = b.qh;
+  int8_t* sc = b.scales;
   if (max_abs_scale < 1e-15f) {
-    std::memset(b, 0, 210);
+    std::memset(&b, 0, sizeof(b));
     return;
   }
   const float iscale = -128.0f / max_scale;
-  put_f16(b + 208, 1 / iscale);
+  store_f16(b.d, 1 / iscale);
   for (int j = 0; j < 16; ++j) sc[j] = static_cast<int8_t>(std::min(127, nearest_int(iscale * scales[j])));
-  uint16_t hd;
-  std::memcpy(&hd, b + 208, 2);
-  const float d = f16_to_f32(hd);
+  const float d = load_f16(b.d);
   uint8_t Lu[256];
   for (int j = 0; j < 16; ++j) {
     const float dj = d * sc[j];
     if (dj == 0) { std::fill(Lu + 16 * j, Lu + 16 * j + 16, 32); continue; }
     for (int l = 0; l < 16; ++l) Lu[16 * j + l] = static_cast<uint8_t>(std::clamp(nearest_int(x[16 * j + l] / dj), -32, 31) + 32);
   }
-  std::memset(qh, 0, 64);
+  std::memset(qh, 0, sizeof(b.qh));
   for (int n = 0; n < 2; ++n)
     for (int l = 0; l < 32; ++l) {
       const uint8_t q1 = Lu[128 * n + l], q2 = Lu[128 * n + l + 32], q3 = Lu[128 * n + l + 64], q4 = Lu[128 * n + l + 96];
@@ -322,10 +322,10 @@ void quantize_row(DType t, const float* x, int64_t n, uint8_t* out) {
   switch (t) {
     case DType::F32: std::memcpy(out, x, static_cast<size_t>(n) * 4); return;
     case DType::F16:
-      for (int64_t i = 0; i < n; ++i) { const uint16_t h = f32_to_f16(x[i]); std::memcpy(out + 2 * i, &h, 2); }
+      for (int64_t i = 0; i < n; ++i) store_f16(out + 2 * i, x[i]);
       return;
     case DType::BF16:
-      for (int64_t i = 0; i < n; ++i) { const uint16_t h = f32_to_bf16(x[i]); std::memcpy(out + 2 * i, &h, 2); }
+      for (int64_t i = 0; i < n; ++i) store_bf16(out + 2 * i, x[i]);
       return;
     default: break;
   }

@@ -1,7 +1,12 @@
-// Exact scalar conversions between f32 and the 16-bit float formats (formats.md §3).
+// Exact scalar conversions between f32 and the 16-bit float formats (formats.md §3), and
+// the one reader/writer of such values in (unaligned, little-endian) bytes: load_f16,
+// load_bf16, store_f16, store_bf16. Every file format and kernel goes through these.
 #pragma once
 #include <cstdint>
 #include <cstring>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 namespace g4 {
 
@@ -69,5 +74,29 @@ inline uint16_t f32_to_f16(float f) {
   r -= 0x38000000u;                              // rebias exponent 127 -> 15
   return sign | static_cast<uint16_t>(r >> 13);
 }
+
+// A 16-bit value stored at p (any alignment; the host is little-endian, as the formats).
+inline uint16_t load_u16(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return h;
+}
+inline float load_f16(const uint8_t* p) { return f16_to_f32(load_u16(p)); }
+inline float load_bf16(const uint8_t* p) { return bf16_to_f32(load_u16(p)); }
+inline void store_f16(uint8_t* p, float v) {
+  const uint16_t h = f32_to_f16(v);
+  std::memcpy(p, &h, 2);
+}
+inline void store_bf16(uint8_t* p, float v) {
+  const uint16_t h = f32_to_bf16(v);
+  std::memcpy(p, &h, 2);
+}
+
+#if defined(__x86_64__)
+// load_f16 with the F16C instruction, for code compiled with target("f16c") (the AVX2 and
+// AVX-512 kernels): the same value (the conversion is exact), one instruction instead of
+// a branchy software path in the decode loops. NaNs come back quiet.
+__attribute__((target("f16c"))) inline float load_f16_f16c(const uint8_t* p) { return _cvtsh_ss(load_u16(p)); }
+#endif
 
 }  // namespace g4
