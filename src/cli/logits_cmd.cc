@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include "cli/commands.h"
+#include "cli/forward_flags.h"
 #include "formats/safetensors.h"
 #include "runtime/session.h"
 #include "tools/token_input.h"
@@ -12,7 +13,8 @@ namespace g4::cli {
 
 void register_logits(CLI::App& app) {
   struct Opts {
-    std::string model, tokens, tokens_file, prompt, out, precision = "f64";
+    std::string model, tokens, tokens_file, prompt, out;
+    ForwardFlags fwd;
     bool hidden = false, step = false, bf16_scale = false, lenient = false;
   };
   auto o = std::make_shared<Opts>();
@@ -23,7 +25,7 @@ void register_logits(CLI::App& app) {
   auto* pr = cmd->add_option("-p,--prompt", o->prompt, "text to tokenize (BOS prepended)");
   tk->excludes(tf)->excludes(pr);
   tf->excludes(pr);
-  cmd->add_option("--precision", o->precision, "f64 (reference) or f32")->check(CLI::IsMember({"f64", "f32", "fast"}));
+  add_forward_flags(cmd, o->fwd, "f64");
   cmd->add_flag("--hidden", o->hidden, "also write hidden_states [n_layers+1, T, hidden] (HF convention)");
   cmd->add_flag("--step", o->step, "feed tokens one at a time through the KV cache");
   cmd->add_flag("--bf16-embed-scale", o->bf16_scale, "round sqrt(H), sqrt(P) to bf16 as HF does on a bf16 checkpoint");
@@ -33,7 +35,8 @@ void register_logits(CLI::App& app) {
     Model m = load_model(o->model, LoadOptions{o->lenient});
     std::vector<int32_t> ids = resolve_token_input(m, o->tokens, o->tokens_file, o->prompt);
     if (ids.empty()) fail("no tokens given: use --tokens, --tokens-file or -p");
-    ForwardOptions fo{parse_precision(o->precision), o->bf16_scale};
+    ForwardOptions fo = o->fwd.options();
+    fo.bf16_embed_scale = o->bf16_scale;
     Session session(m, fo);
     const int64_t T = static_cast<int64_t>(ids.size()), V = m.spec.vocab, H = m.spec.hidden, L = m.spec.n_layers;
     std::vector<float> logits, hidden;
@@ -52,7 +55,7 @@ void register_logits(CLI::App& app) {
     }
     std::vector<SafetensorsOut> out{st_f32("logits", {T, V}, logits), st_i32("input_ids", {T}, ids)};
     if (o->hidden) out.push_back(st_f32("hidden_states", {L + 1, T, H}, hidden));
-    write_safetensors(o->out, out, {{"precision", o->precision}, {"model", o->model}, {"step", o->step ? "1" : "0"}});
+    write_safetensors(o->out, out, {{"precision", o->fwd.precision}, {"model", o->model}, {"step", o->step ? "1" : "0"}});
     std::fprintf(stderr, "wrote %s: logits [%ld, %ld]%s\n", o->out.c_str(), static_cast<long>(T), static_cast<long>(V),
                  o->hidden ? " + hidden_states" : "");
   });

@@ -2,12 +2,30 @@
 // one line with exit code 1.
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <cstring>
 #include <iostream>
+#include <vector>
 
 #include "cli/commands.h"
 #include "util/error.h"
 
+namespace {
+
+// llama.cpp's multi-letter single-dash flags, which CLI11 cannot declare: rewritten to
+// their long names before parsing.
+constexpr std::pair<const char*, const char*> kDashAliases[] = {
+    {"-ctk", "--cache-type-k"},
+    {"-ctv", "--cache-type-v"},
+};
+
+}  // namespace
+
 int main(int argc, char** argv) {
+  std::vector<char*> args(argv, argv + argc);
+  for (auto& a : args)
+    for (const auto& [from, to] : kDashAliases)
+      if (std::strcmp(a, from) == 0) a = const_cast<char*>(to);
+  argv = args.data();
   CLI::App app{"g4: a self-checking inference engine for Gemma 4 text models"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "g4 0.1.0");

@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "cli/commands.h"
+#include "cli/forward_flags.h"
 #include "runtime/generate.h"
 #include "tools/defaults.h"
 #include "tools/token_input.h"
@@ -16,7 +17,8 @@ namespace g4::cli {
 namespace {
 
 struct RunOpts {
-  std::string model, prompt, file, system, precision = "fast";
+  std::string model, prompt, file, system;
+  ForwardFlags fwd;
   int n_predict = 256, threads = 0;
   bool chat = false, no_stats = false;
   std::optional<float> temp, top_p, min_p, repeat_penalty;
@@ -62,7 +64,7 @@ void register_run(CLI::App& app) {
   cmd->add_option("-s,--seed", o->seed, "RNG seed (default random)");
   cmd->add_flag("--chat", o->chat, "chat with the Gemma 4 template (interactive unless -p is given)");
   cmd->add_option("--system", o->system, "system message for --chat");
-  cmd->add_option("--precision", o->precision, "fast (default), f32 or f64")->check(CLI::IsMember({"f64", "f32", "fast"}));
+  add_forward_flags(cmd, o->fwd, "fast");
   cmd->add_option("-t,--threads", o->threads, "threads");
   cmd->add_flag("--no-stats", o->no_stats, "do not print timing to stderr");
   cmd->final_callback([o] {
@@ -70,7 +72,7 @@ void register_run(CLI::App& app) {
     const std::string path = o->model.empty() ? default_model_path() : o->model;
     Model m = load_model(path);
     Tokenizer tok = load_tokenizer(m);
-    Session session(m, {parse_precision(o->precision)});
+    Session session(m, o->fwd.options());
     GenerateOptions go;
     go.max_tokens = o->n_predict;
     go.sampling = sampling_from(*o, m);
