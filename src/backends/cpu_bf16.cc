@@ -122,36 +122,22 @@ class Bf16Backend final : public RefBackend<float> {
   // Eager attention: scores = q k^T in bf16, softmax in float32 cast to bf16, p v in bf16.
   void attention(int layer, const View& q, int64_t heads, const View& out) override {
     if (!full_) return RefBackend<float>::attention(layer, q, heads, out);
-    const LayerSpec& ls = s_.layers[layer];
-    const LayerKv<float>& src = kv_.layers[ls.kv_source];
-    const int64_t hd = q.cols, group = ls.n_heads / ls.n_kv_heads, n = q.rows / heads;
-    const int64_t kvw = src.width, start = kv_.n_past;
-    reserve_attention(kv_.max_keys(ls, start + n - 1));
-    auto key = [&](int64_t pos) { return pos < start ? src.k_at(pos) : &src.pending_k[(pos - start) * kvw]; };
-    auto val = [&](int64_t pos) { return pos < start ? src.v_at(pos) : &src.pending_v[(pos - start) * kvw]; };
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int64_t t = 0; t < n; ++t)
-      for (int64_t hh = 0; hh < heads; ++hh) {
-        const int64_t pos = start + t;
-        const int64_t lo = ls.window > 0 ? std::max<int64_t>(0, pos - ls.window + 1) : 0;
-        const int64_t kvh = hh / group;
-        const float* qh = row(q, t * heads + hh);
-        float* o = row(out, t * heads + hh);
-        float* sc = scores_[omp_get_thread_num()].data();
-        for (int64_t kp = lo; kp <= pos; ++kp) {
-          const float* kh = key(kp) + kvh * hd;
-          double s = 0;
-          for (int64_t d = 0; d < hd; ++d) s += static_cast<double>(qh[d]) * kh[d];
-          sc[kp - lo] = bf(static_cast<float>(s));
-        }
-        ops::softmax(sc, pos - lo + 1, false);
-        for (int64_t kp = lo; kp <= pos; ++kp) sc[kp - lo] = bf(sc[kp - lo]);
-        for (int64_t d = 0; d < hd; ++d) {
-          double acc = 0;
-          for (int64_t kp = lo; kp <= pos; ++kp) acc += static_cast<double>(sc[kp - lo]) * (val(kp) + kvh * hd)[d];
-          o[d] = bf(static_cast<float>(acc));
-        }
+    for_each_query(layer, q, heads, out, [&](const Query& a) {
+      float* sc = scores_[omp_get_thread_num()].data();
+      for (int64_t kp = a.lo; kp <= a.pos; ++kp) {
+        const float* kh = a.key(kp);
+        double s = 0;
+        for (int64_t d = 0; d < a.hd; ++d) s += static_cast<double>(a.q[d]) * kh[d];
+        sc[kp - a.lo] = bf(static_cast<float>(s));
       }
+      ops::softmax(sc, a.pos - a.lo + 1, false);
+      for (int64_t kp = a.lo; kp <= a.pos; ++kp) sc[kp - a.lo] = bf(sc[kp - a.lo]);
+      for (int64_t d = 0; d < a.hd; ++d) {
+        double acc = 0;
+        for (int64_t kp = a.lo; kp <= a.pos; ++kp) acc += static_cast<double>(sc[kp - a.lo]) * a.val(kp)[d];
+        a.out[d] = bf(static_cast<float>(acc));
+      }
+    });
   }
   // Gemma4TextRouter in bf16: softmax (float32 inside, bf16 out), topk, weights / sum,
   // * per_expert_scale, each rounded.

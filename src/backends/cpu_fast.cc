@@ -27,30 +27,20 @@ class FastBackend final : public RefBackend<float> {
     for (int64_t r = 0; r < g.rows; ++r) fast_gelu_tanh_mul(row(g, r), row(u, r), g.cols);
   }
   void attention(int layer, const View& q, int64_t heads, const View& out) override {
-    const LayerSpec& ls = s_.layers[layer];
-    const LayerKv<float>& src = kv_.layers[ls.kv_source];
-    const int64_t hd = q.cols, group = ls.n_heads / ls.n_kv_heads, n = q.rows / heads;
-    const int64_t kvw = src.width, start = kv_.n_past;
-    reserve_attention(kv_.max_keys(ls, start + n - 1));
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int64_t t = 0; t < n; ++t)
-      for (int64_t hh = 0; hh < heads; ++hh) {
-        const int64_t pos = start + t;
-        const int64_t lo = ls.window > 0 ? std::max<int64_t>(0, pos - ls.window + 1) : 0, nk = pos - lo + 1;
-        const int64_t off = (hh / group) * hd;
-        const int tid = omp_get_thread_num();
-        const float** keys = keys_[tid].data();
-        const float** vals = vals_[tid].data();
-        float* scores = scores_[tid].data();
-        for (int64_t kp = lo; kp <= pos; ++kp) {
-          keys[kp - lo] = (kp < start ? src.k_at(kp) : &src.pending_k[(kp - start) * kvw]) + off;
-          vals[kp - lo] = (kp < start ? src.v_at(kp) : &src.pending_v[(kp - start) * kvw]) + off;
-        }
-        float* o = row(out, t * heads + hh);
-        fast_scores(row(q, t * heads + hh), keys, nk, hd, scores);
-        fast_softmax(scores, nk);
-        fast_weighted_sum(scores, vals, nk, hd, o);
+    for_each_query(layer, q, heads, out, [&](const Query& a) {
+      const int tid = omp_get_thread_num();
+      const float** keys = keys_[tid].data();
+      const float** vals = vals_[tid].data();
+      float* scores = scores_[tid].data();
+      const int64_t nk = a.pos - a.lo + 1;
+      for (int64_t kp = a.lo; kp <= a.pos; ++kp) {
+        keys[kp - a.lo] = a.key(kp);
+        vals[kp - a.lo] = a.val(kp);
       }
+      fast_scores(a.q, keys, nk, a.hd, scores);
+      fast_softmax(scores, nk);
+      fast_weighted_sum(scores, vals, nk, a.hd, a.out);
+    });
   }
 
  protected:

@@ -154,36 +154,22 @@ class RefBackend : public Backend {
     kv_.n_pending = k.rows;
   }
   void attention(int layer, const View& q, int64_t heads, const View& out) override {
-    const LayerSpec& ls = s_.layers[layer];
-    const LayerKv<T>& src = kv_.layers[ls.kv_source];
-    const int64_t hd = q.cols, group = ls.n_heads / ls.n_kv_heads, n = q.rows / heads;
-    const int64_t kvw = src.width, start = kv_.n_past;
-    reserve_attention(kv_.max_keys(ls, start + n - 1));
-    auto key = [&](int64_t pos) { return pos < start ? src.k_at(pos) : &src.pending_k[(pos - start) * kvw]; };
-    auto val = [&](int64_t pos) { return pos < start ? src.v_at(pos) : &src.pending_v[(pos - start) * kvw]; };
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int64_t t = 0; t < n; ++t)
-      for (int64_t hh = 0; hh < heads; ++hh) {
-        const int64_t pos = start + t;
-        const int64_t lo = ls.window > 0 ? std::max<int64_t>(0, pos - ls.window + 1) : 0;
-        const int64_t kvh = hh / group;
-        const T* qh = row(q, t * heads + hh);
-        T* o = row(out, t * heads + hh);
-        T* scores = scores_[omp_get_thread_num()].data();
-        std::fill(o, o + hd, T(0));
-        for (int64_t kp = lo; kp <= pos; ++kp) {
-          const T* kh = key(kp) + kvh * hd;
-          T s = 0;
-          for (int64_t d = 0; d < hd; ++d) s += qh[d] * kh[d];
-          scores[kp - lo] = s;
-        }
-        ops::softmax(scores, pos - lo + 1, f32_islands_);
-        for (int64_t kp = lo; kp <= pos; ++kp) {
-          const T p = scores[kp - lo];
-          const T* vh = val(kp) + kvh * hd;
-          for (int64_t d = 0; d < hd; ++d) o[d] += p * vh[d];
-        }
+    for_each_query(layer, q, heads, out, [&](const Query& a) {
+      T* scores = scores_[omp_get_thread_num()].data();
+      std::fill(a.out, a.out + a.hd, T(0));
+      for (int64_t kp = a.lo; kp <= a.pos; ++kp) {
+        const T* kh = a.key(kp);
+        T s = 0;
+        for (int64_t d = 0; d < a.hd; ++d) s += a.q[d] * kh[d];
+        scores[kp - a.lo] = s;
       }
+      ops::softmax(scores, a.pos - a.lo + 1, f32_islands_);
+      for (int64_t kp = a.lo; kp <= a.pos; ++kp) {
+        const T p = scores[kp - a.lo];
+        const T* vh = a.val(kp);
+        for (int64_t d = 0; d < a.hd; ++d) a.out[d] += p * vh[d];
+      }
+    });
   }
   void kv_commit(int64_t n) override { kv_.commit(n); }
   int64_t n_past() const override { return kv_.n_past; }
@@ -236,6 +222,33 @@ class RefBackend : public Backend {
   }
 
  protected:
+  // One attention query: head row q of a token at absolute position pos, which sees the
+  // keys lo..pos of its KV head (key(p)/val(p): from the cache or the current step).
+  struct Query {
+    const T* q;
+    T* out;
+    int64_t hd, pos, lo;
+    const LayerKv<T>* src;
+    int64_t start, head_off;
+    const T* key(int64_t p) const { return (p < start ? src->k_at(p) : &src->pending_k[(p - start) * src->width]) + head_off; }
+    const T* val(int64_t p) const { return (p < start ? src->v_at(p) : &src->pending_v[(p - start) * src->width]) + head_off; }
+  };
+  // Calls f(Query) for every (token, head) of q ([tokens*heads, hd]) in parallel, with the
+  // per-thread scratch reserved for the longest key range.
+  template <typename F>
+  void for_each_query(int layer, const View& q, int64_t heads, const View& out, F f) {
+    const LayerSpec& ls = s_.layers[layer];
+    const LayerKv<T>& src = kv_.layers[ls.kv_source];
+    const int64_t hd = q.cols, group = ls.n_heads / ls.n_kv_heads, n = q.rows / heads, start = kv_.n_past;
+    reserve_attention(kv_.max_keys(ls, start + n - 1));
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t hh = 0; hh < heads; ++hh) {
+        const int64_t pos = start + t;
+        const int64_t lo = ls.window > 0 ? std::max<int64_t>(0, pos - ls.window + 1) : 0;
+        f(Query{row(q, t * heads + hh), row(out, t * heads + hh), hd, pos, lo, &src, start, (hh / group) * hd});
+      }
+  }
   T* row(const View& v, int64_t r) { return bufs_[v.buf.id].data() + v.offset + r * v.stride; }
   const T* constant(const TensorView& t) const {
     auto it = consts_.find(&t);
