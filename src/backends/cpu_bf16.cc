@@ -150,17 +150,9 @@ class Bf16Backend final : public RefBackend<float> {
       float* z = row(logits, t);
       ops::softmax(z, E, false);
       for (int64_t e = 0; e < E; ++e) z[e] = bf(z[e]);
-      auto& taken = route_idx_;
-      std::fill(taken.begin(), taken.end(), 0);
+      top_k(z, E, k, ids + t * k);
       float sum = 0;
-      for (int64_t j = 0; j < k; ++j) {
-        int64_t best = -1;
-        for (int64_t e = 0; e < E; ++e)
-          if (!taken[e] && (best < 0 || z[e] > z[best])) best = e;
-        taken[best] = 1;
-        ids[t * k + j] = static_cast<int32_t>(best);
-        sum += z[best];
-      }
+      for (int64_t j = 0; j < k; ++j) sum += z[ids[t * k + j]];
       sum = bf(sum);
       for (int64_t j = 0; j < k; ++j) {
         const int32_t e = ids[t * k + j];

@@ -184,19 +184,9 @@ class RefBackend : public Backend {
     for (int64_t t = 0; t < logits.rows; ++t) {
       T* z = row(logits, t);
       ops::softmax(z, E, false);  // HF: in the activation dtype
-      // Top-k by repeated selection: the first maximum wins, so on equal probabilities
-      // the lower expert id comes first (HF's topk on CPU, a stable sort).
-      auto& taken = route_idx_;
-      std::fill(taken.begin(), taken.end(), 0);
+      top_k(z, E, k, ids + t * k);
       T wsum = 0;
-      for (int64_t j = 0; j < k; ++j) {
-        int64_t best = -1;
-        for (int64_t e = 0; e < E; ++e)
-          if (!taken[e] && (best < 0 || z[e] > z[best])) best = e;
-        taken[best] = 1;
-        ids[t * k + j] = static_cast<int32_t>(best);
-        wsum += z[best];
-      }
+      for (int64_t j = 0; j < k; ++j) wsum += z[ids[t * k + j]];
       for (int64_t j = 0; j < k; ++j) {
         const int32_t e = ids[t * k + j];
         weights[t * k + j] = static_cast<double>(z[e] / wsum * pes[e]);
@@ -222,6 +212,20 @@ class RefBackend : public Backend {
   }
 
  protected:
+  // The k largest of z[0..E) into ids, largest first, by repeated selection: the first
+  // maximum wins, so on equal values the lower expert id comes first (HF's topk on CPU,
+  // a stable sort).
+  void top_k(const T* z, int64_t E, int64_t k, int32_t* ids) {
+    auto& taken = route_idx_;
+    std::fill(taken.begin(), taken.end(), 0);
+    for (int64_t j = 0; j < k; ++j) {
+      int64_t best = -1;
+      for (int64_t e = 0; e < E; ++e)
+        if (!taken[e] && (best < 0 || z[e] > z[best])) best = e;
+      taken[best] = 1;
+      ids[j] = static_cast<int32_t>(best);
+    }
+  }
   // One attention query: head row q of a token at absolute position pos, which sees the
   // keys lo..pos of its KV head (key(p)/val(p): from the cache or the current step).
   struct Query {
