@@ -111,9 +111,9 @@ TEST(Forensics, ScaledLayerScalarsAndNormsAreNamedAndRestoreRanksThemFirst) {
   po.n_ctx = 128;
   po.max_chunks = 3;
   po.forward.precision = Precision::F32;
-  auto rr = run_restore(a, ref_model(), "auto", toks, po, &r);
-  std::printf("%s", format_restore(rr).c_str());
-  ASSERT_GT(rr.size(), 3u);
+  auto rr = run_restore(a, ref_model(), "auto", toks, po, &r).rows;
+  for (const auto& x : rr) std::printf("%s %.4f %.3f\n", x.what.c_str(), x.ppl, x.gap_closed);
+  ASSERT_GE(rr.size(), 3u);  // artifact, reference, then the damaged classes and layer groups
   EXPECT_EQ(rr[2].what, "class layer_output_scale");
   EXPECT_GT(rr[2].gap_closed, 0.9);
 

@@ -63,13 +63,16 @@ void register_synth(CLI::App& app) {
   cmd->add_option("--variant", o->s.variant, "e2b, e4b, 12b, 26b-a4b or 31b")->required();
   cmd->add_option("--layers", o->s.layers, "fewer layers than the variant (to fit RAM)");
   cmd->add_option("--vocab", o->s.vocab, "vocabulary size (default 262144)");
-  cmd->add_option("--type", o->type, "weight type (default q4_0)");
+  cmd->add_option("--type", o->type, "weight type, or a recipe (q4_k_m, mixed-8-4) (default q4_0)");
+  cmd->add_option("--format", o->s.format, "gguf (default), or safetensors: an HF checkpoint directory in BF16 (the reference)")
+      ->check(CLI::IsMember({"gguf", "safetensors"}));
   cmd->add_option("--seed", o->s.seed, "RNG seed");
-  cmd->add_option("-o,--out", o->out, "output .gguf")->required();
+  cmd->add_option("-o,--out", o->out, "output .gguf (a directory with --format safetensors)")->required();
   cmd->add_option("-t,--threads", o->threads, "threads");
   cmd->final_callback([o] {
     set_threads(o->threads);
-    o->s.quant.type = parse_dtype(o->type);
+    if (o->type == "q4_k_m" || o->type == "mixed-8-4") o->s.quant.recipe = o->type;
+    else o->s.quant.type = parse_dtype(o->type);
     o->s.quant.on_tensor = Progress::callback("synth");
     synth_model(o->s, o->out);
     std::printf("wrote %s\n", o->out.c_str());

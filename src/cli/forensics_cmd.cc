@@ -69,7 +69,7 @@ void register_forensics(CLI::App& app) {
   cmd->add_option("-m,--model", o->art, "the artifact (GGUF or HF directory)")->required();
   cmd->add_option("--ref", o->ref, "the reference checkpoint")->required();
   cmd->add_option("--png", o->png, "write heatmap.png (layer x class) into this directory");
-  cmd->add_option("--restore", o->restore, "CLASS or auto: PPL of hybrids with reference tensors put back")->expected(0, 1)->default_str("auto");
+  cmd->add_option("--restore", o->restore, "CLASS, metadata or auto: PPL of hybrids with reference tensors (or hyperparameters) put back")->expected(0, 1)->default_str("auto");
   cmd->add_option("-f,--file", o->file, "text for --restore");
   cmd->add_option("-c,--ctx-size", o->n_ctx, "context for --restore (default 128)");
   cmd->add_option("--chunks", o->chunks, "chunks for --restore (default 8)");
@@ -99,8 +99,8 @@ void register_forensics(CLI::App& app) {
       const auto rr = run_restore(art, ref, which, load_tokenizer(ref).encode(text, true, false), po, &r);
       if (o->json) {
         json a = json::array();
-        for (const auto& x : rr) a.push_back({{"restored", x.what}, {"ppl", x.ppl}, {"gap_closed", x.gap_closed}});
-        j["restore"] = a;
+        for (const auto& x : rr.rows) a.push_back({{"restored", x.what}, {"ppl", x.ppl}, {"gap_closed", x.gap_closed}});
+        j["restore"] = {{"n_ctx", rr.n_ctx}, {"chunks", rr.chunks}, {"rows", a}};
       } else {
         std::printf("\n%s", format_restore(rr).c_str());
       }

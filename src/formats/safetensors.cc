@@ -155,12 +155,20 @@ std::vector<TensorView> read_safetensors_dir(const std::string& dir) {
 
 void write_safetensors(const std::string& path, const std::vector<SafetensorsOut>& tensors,
                        const std::map<std::string, std::string>& metadata) {
+  std::vector<SafetensorsLazy> lazy;
+  for (const auto& t : tensors)
+    lazy.push_back({t.name, t.dtype, t.shape, t.bytes.size(), [&t] { return t.bytes; }});
+  write_safetensors(path, lazy, metadata);
+}
+
+void write_safetensors(const std::string& path, const std::vector<SafetensorsLazy>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
   json h = json::object();
   if (!metadata.empty()) h["__metadata__"] = metadata;
   uint64_t off = 0;
   for (const auto& t : tensors) {
-    h[t.name] = {{"dtype", t.dtype}, {"shape", t.shape}, {"data_offsets", {off, off + t.bytes.size()}}};
-    off += t.bytes.size();
+    h[t.name] = {{"dtype", t.dtype}, {"shape", t.shape}, {"data_offsets", {off, off + t.nbytes}}};
+    off += t.nbytes;
   }
   std::string hs = h.dump();
   while ((8 + hs.size()) % 8 != 0) hs.push_back(' ');
@@ -171,7 +179,11 @@ void write_safetensors(const std::string& path, const std::vector<SafetensorsOut
     uint64_t n = hs.size();
     out.write(reinterpret_cast<const char*>(&n), 8);
     out.write(hs.data(), static_cast<std::streamsize>(hs.size()));
-    for (const auto& t : tensors) out.write(reinterpret_cast<const char*>(t.bytes.data()), static_cast<std::streamsize>(t.bytes.size()));
+    for (const auto& t : tensors) {
+      const auto b = t.produce();
+      if (b.size() != t.nbytes) fail("{}: tensor {} produced {} bytes, {} announced", path, t.name, b.size(), t.nbytes);
+      out.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
+    }
     if (!out) fail("write to '{}' failed (disk full?)", tmp);
   }
   fs::rename(tmp, path);

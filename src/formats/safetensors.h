@@ -1,6 +1,7 @@
 // safetensors reader (single file or sharded via model.safetensors.index.json)
 // and the one safetensors writer. formats.md §2.
 #pragma once
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -35,6 +36,17 @@ struct SafetensorsOut {
   std::vector<uint8_t> bytes;
 };
 void write_safetensors(const std::string& path, const std::vector<SafetensorsOut>& tensors,
+                       const std::map<std::string, std::string>& metadata = {});
+// The same writer with tensor bytes made on demand (nbytes known up front), so that a
+// checkpoint larger than memory can be written one tensor at a time.
+struct SafetensorsLazy {
+  std::string name;
+  std::string dtype;
+  std::vector<int64_t> shape;
+  uint64_t nbytes = 0;
+  std::function<std::vector<uint8_t>()> produce;
+};
+void write_safetensors(const std::string& path, const std::vector<SafetensorsLazy>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
 SafetensorsOut st_f32(std::string name, std::vector<int64_t> shape, const std::vector<float>& v);
 SafetensorsOut st_i32(std::string name, std::vector<int64_t> shape, const std::vector<int32_t>& v);

@@ -2,11 +2,16 @@
 
 #include <fmt/format.h>
 
+#include <sys/mman.h>
+
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <functional>
 #include <map>
 #include <set>
 
+#include "kernels/dequant.h"
 #include "kernels/quantize.h"
 #include "tools/quantize.h"
 #include "util/error.h"
@@ -14,72 +19,293 @@
 namespace g4 {
 namespace {
 
-struct Stats { double cosine, rel_rms, max_abs; };
-
-Stats diff_stats(const std::vector<float>& a, const std::vector<float>& ref) {
-  double dot = 0, na = 0, nb = 0, err = 0, mx = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    const double x = a[i], y = ref[i];
-    dot += x * y;
-    na += x * x;
-    nb += y * y;
-    err += (x - y) * (x - y);
-    mx = std::max(mx, std::abs(x - y));
-  }
-  Stats s;
-  s.cosine = na > 0 && nb > 0 ? dot / std::sqrt(na * nb) : (na == nb ? 1.0 : 0.0);
-  s.rel_rms = nb > 0 ? std::sqrt(err / nb) : std::sqrt(err / std::max<size_t>(1, ref.size()));
-  s.max_abs = mx;
-  if (!std::isfinite(s.rel_rms)) s.rel_rms = INFINITY, s.cosine = 0;
-  return s;
-}
-
-// A deterministic sample of at most 65536 elements (layer-mapping cosines).
-std::vector<float> sample(const std::vector<float>& v) {
-  const size_t step = std::max<size_t>(1, v.size() / 65536);
-  std::vector<float> s;
-  for (size_t i = 0; i < v.size(); i += step) s.push_back(v[i]);
-  return s;
-}
-
 double cosine(const std::vector<float>& a, const std::vector<float>& b) {
   double dot = 0, na = 0, nb = 0;
   for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) { dot += double(a[i]) * b[i]; na += double(a[i]) * a[i]; nb += double(b[i]) * b[i]; }
   return na > 0 && nb > 0 ? dot / std::sqrt(na * nb) : 0;
 }
 
-std::optional<PeriodicDamage> find_period(const std::vector<bool>& damaged) {
-  const int L = static_cast<int>(damaged.size());
-  const int n_bad = static_cast<int>(std::count(damaged.begin(), damaged.end(), true));
-  if (n_bad == 0 || n_bad == L) return std::nullopt;
-  for (int p = 2; 2 * p <= L; ++p) {
-    bool fits = true;
-    std::vector<int> bad, good;
-    for (int r = 0; r < p && fits; ++r) {
-      std::set<bool> seen;
-      for (int l = r; l < L; l += p) seen.insert(damaged[l]);
-      if (seen.size() != 1) fits = false;
-      else (*seen.begin() ? bad : good).push_back(r);
+bool is_float(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::F64; }
+int mantissa_bits(DType t) { return t == DType::BF16 ? 7 : t == DType::F16 ? 10 : t == DType::F32 ? 23 : 52; }
+
+// One unit in the last place of type t at the magnitude of x (F16: subnormals below 2^-14).
+double ulp(DType t, double x) {
+  int e = 0;
+  std::frexp(x == 0 ? 1e-300 : x, &e);  // |x| = m * 2^e, m in [0.5, 1)
+  e -= 1;
+  const int min_e = t == DType::F16 ? -14 : t == DType::F64 ? -1022 : -126;
+  return std::ldexp(1.0, std::max(e, min_e) - mantissa_bits(t));
+}
+
+// Accumulators of one tensor (or one block of rows of it).
+struct Acc {
+  double dot = 0, na = 0, nb = 0, err = 0, mx = 0;
+  double expl_err = 0, expl_nb = 0;  // explained error over the rows where it was computed
+  int64_t beyond = 0;
+  void add(const Acc& o) {
+    dot += o.dot; na += o.na; nb += o.nb; err += o.err; mx = std::max(mx, o.mx);
+    expl_err += o.expl_err; expl_nb += o.expl_nb; beyond += o.beyond;
+  }
+};
+
+// Drop the pages of a tensor from this process (file-backed: they are re-read if needed),
+// so that streaming a model larger than memory keeps the resident set small.
+void release(const TensorView& t) {
+#ifdef MADV_PAGEOUT
+  if (!t.data || t.nbytes < (1 << 20)) return;
+  const uintptr_t page = 4096, begin = reinterpret_cast<uintptr_t>(t.data) & ~(page - 1);
+  const uintptr_t end = reinterpret_cast<uintptr_t>(t.data) + static_cast<uintptr_t>(t.nbytes);
+  ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_PAGEOUT);
+#else
+  (void)t;
+#endif
+}
+
+constexpr int64_t kBlockElems = 1 << 20;      // elements per streamed block
+constexpr int64_t kExplainElems = 1 << 16;    // re-quantized elements per tensor (evenly spread rows; ~0.5% precision)
+constexpr size_t kSampleElems = 65536;        // layer-mapping sample per tensor
+
+// Streams one tensor pair block by block (OpenMP over blocks): statistics, the explained
+// error (quantized: the reference re-quantized to the artifact's type on evenly spread
+// blocks; float: the 1-ulp allowance) and a strided sample for the layer mapping.
+void measure(const TensorView& ta, const TensorView& tr, TensorFinding& f, std::vector<float>* sa, std::vector<float>* sr) {
+  const int64_t n = tr.numel(), cols = tr.shape.back(), rows = n / std::max<int64_t>(cols, 1);
+  const int64_t rows_per_block = std::max<int64_t>(1, kBlockElems / std::max<int64_t>(cols, 1));
+  const int64_t blocks = (rows + rows_per_block - 1) / rows_per_block;
+  const int64_t explain_stride = std::max<int64_t>(1, rows * cols / kExplainElems);
+  const int64_t rba = *row_bytes(ta.dtype, cols), rbr = *row_bytes(tr.dtype, cols);
+  f.float_rule = is_float(ta.dtype) && is_float(tr.dtype);
+  const bool requant = !f.float_rule && quantize_supported(ta.dtype) && row_bytes(ta.dtype, cols);
+  const size_t step = std::max<size_t>(1, static_cast<size_t>(n) / kSampleElems);
+  if (sa) { sa->assign((static_cast<size_t>(n) + step - 1) / step, 0.f); sr->assign(sa->size(), 0.f); }
+  Acc total;
+#pragma omp parallel if (blocks > 1)
+  {
+    Acc acc;
+    std::vector<float> a, b, q;
+#pragma omp for schedule(dynamic)
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t r0 = blk * rows_per_block, nr = std::min(rows_per_block, rows - r0), m = nr * cols;
+      a.resize(static_cast<size_t>(m));
+      b.resize(static_cast<size_t>(m));
+      for (int64_t r = 0; r < nr; ++r) {
+        dequant_row(ta.dtype, ta.data + (r0 + r) * rba, cols, a.data() + r * cols);
+        dequant_row(tr.dtype, tr.data + (r0 + r) * rbr, cols, b.data() + r * cols);
+      }
+      for (int64_t i = 0; i < m; ++i) {
+        const double x = a[i], y = b[i], d = x - y;
+        acc.dot += x * y; acc.na += x * x; acc.nb += y * y; acc.err += d * d;
+        acc.mx = std::max(acc.mx, std::abs(d));
+      }
+      if (f.float_rule) {
+        for (int64_t i = 0; i < m; ++i) {
+          const double y = b[i], tol = std::max(ulp(ta.dtype, y), ulp(tr.dtype, y));
+          acc.expl_err += tol * tol;
+          acc.beyond += !(std::abs(double(a[i]) - y) <= tol * (1 + 1e-9));
+        }
+      } else if (requant) {
+        // Evenly spread rows (quantization is row-wise, so a row's error is exact); one row
+        // at a time with quantize_row, so no parallel region opens inside this one.
+        std::vector<uint8_t> qrow(static_cast<size_t>(rba));
+        q.resize(static_cast<size_t>(cols));
+        for (int64_t r = (r0 + explain_stride - 1) / explain_stride * explain_stride - r0; r < nr; r += explain_stride) {
+          const float* br = b.data() + r * cols;
+          quantize_row(ta.dtype, br, cols, qrow.data());
+          dequant_row(ta.dtype, qrow.data(), cols, q.data());
+          for (int64_t i = 0; i < cols; ++i) {
+            const double d = double(q[i]) - br[i];
+            acc.expl_err += d * d;
+            acc.expl_nb += double(br[i]) * br[i];
+          }
+        }
+      }
+      if (sa) {
+        const int64_t base = r0 * cols;
+        for (int64_t i = (base + static_cast<int64_t>(step) - 1) / static_cast<int64_t>(step) * static_cast<int64_t>(step) - base; i < m;
+             i += static_cast<int64_t>(step)) {
+          (*sa)[static_cast<size_t>(base + i) / step] = a[i];
+          (*sr)[static_cast<size_t>(base + i) / step] = b[i];
+        }
+      }
     }
-    if (fits && !bad.empty() && !good.empty()) return PeriodicDamage{p, bad, good};
+#pragma omp critical
+    total.add(acc);
+  }
+  f.cosine = total.na > 0 && total.nb > 0 ? total.dot / std::sqrt(total.na * total.nb) : (total.na == total.nb ? 1.0 : 0.0);
+  const double denom = total.nb > 0 ? total.nb : static_cast<double>(std::max<int64_t>(1, n));
+  f.rel_rms = std::sqrt(total.err / denom);
+  f.max_abs = total.mx;
+  f.beyond_ulp = total.beyond;
+  if (f.float_rule) f.explained = std::sqrt(total.expl_err / denom);
+  else if (requant) f.explained = total.expl_nb > 0 ? std::sqrt(total.expl_err / total.expl_nb) : std::sqrt(total.expl_err / denom);
+  else f.explained = ta.dtype == DType::Q2_K ? 0.35 : 0.2;  // a type g4 cannot write: the typical error of 2-3 bits
+  if (!std::isfinite(f.rel_rms)) f.rel_rms = INFINITY, f.cosine = 0;
+}
+
+// Cosine of the artifact against the reference's transpose (square or transposed-shape
+// matrices up to 16M elements): a converter that forgot a transpose.
+std::optional<double> transposed_cosine(const TensorView& ta, const TensorView& tr) {
+  if (ta.shape.size() != 2 || tr.shape.size() != 2 || ta.shape[0] != tr.shape[1] || ta.shape[1] != tr.shape[0]) return std::nullopt;
+  if (ta.numel() > (int64_t{1} << 24)) return std::nullopt;
+  const auto a = dequantize_all(ta), b = dequantize_all(tr);
+  const int64_t R = tr.shape[0], C = tr.shape[1];  // art[c][r] vs ref[r][c]
+  double dot = 0, na = 0, nb = 0;
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t c = 0; c < C; ++c) {
+      const double x = a[c * R + r], y = b[r * C + c];
+      dot += x * y; na += x * x; nb += y * y;
+    }
+  return na > 0 && nb > 0 ? dot / std::sqrt(na * nb) : 0;
+}
+
+// The smallest period p (2p <= L) over which every phase has one label, with at least two labels.
+std::optional<std::pair<int, std::vector<int>>> find_period(const std::vector<int>& label) {
+  const int L = static_cast<int>(label.size());
+  if (std::set<int>(label.begin(), label.end()).size() < 2) return std::nullopt;
+  for (int p = 2; 2 * p <= L; ++p) {
+    std::vector<int> phase(static_cast<size_t>(p));
+    bool fits = true;
+    for (int r = 0; r < p && fits; ++r) {
+      phase[r] = label[r];
+      for (int l = r; l < L; l += p) fits &= label[l] == phase[r];
+    }
+    if (fits && std::set<int>(phase.begin(), phase.end()).size() > 1) return std::make_pair(p, phase);
   }
   return std::nullopt;
 }
 
+std::string join(const std::vector<int>& v, const char* sep = ",") {
+  std::string s;
+  for (int x : v) s += (s.empty() ? "" : sep) + std::to_string(x);
+  return s;
+}
+
+std::string layers_words(const std::vector<int>& v) {
+  if (v.size() == 1) return "layer " + std::to_string(v[0]);
+  std::string s = "layers ";
+  for (size_t i = 0; i < v.size(); ++i) s += (i == 0 ? "" : i + 1 == v.size() ? " and " : ", ") + std::to_string(v[i]);
+  return s;
+}
+
+std::string times(double x) { return x >= 100 ? fmt::format("~{:.0f}x", x) : x >= 10 ? fmt::format("~{:.0f}x", x) : fmt::format("~{:.1f}x", x); }
+
+void build_anatomy(ForensicsReport& r) {
+  Anatomy& an = r.anatomy;
+  const int L = r.n_layers;
+  an.layer_severity.assign(static_cast<size_t>(L), 0.0);
+  std::vector<bool> has(static_cast<size_t>(L), false), flagged(static_cast<size_t>(L), false);
+  std::map<std::string, double> cls;
+  for (const auto& f : r.tensors) {
+    const double s = f.severity();
+    if (f.layer >= 0 && f.layer < L) {
+      an.layer_severity[f.layer] = std::max(an.layer_severity[f.layer], s);
+      has[f.layer] = true;
+      if (f.flagged) flagged[f.layer] = true;
+    }
+    cls[f.cls] = std::max(cls[f.cls], s);
+  }
+  for (const auto& [c, s] : cls) an.class_severity.push_back({c, s});
+  std::stable_sort(an.class_severity.begin(), an.class_severity.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
+  // Tiers: sort layers by log severity (floored at 0.01: identical tensors have 0) and
+  // cut at every gap wider than a factor of 4 whose upper side is damage (> 2x explained).
+  std::vector<std::pair<double, int>> sv;
+  for (int l = 0; l < L; ++l)
+    if (has[l]) sv.push_back({std::log10(std::max(an.layer_severity[l], 0.01)), l});
+  std::sort(sv.begin(), sv.end());
+  std::vector<std::vector<int>> groups;
+  for (size_t i = 0; i < sv.size(); ++i) {
+    if (i == 0 || (sv[i].first - sv[i - 1].first > std::log10(4.0) && sv[i].first > std::log10(2.0))) groups.emplace_back();
+    groups.back().push_back(sv[i].second);
+  }
+  for (auto& g : groups) {
+    std::vector<double> s;
+    for (int l : g) s.push_back(an.layer_severity[l]);
+    std::sort(s.begin(), s.end());
+    std::sort(g.begin(), g.end());
+    an.tiers.push_back({g, s[s.size() / 2]});
+  }
+  std::vector<int> tier_of(static_cast<size_t>(L), -1), flag_label(static_cast<size_t>(L), 0);
+  for (size_t t = 0; t < an.tiers.size(); ++t)
+    for (int l : an.tiers[t].layers) tier_of[l] = static_cast<int>(t);
+  for (int l = 0; l < L; ++l) flag_label[l] = flagged[l];
+  if (auto p = find_period(flag_label)) {
+    PeriodicDamage d;
+    d.period = p->first;
+    for (int ph = 0; ph < p->first; ++ph) (p->second[ph] ? d.damaged_phases : d.clean_phases).push_back(ph);
+    an.periodic_flags = d;
+  }
+  if (an.tiers.size() > 1 && std::find(tier_of.begin(), tier_of.end(), -1) == tier_of.end()) {
+    if (auto p = find_period(tier_of)) {
+      PeriodicDamage d;
+      d.period = p->first;
+      d.phase_tier = p->second;
+      const int top = static_cast<int>(an.tiers.size()) - 1;
+      for (int ph = 0; ph < p->first; ++ph) (p->second[ph] == top ? d.damaged_phases : d.clean_phases).push_back(ph);
+      an.periodic_severity = d;
+    }
+  }
+  r.periodic = an.periodic_flags;
+  // In words.
+  std::string w;
+  const bool any_flag = std::find(flagged.begin(), flagged.end(), true) != flagged.end();
+  if (an.tiers.size() > 1) {
+    const Tier& top = an.tiers.back();
+    const Tier& rest = an.tiers.front();
+    std::vector<int> others;
+    for (size_t t = 0; t + 1 < an.tiers.size(); ++t) others.insert(others.end(), an.tiers[t].layers.begin(), an.tiers[t].layers.end());
+    w = fmt::format("{} {} {} worse than the rest (severity {:.3g} vs {:.3g})", layers_words(top.layers), top.layers.size() == 1 ? "is" : "are",
+                    times(top.severity / std::max(rest.severity, 0.01)), top.severity, rest.severity);
+    if (rest.severity > 2) w += fmt::format("; the rest are damaged too ({} the error their types explain)", times(rest.severity));
+    for (size_t t = 1; t + 1 < an.tiers.size(); ++t)
+      w += fmt::format("; {} in between ({:.3g})", layers_words(an.tiers[t].layers), an.tiers[t].severity);
+    if (an.periodic_severity)
+      w += fmt::format(", period {}, phase{} {}", an.periodic_severity->period, an.periodic_severity->damaged_phases.size() > 1 ? "s" : "",
+                       join(an.periodic_severity->damaged_phases));
+  } else if (any_flag) {
+    const double s = an.tiers.empty() ? 0 : an.tiers[0].severity;
+    std::vector<int> fl;
+    for (int l = 0; l < L; ++l)
+      if (flagged[l]) fl.push_back(l);
+    w = static_cast<int>(fl.size()) == L ? fmt::format("every layer is damaged, uniformly ({} the error its types explain)", times(s))
+                                         : fmt::format("{} flagged", layers_words(fl));
+    if (an.periodic_flags) w += fmt::format(", period {}, phase{} {}", an.periodic_flags->period,
+                                            an.periodic_flags->damaged_phases.size() > 1 ? "s" : "", join(an.periodic_flags->damaged_phases));
+  }
+  if (!an.class_severity.empty() && an.class_severity[0].second > 2) {
+    std::string c;
+    int k = 0;
+    for (const auto& [name, s] : an.class_severity)
+      if (s > 2 && k++ < 4) c += fmt::format("{}{} {}", c.empty() ? "" : ", ", name, times(s));
+    w += (w.empty() ? "" : "; ") + std::string("worst classes: ") + c;
+  }
+  an.words = w;
+}
+
 }  // namespace
 
-bool ForensicsReport::clean() const {
+double TensorFinding::severity() const {
+  if (!std::isfinite(rel_rms)) return 1e12;
+  if (rel_rms == 0) return 0;
+  return std::min(1e12, rel_rms / std::max(explained, 1e-12));
+}
+
+bool ForensicsReport::tensors_clean() const {
   if (!missing.empty() || !load_errors.empty() || !permutations.empty()) return false;
   for (const auto& t : tensors)
     if (t.flagged) return false;
   return true;
 }
 
+bool ForensicsReport::clean() const { return tensors_clean() && hparams.empty() && vocab.same(); }
+
 ForensicsReport run_forensics(const Model& art, const Model& ref) {
   if (!ref.valid()) fail("{}: the reference does not validate; fix it first (g4 inspect)", ref.path);
+  const auto t0 = std::chrono::steady_clock::now();
   ForensicsReport r;
   r.n_layers = ref.spec.n_layers;
   for (const auto& e : art.errors) r.load_errors.push_back(fmt::format("{}: {}", e.tensor, e.message));
+  r.hparams = compare_hparams(art.spec, ref.spec);
+  r.vocab = compare_tokenizers(art, ref);
   const auto slots = expected_tensors(ref.spec, FileFormat::GGUF);
   std::set<std::string> expected_hf;
   std::map<std::string, std::vector<float>> cache_art, cache_ref;  // hf -> sample, for mapping
@@ -100,38 +326,42 @@ ForensicsReport run_forensics(const Model& art, const Model& ref) {
     f.layer = s.layer;
     f.ref_type = tr.dtype;
     f.art_type = ta.dtype;
+    f.numel = tr.numel();
     if (ta.shape != tr.shape) {
       f.flagged = true;
       f.why = fmt::format("shape {} vs reference {}", ta.shape_str(), tr.shape_str());
+      if (auto c = transposed_cosine(ta, tr); c && *c > 0.9) f.why += fmt::format(": the reference transposed (cos {:.4f})", *c);
       f.cosine = 0;
       f.rel_rms = INFINITY;
       r.tensors.push_back(f);
       continue;
     }
-    const auto a = dequantize_all(ta), b = dequantize_all(tr);
-    const Stats st = diff_stats(a, b);
-    f.cosine = st.cosine;
-    f.rel_rms = st.rel_rms;
-    f.max_abs = st.max_abs;
-    const int64_t cols = s.shape.back();
-    if (quantize_supported(ta.dtype) && row_bytes(ta.dtype, cols)) {
-      f.explained = diff_stats(quantize_round_trip(b, ta.dtype, s.shape), b).rel_rms;
-    } else {
-      // A type g4 cannot write (Q2_K/Q3_K): allow the typical error of a 2-3 bit type.
-      f.explained = ta.dtype == DType::Q2_K ? 0.35 : 0.2;
-    }
+    const bool mapped = s.layer >= 0 && s.shape.size() >= 2;
+    measure(ta, tr, f, mapped ? &cache_art[s.hf] : nullptr, mapped ? &cache_ref[s.hf] : nullptr);
+    r.bytes_read += static_cast<uint64_t>(ta.nbytes + tr.nbytes);
     const bool small = s.shape.size() == 1 || s.shape == std::vector<int64_t>{1};
-    if (f.rel_rms > 2 * f.explained + 1e-6) {
+    if (f.float_rule) {
+      if (f.beyond_ulp > 0) {
+        f.flagged = true;
+        f.why = small ? fmt::format("differs from the reference (max |diff| {:.3g}, {} of {} values beyond 1 ulp); scalars and norms must match",
+                                    f.max_abs, f.beyond_ulp, f.numel)
+                      : fmt::format("{} of {} values beyond 1 ulp of {} (error {:.3g}, {:.3g}x the rounding allowance)", f.beyond_ulp,
+                                    f.numel, dtype_name(f.art_type), f.rel_rms, f.severity());
+      } else if (f.rel_rms > 0) {
+        f.rerounded = true;
+        f.why = "re-rounded, within 1 ulp";
+        r.rerounded++;
+      }
+    } else if (f.rel_rms > 2 * f.explained + 1e-6) {
       f.flagged = true;
-      f.why = small ? fmt::format("differs from the reference (max |diff| {:.3g}); scalars and norms must match exactly", f.max_abs)
-                    : fmt::format("error {:.3g} is {:.1f}x what {} explains ({:.3g})", f.rel_rms,
-                                  f.rel_rms / std::max(f.explained, 1e-12), dtype_name(ta.dtype), f.explained);
+      f.why = fmt::format("error {:.3g} is {:.1f}x what {} explains ({:.3g})", f.rel_rms, f.severity(), dtype_name(ta.dtype), f.explained);
     }
     if (!std::isfinite(f.rel_rms)) { f.flagged = true; f.why = "NaN or Inf"; }
-    if (s.layer >= 0 && s.shape.size() >= 2) {
-      cache_art[s.hf] = sample(a);
-      cache_ref[s.hf] = sample(b);
-    }
+    if (f.flagged && ta.shape.size() == 2 && ta.shape[0] == ta.shape[1])
+      if (auto c = transposed_cosine(ta, tr); c && *c > 0.9 && *c > f.cosine + 0.1)
+        f.why += fmt::format("; it is the reference transposed (cos {:.4f})", *c);
+    release(ta);
+    release(tr);
     r.tensors.push_back(f);
   }
   for (const auto& t : art.file_tensors) {
@@ -161,21 +391,21 @@ ForensicsReport run_forensics(const Model& art, const Model& ref) {
         r.permutations.push_back({cls, fi->layer, best_layer, same, best});
     }
   }
-  // Damaged layers and classes; periodic pattern over the layer index.
-  std::vector<bool> damaged(static_cast<size_t>(r.n_layers), false);
+  // Damaged layers and classes (flags), then the severity anatomy.
   std::map<std::string, double> class_worst;
+  std::set<int> dl;
   for (const auto& f : r.tensors) {
     if (!f.flagged) continue;
-    if (f.layer >= 0) damaged[f.layer] = true;
-    class_worst[f.cls] = std::max(class_worst[f.cls], std::isfinite(f.rel_rms) ? f.rel_rms / std::max(f.explained, 1e-9) : 1e30);
+    if (f.layer >= 0) dl.insert(f.layer);
+    class_worst[f.cls] = std::max(class_worst[f.cls], f.severity());
   }
-  for (int l = 0; l < r.n_layers; ++l)
-    if (damaged[l]) r.damaged_layers.push_back(l);
+  r.damaged_layers.assign(dl.begin(), dl.end());
   std::vector<std::pair<double, std::string>> cw;
   for (const auto& [c, w] : class_worst) cw.emplace_back(w, c);
   std::sort(cw.rbegin(), cw.rend());
   for (const auto& [w, c] : cw) r.damaged_classes.push_back(c);
-  r.periodic = find_period(damaged);
+  build_anatomy(r);
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return r;
 }
 
@@ -183,49 +413,64 @@ std::string format_forensics(const ForensicsReport& r) {
   std::string o;
   std::map<std::string, std::vector<const TensorFinding*>> by_class;
   for (const auto& f : r.tensors) by_class[f.cls].push_back(&f);
-  o += fmt::format("{:<24} {:>8} {:>10} {:>12} {:>12} {:>8}\n", "class", "tensors", "min cos", "max err", "max err/expl", "flagged");
+  o += fmt::format("{:<24} {:>8} {:>10} {:>12} {:>12} {:>8}\n", "class", "tensors", "min cos", "max err", "severity", "flagged");
   for (const auto& [cls, list] : by_class) {
     double mc = 1, me = 0, mr = 0;
     int fl = 0;
     for (const auto* f : list) {
       mc = std::min(mc, f->cosine);
       me = std::max(me, f->rel_rms);
-      mr = std::max(mr, f->rel_rms / std::max(f->explained, 1e-12));
+      mr = std::max(mr, f->severity());
       fl += f->flagged;
     }
-    o += fmt::format("{:<24} {:>8} {:>10.6f} {:>12.4g} {:>12.3g} {:>8}\n", cls, list.size(), mc, me, me > 0 ? mr : 0.0, fl);
+    o += fmt::format("{:<24} {:>8} {:>10.6f} {:>12.4g} {:>12.3g} {:>8}\n", cls, list.size(), mc, me, mr, fl);
   }
-  o += fmt::format("\nper layer: min cosine of its 2-D tensors, and flagged tensors\n");
+  o += "\nper layer: min cosine of its 2-D tensors, severity (worst error / explained), tier, flagged tensors\n";
+  std::vector<int> tier_of(static_cast<size_t>(r.n_layers), -1);
+  for (size_t t = 0; t < r.anatomy.tiers.size(); ++t)
+    for (int l : r.anatomy.tiers[t].layers) tier_of[l] = static_cast<int>(t);
   for (int l = 0; l < r.n_layers; ++l) {
     double mc = 1;
     int fl = 0;
     for (const auto& f : r.tensors)
       if (f.layer == l) { if (f.cosine < mc && f.art_type != DType::F32) mc = f.cosine; fl += f.flagged; }
-    o += fmt::format("  layer {:>3}: min cos {:.6f}  flagged {}\n", l, mc, fl);
+    const double sev = l < static_cast<int>(r.anatomy.layer_severity.size()) ? r.anatomy.layer_severity[l] : 0;
+    o += fmt::format("  layer {:>3}: min cos {:.6f}  severity {:>9.3g}  tier {}  flagged {}\n", l, mc, sev, tier_of[l], fl);
   }
   for (const auto& f : r.tensors)
     if (f.flagged) o += fmt::format("FLAG {} ({} -> {}): {}\n", f.name, dtype_name(f.ref_type), dtype_name(f.art_type), f.why);
+  if (r.rerounded)
+    o += fmt::format("RE-ROUNDED {} tensor{} (float types, every value within 1 ulp of the reference: legitimate, not damage)\n",
+                     r.rerounded, r.rerounded == 1 ? "" : "s");
   for (const auto& m : r.missing) o += fmt::format("MISSING {}\n", m);
   for (const auto& e : r.extra) o += fmt::format("EXTRA {} (not part of the reference model)\n", e);
   for (const auto& e : r.load_errors) o += fmt::format("LOAD {}\n", e);
   for (const auto& p : r.permutations)
     o += fmt::format("PERMUTATION {}: artifact layer {} matches reference layer {} (cos {:.4f}) better than layer {} (cos {:.4f})\n",
                      p.cls, p.artifact_layer, p.looks_like_ref_layer, p.cos_best, p.artifact_layer, p.cos_same);
-  if (r.periodic) {
-    auto join = [](const std::vector<int>& v) {
-      std::string s;
-      for (int x : v) s += (s.empty() ? "" : ",") + std::to_string(x);
-      return s;
-    };
+  if (r.periodic)
     o += fmt::format("PERIODIC damage: period {}, damaged phases {{{}}} (layer mod {}), clean phases {{{}}}\n", r.periodic->period,
                      join(r.periodic->damaged_phases), r.periodic->period, join(r.periodic->clean_phases));
-  }
+  if (r.anatomy.periodic_severity && (!r.periodic || r.periodic->period != r.anatomy.periodic_severity->period))
+    o += fmt::format("PERIODIC severity: period {}, worst phases {{{}}} (layer mod {})\n", r.anatomy.periodic_severity->period,
+                     join(r.anatomy.periodic_severity->damaged_phases), r.anatomy.periodic_severity->period);
+  if (r.anatomy.tiers.size() > 1)
+    for (size_t t = 0; t < r.anatomy.tiers.size(); ++t)
+      o += fmt::format("TIER {}: layers {} (severity ~{:.3g})\n", t, join(r.anatomy.tiers[t].layers), r.anatomy.tiers[t].severity);
+  if (!r.anatomy.words.empty()) o += "ANATOMY " + r.anatomy.words + "\n";
   if (!r.damaged_classes.empty()) {
     o += "damaged classes (worst first):";
     for (const auto& c : r.damaged_classes) o += " " + c;
     o += "\n";
   }
-  o += r.clean() ? "forensics: CLEAN (every tensor within the error its type explains)\n" : "forensics: DAMAGE FOUND\n";
+  for (const auto& h : r.hparams)
+    o += fmt::format("HPARAM {}: artifact {} vs reference {} (GGUF {}; config.json {})\n", h.what, h.artifact, h.reference, h.gguf_key, h.hf_field);
+  for (const auto& v : r.vocab.findings) o += "VOCAB " + v + "\n";
+  if (r.bytes_read)
+    o += fmt::format("read {:.2f} GB of tensors in {:.1f} s ({:.2f} GB/s)\n", r.bytes_read / 1e9, r.seconds,
+                     r.bytes_read / 1e9 / std::max(r.seconds, 1e-9));
+  o += r.clean() ? "forensics: CLEAN (tensors within the error their types explain; hyperparameters and tokenizer equal the reference's)\n"
+                 : "forensics: DAMAGE FOUND\n";
   return o;
 }
 
@@ -235,86 +480,129 @@ json forensics_json(const ForensicsReport& r) {
     t.push_back({{"name", f.name}, {"class", f.cls}, {"layer", f.layer}, {"ref_type", dtype_name(f.ref_type)},
                  {"type", dtype_name(f.art_type)}, {"cosine", f.cosine},
                  {"rel_rms", std::isfinite(f.rel_rms) ? json(f.rel_rms) : json(nullptr)}, {"explained_rel_rms", f.explained},
-                 {"max_abs", f.max_abs}, {"flagged", f.flagged}, {"why", f.why}});
+                 {"severity", f.severity()}, {"max_abs", f.max_abs}, {"float_rule", f.float_rule}, {"beyond_ulp", f.beyond_ulp},
+                 {"rerounded", f.rerounded}, {"flagged", f.flagged}, {"why", f.why}});
   json perms = json::array();
   for (const auto& p : r.permutations)
     perms.push_back({{"class", p.cls}, {"artifact_layer", p.artifact_layer}, {"ref_layer", p.looks_like_ref_layer},
                      {"cos_same", p.cos_same}, {"cos_best", p.cos_best}});
-  json per = nullptr;
-  if (r.periodic) per = {{"period", r.periodic->period}, {"damaged_phases", r.periodic->damaged_phases}, {"clean_phases", r.periodic->clean_phases}};
+  auto per_json = [](const std::optional<PeriodicDamage>& p) -> json {
+    if (!p) return nullptr;
+    return {{"period", p->period}, {"damaged_phases", p->damaged_phases}, {"clean_phases", p->clean_phases}, {"phase_tier", p->phase_tier}};
+  };
+  json tiers = json::array();
+  for (const auto& t : r.anatomy.tiers) tiers.push_back({{"layers", t.layers}, {"severity", t.severity}});
+  json cls = json::object();
+  for (const auto& [c, s] : r.anatomy.class_severity) cls[c] = s;
   return {{"tensors", t}, {"missing", r.missing}, {"extra", r.extra}, {"load_errors", r.load_errors},
           {"permutations", perms}, {"damaged_layers", r.damaged_layers}, {"damaged_classes", r.damaged_classes},
-          {"periodic", per}, {"clean", r.clean()}};
+          {"periodic", per_json(r.periodic)},
+          {"anatomy", {{"layer_severity", r.anatomy.layer_severity}, {"class_severity", cls}, {"tiers", tiers},
+                       {"periodic_severity", per_json(r.anatomy.periodic_severity)}, {"words", r.anatomy.words}}},
+          {"hparams", hparams_json(r.hparams)}, {"vocab", r.vocab.findings}, {"rerounded", r.rerounded},
+          {"seconds", r.seconds}, {"bytes_read", r.bytes_read}, {"clean", r.clean()}};
 }
 
-std::vector<RestoreResult> run_restore(const Model& art, const Model& ref, const std::string& which,
-                                       const std::vector<int32_t>& tokens, const PerplexityOptions& po,
-                                       const ForensicsReport* findings) {
+RestoreRanking run_restore(const Model& art, const Model& ref, const std::string& which, const std::vector<int32_t>& tokens,
+                           const PerplexityOptions& po, const ForensicsReport* findings) {
   // Hybrids need every tensor: missing ones come from the reference in all of them.
   Model base = art.clone();
   for (const auto& [hf, t] : ref.by_hf_name)
     if (!base.by_hf_name.count(hf)) base.by_hf_name.emplace(hf, t);
   for (const auto& [hf, t] : base.by_hf_name)
     if (t.shape != ref.by_hf_name.at(hf).shape) fail("{}: tensor {} has another shape than the reference; restore needs the same geometry", art.path, hf);
-  base.spec = ref.spec;
+  // The artifact runs with its own hyperparameters; "metadata" swaps in the reference's.
   base.errors.clear();
   bind_weights(base);
-  auto ppl = [&](const Model& m) { return run_perplexity_tokens(m, tokens, po).ppl; };
+  RestoreRanking out;
+  auto ppl = [&](const Model& m) {
+    const auto pr = run_perplexity_tokens(m, tokens, po);
+    out.n_ctx = pr.n_ctx;
+    out.chunks = pr.chunks;
+    return pr.ppl;
+  };
   const double p_art = ppl(base), p_ref = ppl(ref);
-  std::vector<std::pair<std::string, std::function<bool(const std::string& hf, int layer, const std::string& cls)>>> hybrids;
+  using Pick = std::function<bool(const std::string& hf, int layer, const std::string& cls)>;
+  struct Hybrid { std::string label; Pick pick; bool ref_spec = false; };
+  std::vector<Hybrid> hybrids;
   std::map<std::string, std::string> hf_cls;
   std::map<std::string, int> hf_layer;
   for (const auto& s : expected_tensors(ref.spec, FileFormat::GGUF))
     if (!s.hf.empty()) { hf_cls[s.hf] = s.cls; hf_layer[s.hf] = s.layer; }
   std::set<std::string> classes;
   for (const auto& [hf, c] : hf_cls) classes.insert(c);
+  const int L = ref.spec.n_layers;
+  auto add_layers = [&](const std::string& label, std::vector<int> layers) {
+    if (layers.empty() || static_cast<int>(layers.size()) >= L) return;  // all layers = the reference itself
+    for (const auto& h : hybrids)
+      if (h.label == label) return;
+    hybrids.push_back({label, [layers](const std::string&, int l, const std::string&) {
+                         return std::find(layers.begin(), layers.end(), l) != layers.end();
+                       }});
+  };
+  auto add_classes = [&](const std::vector<std::string>& cs) {
+    std::string label = cs.size() == 1 ? "class " + cs[0] : "classes";
+    if (cs.size() > 1) for (size_t i = 0; i < cs.size(); ++i) label += (i ? "+" : " ") + cs[i];
+    hybrids.push_back({label, [cs](const std::string&, int, const std::string& k) { return std::find(cs.begin(), cs.end(), k) != cs.end(); }});
+  };
+  const bool spec_differs = !compare_hparams(art.spec, ref.spec).empty();
   if (which == "auto") {
-    for (const auto& c : classes) hybrids.push_back({"class " + c, [c](const std::string&, int, const std::string& k) { return k == c; }});
-    auto add_layers = [&](const std::string& label, std::vector<int> layers) {
-      hybrids.push_back({label, [layers](const std::string&, int l, const std::string&) {
-                           return std::find(layers.begin(), layers.end(), l) != layers.end();
-                         }});
-    };
-    // A group of every layer is the reference itself: nothing to learn from it.
-    if (findings && !findings->damaged_layers.empty() &&
-        static_cast<int>(findings->damaged_layers.size()) < ref.spec.n_layers) {
-      std::string label = "layers";
-      for (int l : findings->damaged_layers) label += " " + std::to_string(l);
-      add_layers(label + " (flagged)", findings->damaged_layers);
-    }
-    if (findings && findings->periodic)
-      for (int ph : findings->periodic->damaged_phases) {
-        std::vector<int> layers;
-        for (int l = ph; l < ref.spec.n_layers; l += findings->periodic->period) layers.push_back(l);
-        add_layers(fmt::format("layers = {} mod {}", ph, findings->periodic->period), layers);
+    // With findings, the classes that hold damage (the others would only measure noise).
+    if (!findings) for (const auto& c : classes) add_classes({c});
+    if (findings) {
+      for (const auto& c : findings->damaged_classes) add_classes({c});
+      // Damaged classes together: the worst two, and all of them.
+      const auto& dc = findings->damaged_classes;
+      if (dc.size() >= 2) add_classes({dc[0], dc[1]});
+      if (dc.size() > 2) add_classes(dc);
+      add_layers("layers " + join(findings->damaged_layers, " ") + " (flagged)", findings->damaged_layers);
+      const auto& tiers = findings->anatomy.tiers;
+      for (size_t t = 1; t < tiers.size(); ++t) {
+        std::vector<int> up;
+        for (size_t u = t; u < tiers.size(); ++u) up.insert(up.end(), tiers[u].layers.begin(), tiers[u].layers.end());
+        std::sort(up.begin(), up.end());
+        add_layers(fmt::format("layers {} (tier{} >= {}, severity ~{:.3g})", join(up, " "), t + 1 < tiers.size() ? "s" : "", t,
+                               tiers[t].severity), up);
       }
+      for (const auto* per : {&findings->anatomy.periodic_flags, &findings->anatomy.periodic_severity})
+        if (*per)
+          for (int ph : (*per)->damaged_phases) {
+            std::vector<int> layers;
+            for (int l = ph; l < L; l += (*per)->period) layers.push_back(l);
+            add_layers(fmt::format("layers = {} mod {}", ph, (*per)->period), layers);
+          }
+    }
+    if (spec_differs) hybrids.push_back({"metadata (the reference's hyperparameters)", [](const std::string&, int, const std::string&) { return false; }, true});
+  } else if (which == "metadata") {
+    if (!spec_differs) fail("--restore metadata: the artifact's hyperparameters equal the reference's; nothing to restore");
+    hybrids.push_back({"metadata (the reference's hyperparameters)", [](const std::string&, int, const std::string&) { return false; }, true});
   } else {
     if (!classes.count(which)) {
       std::string all;
       for (const auto& c : classes) all += " " + c;
-      fail("--restore {}: no such tensor class; classes are:{}", which, all);
+      fail("--restore {}: no such tensor class; classes are:{} (or metadata, auto)", which, all);
     }
-    hybrids.push_back({"class " + which, [which](const std::string&, int, const std::string& k) { return k == which; }});
+    add_classes({which});
   }
-  std::vector<RestoreResult> out;
-  out.push_back({"artifact", p_art, 0});
-  out.push_back({"reference", p_ref, 1});
-  for (const auto& [label, pick] : hybrids) {
-    Model h = base.clone();
-    for (auto& [hf, t] : h.by_hf_name)
-      if (pick(hf, hf_layer[hf], hf_cls[hf])) t = ref.by_hf_name.at(hf);
-    bind_weights(h);
-    const double p = ppl(h);
+  out.rows.push_back({"artifact", p_art, 0});
+  out.rows.push_back({"reference", p_ref, 1});
+  for (const auto& h : hybrids) {
+    Model m = base.clone();
+    if (h.ref_spec) m.spec = ref.spec;
+    for (auto& [hf, t] : m.by_hf_name)
+      if (h.pick(hf, hf_layer[hf], hf_cls[hf])) t = ref.by_hf_name.at(hf);
+    bind_weights(m);
+    const double p = ppl(m);
     const double gap = p_art - p_ref;
-    out.push_back({label, p, std::abs(gap) > 1e-12 ? (p_art - p) / gap : 0.0});
+    out.rows.push_back({h.label, p, std::abs(gap) > 1e-12 ? (p_art - p) / gap : 0.0});
   }
-  std::sort(out.begin() + 2, out.end(), [](const RestoreResult& a, const RestoreResult& b) { return a.ppl < b.ppl; });
+  std::sort(out.rows.begin() + 2, out.rows.end(), [](const RestoreResult& a, const RestoreResult& b) { return a.ppl < b.ppl; });
   return out;
 }
 
-std::string format_restore(const std::vector<RestoreResult>& r) {
-  std::string o = fmt::format("{:<36} {:>12} {:>14}\n", "restored from the reference", "PPL", "gap closed");
-  for (const auto& x : r) o += fmt::format("{:<36} {:>12.4f} {:>13.1f}%\n", x.what, x.ppl, 100 * x.gap_closed);
+std::string format_restore(const RestoreRanking& r) {
+  std::string o = fmt::format("c={}, {} chunks\n{:<48} {:>12} {:>14}\n", r.n_ctx, r.chunks, "restored from the reference", "PPL", "gap closed");
+  for (const auto& x : r.rows) o += fmt::format("{:<48} {:>12.4f} {:>13.1f}%\n", x.what, x.ppl, 100 * x.gap_closed);
   return o;
 }
 

@@ -2,9 +2,14 @@
 // reference, KLD, forensics, restore ranking on failure, and a verdict whose thresholds
 // are printed with it. Markdown to stdout; HTML with the heatmap to a file.
 #pragma once
+#include <cmath>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "model/model.h"
+#include "tools/forensics.h"
+#include "tools/perplexity.h"
 
 namespace g4 {
 
@@ -15,12 +20,42 @@ struct GradeOptions {
   int chunks = 16;
   int restore_ctx = 128, restore_chunks = 8;
   std::string html_out;
+  bool restore = true;  // run the restore ranking when the verdict is FAIL
+  // Several grades against one reference and text (the damaged-artifact suite) share the
+  // reference's PPL run and KLD base through this; grade fills it on first use.
+  std::shared_ptr<struct GradeReferenceRun> reference_run;
+};
+
+struct GradeReferenceRun {
+  std::string key;  // reference path, context, chunks, token count
+  PerplexityResult ppl;
+  std::string kld_base;  // file, removed with this object
+  ~GradeReferenceRun();
+};
+
+struct GradeCheck {
+  std::string name, threshold, measured;
+  enum Result { Pass, Warn, Fail } result = Pass;
 };
 
 struct GradeResult {
-  bool pass = false;
+  bool pass = false;              // no check failed (warnings allowed)
+  std::string verdict;            // PASS, PASS with warnings, FAIL
+  std::vector<GradeCheck> checks;
+  ForensicsReport forensics;
+  double retokenized = 0;         // fraction of the text's tokens the artifact's tokenizer makes differently
+  DType band = DType::F32;        // the type whose limits apply (lowest precision with >= 10% of the weights)
+  double kld = NAN, miss = NAN;   // mean KLD and top-1 disagreement (NaN: not runnable)
   std::string markdown;
 };
+
+// Limits on what an artifact may do to the output distribution, by main weight type:
+// mean KLD and top-1 disagreement, from measured healthy files (README, "Grade verdict").
+struct OutputLimits {
+  double kld_band = 0, kld_max = 0;        // highest healthy mean KLD measured; the limit
+  double miss_band = 0, miss_max = 0;      // same for 1 - same-top-token fraction
+};
+OutputLimits output_limits(DType t);
 
 // PPL tolerance of an artifact whose weights are mostly of type t (percent).
 double ppl_tolerance_pct(DType t);

@@ -42,8 +42,8 @@ void write_heatmap_png(const ForensicsReport& r, const std::string& path) {
       auto it = layers.find(l);
       if (it != layers.end()) {
         const auto* f = it->second;
-        const double ratio = std::isfinite(f->rel_rms) ? f->rel_rms / std::max(f->explained, 1e-9) : 1e6;
-        colour(f->rel_rms <= 2 * f->explained + 1e-6 ? std::min(ratio, 1.0) : ratio, R, G, B);
+        const double ratio = f->severity();
+        colour(f->flagged ? ratio : std::min(ratio, 1.0), R, G, B);
       }
       cairo_set_source_rgb(cr, R, G, B);
       cairo_rectangle(cr, left + l * cell, top + row * cell, cell - 2, cell - 2);

@@ -11,6 +11,7 @@
 #include "formats/gguf_writer.h"
 #include "kernels/dequant.h"
 #include "kernels/quantize.h"
+#include "model/hparams.h"
 #include "tools/token_input.h"
 #include "util/error.h"
 
@@ -71,11 +72,10 @@ uint32_t file_type_of(const QuantizeOptions& opt) {
 
 // gemma4.* keys as llama.cpp's converter writes them (gemma4-tensors.md §8).
 void write_gemma4_metadata(GgufWriter& w, const ModelSpec& s) {
-  const std::string A = "gemma4.";
-  w.set_str("general.architecture", "gemma4");
-  w.set_u32(A + "block_count", static_cast<uint32_t>(s.n_layers));
-  w.set_u32(A + "context_length", static_cast<uint32_t>(s.max_ctx));
-  w.set_u32(A + "embedding_length", static_cast<uint32_t>(s.hidden));
+  w.set_str(gk::kArchitecture, "gemma4");
+  w.set_u32(gk::kBlockCount, static_cast<uint32_t>(s.n_layers));
+  w.set_u32(gk::kContextLength, static_cast<uint32_t>(s.max_ctx));
+  w.set_u32(gk::kEmbeddingLength, static_cast<uint32_t>(s.hidden));
   std::vector<int64_t> ff, kv;
   bool ff_varies = false, kv_varies = false;
   for (const auto& l : s.layers) {
@@ -84,33 +84,33 @@ void write_gemma4_metadata(GgufWriter& w, const ModelSpec& s) {
     ff_varies |= l.ff_width != s.layers[0].ff_width;
     kv_varies |= l.n_kv_heads != s.layers[0].n_kv_heads;
   }
-  if (ff_varies) w.set_arr_i32(A + "feed_forward_length", ff);
-  else w.set_u32(A + "feed_forward_length", static_cast<uint32_t>(ff[0]));
-  w.set_u32(A + "attention.head_count", static_cast<uint32_t>(s.n_heads));
-  if (kv_varies) w.set_arr_i32(A + "attention.head_count_kv", kv);
-  else w.set_u32(A + "attention.head_count_kv", static_cast<uint32_t>(kv[0]));
+  if (ff_varies) w.set_arr_i32(gk::kFeedForwardLength, ff);
+  else w.set_u32(gk::kFeedForwardLength, static_cast<uint32_t>(ff[0]));
+  w.set_u32(gk::kHeadCount, static_cast<uint32_t>(s.n_heads));
+  if (kv_varies) w.set_arr_i32(gk::kHeadCountKv, kv);
+  else w.set_u32(gk::kHeadCountKv, static_cast<uint32_t>(kv[0]));
   int hd_full = s.head_dim, hd_swa = s.head_dim;
   for (const auto& l : s.layers) (l.type == AttnType::Full ? hd_full : hd_swa) = l.head_dim;
-  w.set_f32(A + "rope.freq_base", static_cast<float>(s.rope_full.theta));
-  w.set_f32(A + "rope.freq_base_swa", static_cast<float>(s.rope_sliding.theta));
-  w.set_f32(A + "attention.layer_norm_rms_epsilon", static_cast<float>(s.rms_eps));
-  w.set_u32(A + "attention.key_length", static_cast<uint32_t>(hd_full));
-  w.set_u32(A + "attention.value_length", static_cast<uint32_t>(hd_full));
-  w.set_f32(A + "final_logit_softcapping", static_cast<float>(s.final_softcap.value_or(30.0)));
-  w.set_u32(A + "attention.sliding_window", static_cast<uint32_t>(s.sliding_window));
-  w.set_u32(A + "attention.shared_kv_layers", static_cast<uint32_t>(s.n_kv_shared));
-  w.set_u32(A + "embedding_length_per_layer_input", static_cast<uint32_t>(s.ple_dim));
+  w.set_f32(gk::kRopeFreqBase, static_cast<float>(s.rope_full.theta));
+  w.set_f32(gk::kRopeFreqBaseSwa, static_cast<float>(s.rope_sliding.theta));
+  w.set_f32(gk::kRmsEps, static_cast<float>(s.rms_eps));
+  w.set_u32(gk::kKeyLength, static_cast<uint32_t>(hd_full));
+  w.set_u32(gk::kValueLength, static_cast<uint32_t>(hd_full));
+  w.set_f32(gk::kFinalSoftcap, static_cast<float>(s.final_softcap.value_or(30.0)));
+  w.set_u32(gk::kSlidingWindow, static_cast<uint32_t>(s.sliding_window));
+  w.set_u32(gk::kSharedKvLayers, static_cast<uint32_t>(s.n_kv_shared));
+  w.set_u32(gk::kPleLength, static_cast<uint32_t>(s.ple_dim));
   std::vector<bool> pattern;
   for (const auto& l : s.layers) pattern.push_back(l.type == AttnType::Sliding);
-  w.set_arr_bool(A + "attention.sliding_window_pattern", pattern);
-  w.set_u32(A + "attention.key_length_swa", static_cast<uint32_t>(hd_swa));
-  w.set_u32(A + "attention.value_length_swa", static_cast<uint32_t>(hd_swa));
-  w.set_u32(A + "rope.dimension_count", static_cast<uint32_t>(hd_full));
-  w.set_u32(A + "rope.dimension_count_swa", static_cast<uint32_t>(hd_swa));
+  w.set_arr_bool(gk::kSlidingWindowPattern, pattern);
+  w.set_u32(gk::kKeyLengthSwa, static_cast<uint32_t>(hd_swa));
+  w.set_u32(gk::kValueLengthSwa, static_cast<uint32_t>(hd_swa));
+  w.set_u32(gk::kRopeDimCount, static_cast<uint32_t>(hd_full));
+  w.set_u32(gk::kRopeDimCountSwa, static_cast<uint32_t>(hd_swa));
   if (s.moe) {
-    w.set_u32(A + "expert_count", static_cast<uint32_t>(s.n_experts));
-    w.set_u32(A + "expert_used_count", static_cast<uint32_t>(s.top_k));
-    w.set_u32(A + "expert_feed_forward_length", static_cast<uint32_t>(s.moe_ff));
+    w.set_u32(gk::kExpertCount, static_cast<uint32_t>(s.n_experts));
+    w.set_u32(gk::kExpertUsedCount, static_cast<uint32_t>(s.top_k));
+    w.set_u32(gk::kExpertFfLength, static_cast<uint32_t>(s.moe_ff));
   }
 }
 
@@ -128,10 +128,10 @@ void write_tokenizer_metadata(GgufWriter& w, const Tokenizer& t, const ModelSpec
   w.set_arr_f32("tokenizer.ggml.scores", scores);
   w.set_arr_i32("tokenizer.ggml.token_type", types);
   w.set_arr_str("tokenizer.ggml.merges", t.merges_text());
-  w.set_u32("tokenizer.ggml.bos_token_id", static_cast<uint32_t>(t.bos_id()));
-  w.set_u32("tokenizer.ggml.eos_token_id", static_cast<uint32_t>(s.eos_ids.empty() ? 1 : s.eos_ids[0]));
-  if (int32_t unk = t.find("<unk>"); unk >= 0) w.set_u32("tokenizer.ggml.unknown_token_id", static_cast<uint32_t>(unk));
-  w.set_u32("tokenizer.ggml.padding_token_id", static_cast<uint32_t>(s.pad_id));
+  w.set_u32(gk::kBosId, static_cast<uint32_t>(t.bos_id()));
+  w.set_u32(gk::kEosId, static_cast<uint32_t>(s.eos_ids.empty() ? 1 : s.eos_ids[0]));
+  if (int32_t unk = t.find("<unk>"); unk >= 0) w.set_u32(gk::kUnkId, static_cast<uint32_t>(unk));
+  w.set_u32(gk::kPadId, static_cast<uint32_t>(s.pad_id));
   w.set_bool("tokenizer.ggml.add_bos_token", true);
   w.set_bool("tokenizer.ggml.add_eos_token", false);
   w.set_bool("tokenizer.ggml.add_space_prefix", false);

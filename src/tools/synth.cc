@@ -3,11 +3,17 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <map>
 
 #include "formats/gguf_writer.h"
+#include "formats/safetensors.h"
 #include "kernels/quantize.h"
+#include "model/hparams.h"
 #include "util/error.h"
+#include "util/half.h"
 
 namespace g4 {
 
@@ -61,8 +67,92 @@ ModelSpec synth_spec(const std::string& v, int layers, int vocab) {
   return s;
 }
 
+namespace {
+
+// Deterministic weights of one tensor, made `rows_per_chunk` rows at a time so that a
+// tensor is never held as float32 in full (the e2b PLE table is 2.3 G parameters).
+// xorshift64* -> roughly normal (sum of 4 uniforms); weights std 0.02, norms ~1.
+class WeightStream {
+ public:
+  WeightStream(uint64_t seed, bool is_norm) : st_(seed * 0x9E3779B97F4A7C15ull + 1), is_norm_(is_norm) {}
+  void next(float* x, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+      float u = 0;
+      for (int k = 0; k < 4; ++k) {
+        st_ ^= st_ >> 12; st_ ^= st_ << 25; st_ ^= st_ >> 27;
+        u += static_cast<float>((st_ * 0x2545F4914F6CDD1Dull) >> 40) / static_cast<float>(1 << 24);
+      }
+      const float z = (u - 2.0f) * 1.7320508f;
+      x[i] = is_norm_ ? 1.0f + 0.05f * z : 0.02f * z;
+    }
+  }
+
+ private:
+  uint64_t st_;
+  bool is_norm_;
+};
+
+// Encodes rows with `encode(float*, rows, out)` chunk by chunk.
+template <typename Encode>
+std::vector<uint8_t> stream_tensor(const TensorSlot& s, uint64_t seed, uint64_t nbytes, Encode encode) {
+  int64_t n = 1;
+  for (auto d : s.shape) n *= d;
+  const int64_t cols = s.shape.back(), rows = n / cols;
+  const int64_t chunk_rows = std::max<int64_t>(1, (1 << 22) / cols);
+  WeightStream ws(seed, s.shape.size() == 1 || s.cls == "layer_output_scale");
+  std::vector<uint8_t> out;
+  out.reserve(nbytes);
+  std::vector<float> x;
+  for (int64_t r = 0; r < rows; r += chunk_rows) {
+    const int64_t nr = std::min(chunk_rows, rows - r);
+    x.resize(static_cast<size_t>(nr * cols));
+    ws.next(x.data(), nr * cols);
+    encode(x.data(), nr, cols, out);
+  }
+  return out;
+}
+
+}  // namespace
+
 void synth_model(const SynthOptions& opt, const std::string& out_path) {
   const ModelSpec spec = synth_spec(opt.variant, opt.layers, opt.vocab);
+  const auto slots = expected_tensors(spec, opt.format == "safetensors" ? FileFormat::HF : FileFormat::GGUF);
+  if (opt.format == "safetensors") {
+    // An HF checkpoint directory: config.json from the one hyperparameter table, and
+    // the same weights as the GGUF of the same seed, rounded to BF16 (norms F32).
+    std::filesystem::create_directories(out_path);
+    {
+      std::ofstream c(std::filesystem::path(out_path) / "config.json");
+      c << json{{"text_config", hf_config_json(spec)}, {"model_type", "gemma4"}}.dump(2) << "\n";
+      if (!c) fail("cannot write {}/config.json", out_path);
+    }
+    std::vector<SafetensorsLazy> ts;
+    uint64_t seed = opt.seed;
+    // Seeds follow the GGUF slot order, so the two formats of one seed hold the same weights.
+    std::map<std::string, uint64_t> seed_of;
+    for (const auto& s : expected_tensors(spec, FileFormat::GGUF)) seed_of[s.gguf] = seed++;
+    for (const auto& s : slots) {
+      if (s.hf.empty()) continue;
+      int64_t n = 1;
+      for (auto d : s.shape) n *= d;
+      const bool f32 = s.shape.size() <= 1;
+      const uint64_t nbytes = static_cast<uint64_t>(n) * (f32 ? 4 : 2);
+      const uint64_t my_seed = seed_of.at(s.gguf);
+      ts.push_back({"model.language_model." + s.hf, f32 ? "F32" : "BF16", s.shape, nbytes, [s, my_seed, nbytes, f32] {
+                      return stream_tensor(s, my_seed, nbytes, [f32](const float* x, int64_t r, int64_t c, std::vector<uint8_t>& out) {
+                        const size_t at = out.size(), n = static_cast<size_t>(r * c);
+                        out.resize(at + n * (f32 ? 4 : 2));
+                        if (f32) { std::memcpy(out.data() + at, x, n * 4); return; }
+                        for (size_t i = 0; i < n; ++i) {
+                          const uint16_t h = f32_to_bf16(x[i]);
+                          std::memcpy(out.data() + at + 2 * i, &h, 2);
+                        }
+                      });
+                    }});
+    }
+    write_safetensors((std::filesystem::path(out_path) / "model.safetensors").string(), ts, {{"format", "pt"}});
+    return;
+  }
   GgufWriter w;
   w.set_str("general.name", fmt::format("synthetic {} ({} layers, random weights)", opt.variant, spec.n_layers));
   w.set_u32("general.file_type", file_type_of(opt.quant));
@@ -78,13 +168,12 @@ void synth_model(const SynthOptions& opt, const std::string& out_path) {
   w.set_arr_f32("tokenizer.ggml.scores", std::vector<double>(tokens.size(), -1000.0));
   w.set_arr_i32("tokenizer.ggml.token_type", types);
   w.set_arr_str("tokenizer.ggml.merges", {});
-  w.set_u32("tokenizer.ggml.bos_token_id", 2);
-  w.set_u32("tokenizer.ggml.eos_token_id", 1);
-  w.set_u32("tokenizer.ggml.unknown_token_id", 3);
-  w.set_u32("tokenizer.ggml.padding_token_id", 0);
+  w.set_u32(gk::kBosId, 2);
+  w.set_u32(gk::kEosId, 1);
+  w.set_u32(gk::kUnkId, 3);
+  w.set_u32(gk::kPadId, 0);
   w.set_bool("tokenizer.ggml.add_bos_token", true);
   w.set_u32("general.quantization_version", 2);
-  const auto slots = expected_tensors(spec, FileFormat::GGUF);
   std::map<std::string, int> n_of_class, seen;
   for (const auto& s : slots) n_of_class[s.cls]++;
   uint64_t seed = opt.seed;
@@ -92,24 +181,14 @@ void synth_model(const SynthOptions& opt, const std::string& out_path) {
     const DType t = plan_type(s, opt.quant, seen[s.cls]++, n_of_class[s.cls]);
     const uint64_t my_seed = seed++;
     w.add_tensor(s.gguf, t, s.shape, [s, t, my_seed, &spec]() {
-      if (s.gguf == "rope_freqs.weight") return rope_freqs_bytes(spec);
+      if (s.gguf == gk::kTensorRopeFreqs) return rope_freqs_bytes(spec);
       int64_t n = 1;
       for (auto d : s.shape) n *= d;
-      std::vector<float> x(static_cast<size_t>(n));
-      const bool is_norm = s.shape.size() == 1 || s.cls == "layer_output_scale";
-      // xorshift64* -> roughly normal (sum of 4 uniforms); weights std 0.02, norms ~1.
-      uint64_t st = my_seed * 0x9E3779B97F4A7C15ull + 1;
-      for (auto& v : x) {
-        float u = 0;
-        for (int k = 0; k < 4; ++k) {
-          st ^= st >> 12; st ^= st << 25; st ^= st >> 27;
-          u += static_cast<float>((st * 0x2545F4914F6CDD1Dull) >> 40) / static_cast<float>(1 << 24);
-        }
-        const float z = (u - 2.0f) * 1.7320508f;
-        v = is_norm ? 1.0f + 0.05f * z : 0.02f * z;
-      }
-      const int64_t cols = s.shape.back();
-      return quantize_rows(t, x.data(), n / cols, cols);
+      const uint64_t nbytes = static_cast<uint64_t>(*row_bytes(t, s.shape.back())) * static_cast<uint64_t>(n / s.shape.back());
+      return stream_tensor(s, my_seed, nbytes, [t](const float* x, int64_t r, int64_t c, std::vector<uint8_t>& out) {
+        const auto q = quantize_rows(t, x, r, c);
+        out.insert(out.end(), q.begin(), q.end());
+      });
     });
   }
   w.write(out_path, opt.quant.on_tensor);

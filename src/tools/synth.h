@@ -14,6 +14,7 @@ struct SynthOptions {
   int vocab = 0;        // 0: 262144
   QuantizeOptions quant;
   uint64_t seed = 1;
+  std::string format = "gguf";  // or "safetensors": an HF directory (BF16 weights, config.json)
 };
 
 // The variant's description (gemma4-architecture.md §4), possibly cut to `layers`.
