@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "model/catalog.h"
 #include "model/hparams.h"
 #include "util/error.h"
 
@@ -85,19 +86,19 @@ ModelSpec spec_from_gguf(const GgufFile& g) {
   for (auto b : pat->ai) s.layer_types.push_back(b ? AttnType::Sliding : AttnType::Full);
 
   // Sizes that only the tensors tell.
-  const TensorView* embd = find_tensor(g, gk::kTensorEmbd);
+  const TensorView* embd = find_tensor(g, tensor_name(GlobalTensor::Embed).gguf);
   if (!embd || embd->shape.size() != 2)
     fail("{}: tensor 'token_embd.weight' (2-D, [vocab, hidden]) is missing; the file is not a complete model", g.path);
   if (embd->shape[0] > INT32_MAX) fail("{}: vocab size {} is out of range", g.path, embd->shape[0]);
   s.vocab = static_cast<int>(embd->shape[0]);
   if (s.ple_dim > 0) {
-    const TensorView* pe = find_tensor(g, gk::kTensorPleEmbd);
+    const TensorView* pe = find_tensor(g, tensor_name(GlobalTensor::PleEmbed).gguf);
     s.ple_vocab = pe && pe->shape.size() == 2 && pe->shape[0] <= INT32_MAX ? static_cast<int>(pe->shape[0]) : s.vocab;
   }
 
   // k_eq_v has no key: llama.cpp treats a missing attn_v as "V = raw K".
   for (int i = 0; i < s.n_layers - s.n_kv_shared; ++i)
-    if (s.layer_types[i] == AttnType::Full && !find_tensor(g, "blk." + std::to_string(i) + ".attn_v.weight")) s.k_eq_v = true;
+    if (s.layer_types[i] == AttnType::Full && !find_tensor(g, gguf_name(i, LayerTensor::V))) s.k_eq_v = true;
 
   // RoPE. Sliding layers: default RoPE over the whole head. Full layers: llama.cpp
   // rotates n_rot = dimension_count dims and silences pairs with rope_freqs >= 1e29.
@@ -112,7 +113,7 @@ ModelSpec spec_from_gguf(const GgufFile& g) {
     if (auto d = g.get_int(gk::kRopeDimCount); d && *d != s.global_head_dim)
       fail("{}: rope.dimension_count = {} but the full-attention head size is {}; g4 expects llama.cpp's layout "
            "(all dims with rope_freqs)", g.path, *d, s.global_head_dim);
-    const TensorView* rf = find_tensor(g, gk::kTensorRopeFreqs);
+    const TensorView* rf = find_tensor(g, tensor_name(GlobalTensor::RopeFreqs).gguf);
     if (rf) {
       if (rf->dtype != DType::F32 || rf->shape.size() != 1 || rf->shape[0] != s.global_head_dim / 2)
         fail("{}: tensor 'rope_freqs.weight' must be F32 [{}], found {} {}", g.path, s.global_head_dim / 2,

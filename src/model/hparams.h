@@ -42,10 +42,8 @@ inline constexpr const char* kBosId = "tokenizer.ggml.bos_token_id";
 inline constexpr const char* kEosId = "tokenizer.ggml.eos_token_id";
 inline constexpr const char* kPadId = "tokenizer.ggml.padding_token_id";
 inline constexpr const char* kUnkId = "tokenizer.ggml.unknown_token_id";
-// Sizes and switches that GGUF files carry in tensors rather than keys.
-inline constexpr const char* kTensorEmbd = "token_embd.weight";
-inline constexpr const char* kTensorPleEmbd = "per_layer_token_embd.weight";
-inline constexpr const char* kTensorRopeFreqs = "rope_freqs.weight";
+// Sizes and switches that GGUF files carry in tensors rather than keys are read from the
+// tensors named in model/catalog.h (tensor_name(GlobalTensor::Embed), ...).
 }  // namespace gk
 
 struct Hparam {

@@ -27,8 +27,8 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 // (llama-quantize leaves it F32).
 bool keep_f32(const std::string& name, const std::vector<int64_t>& shape) {
   return shape.size() <= 1 || ends_with(name, "_norm.weight") || !ends_with(name, ".weight") ||
-         name == "rope_freqs.weight" || ends_with(name, "ffn_gate_inp.weight") || ends_with(name, "layer_output_scale.weight") ||
-         name == "per_layer_model_proj.weight";
+         name == tensor_name(GlobalTensor::RopeFreqs).gguf || ends_with(name, "ffn_gate_inp.weight") || ends_with(name, "layer_output_scale.weight") ||
+         name == tensor_name(GlobalTensor::PleModelProj).gguf;
 }
 
 // llama.cpp's use_more_bits: the first and last eighth of the tensors of a kind, and
@@ -344,7 +344,7 @@ VerifyReport verify_against_source(const Model& src, const std::string& gguf_pat
       continue;
     }
     // What re-quantizing the source with the written type gives: the error this type explains.
-    const std::vector<float> again = slot.gguf == "rope_freqs.weight" ? ref : quantize_round_trip(ref, wt.dtype, slot.shape);
+    const std::vector<float> again = slot.gguf == tensor_name(GlobalTensor::RopeFreqs).gguf ? ref : quantize_round_trip(ref, wt.dtype, slot.shape);
     double dot = 0, na = 0, nb = 0, err = 0, err_exp = 0;
     bool finite = true;
     for (size_t i = 0; i < ref.size(); ++i) {
@@ -356,7 +356,7 @@ VerifyReport verify_against_source(const Model& src, const std::string& gguf_pat
       err += (a - b) * (a - b);
       err_exp += (static_cast<double>(again[i]) - b) * (static_cast<double>(again[i]) - b);
     }
-    if (slot.gguf == "rope_freqs.weight") {
+    if (slot.gguf == tensor_name(GlobalTensor::RopeFreqs).gguf) {
       row.rel_rms = err == 0 ? 0 : 1;
       row.ok = err == 0;
       if (!row.ok) row.problem = "rope_freqs differ from what the config implies";

@@ -181,7 +181,7 @@ void synth_model(const SynthOptions& opt, const std::string& out_path) {
     const DType t = plan_type(s, opt.quant, seen[s.cls]++, n_of_class[s.cls]);
     const uint64_t my_seed = seed++;
     w.add_tensor(s.gguf, t, s.shape, [s, t, my_seed, &spec]() {
-      if (s.gguf == gk::kTensorRopeFreqs) return rope_freqs_bytes(spec);
+      if (s.gguf == tensor_name(GlobalTensor::RopeFreqs).gguf) return rope_freqs_bytes(spec);
       int64_t n = 1;
       for (auto d : s.shape) n *= d;
       const uint64_t nbytes = static_cast<uint64_t>(*row_bytes(t, s.shape.back())) * static_cast<uint64_t>(n / s.shape.back());
