@@ -447,6 +447,17 @@ class Server {
     return Cancel::None;
   }
 
+  // Gives a slot back however the request ends; an exception path resets its session.
+  struct SlotLease {
+    Server* owner;
+    Slot* slot;
+    void done(bool reset) {
+      if (slot) owner->release(slot, reset);
+      slot = nullptr;
+    }
+    ~SlotLease() { done(true); }
+  };
+
   // Waits for a free slot. nullptr with `why` set when the request ends while queued;
   // throws ApiError 429 when the queue is full.
   Slot* acquire(Clock::time_point deadline, Cancel& why) {
@@ -553,14 +564,14 @@ class Server {
       tl_log.queue_s = since(t0);
       GenerateResult g;
       if (slot) {
+        SlotLease lease{this, slot};
         try {
           g = run_generation(slot, r, deadline, why, nullptr);
         } catch (const std::exception& e) {
-          release(slot, true);
           fail_with({500, fmt::format("generation failed: {}", e.what()), "server_error", "", ""});
           return;
         }
-        release(slot, false);
+        lease.done(false);
       }
       const int64_t ct = static_cast<int64_t>(g.tokens.size());
       tl_log.completion = ct;
@@ -599,7 +610,7 @@ class Server {
       }
     }
     res.set_header("Cache-Control", "no-cache");
-    res.set_chunked_content_provider("text/event-stream", [this, r, id, created, chat, endpoint, t0, deadline, pt, usage](size_t, httplib::DataSink& sink) {
+    auto provider = [this, r, id, created, chat, endpoint, t0, deadline, pt, usage](httplib::DataSink& sink) {
       auto send_line = [&sink](const std::string& line) { return sink.is_writable() && sink.write(line.data(), line.size()); };
       auto send = [&](const json& j) { return send_line("data: " + j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n"); };
       auto chunk = [&](const json& delta_or_text, const json& finish) {
@@ -632,6 +643,7 @@ class Server {
         if (why == Cancel::ClientGone) { tl_log.status = 499; metrics_.record(endpoint, 499, since(t0), pt, 0); return false; }
         return send_error(why == Cancel::Deadline ? 504 : 503, cancel_message(why, opt_.request_timeout_s), "server_error", "cancelled");
       }
+      SlotLease lease{this, slot};
       bool alive = !chat || send(chunk(json{{"role", "assistant"}, {"content", ""}}, nullptr));
       GenerateResult g;
       try {
@@ -640,10 +652,10 @@ class Server {
             return alive = send(chunk(chat ? json{{"content", piece}} : json(piece), nullptr));
           });
       } catch (const std::exception& e) {
-        release(slot, true);
+        lease.done(true);
         return send_error(500, fmt::format("generation failed: {}", e.what()), "server_error", "generation_failed");
       }
-      release(slot, false);
+      lease.done(false);
       const int64_t ct = static_cast<int64_t>(g.tokens.size());
       tl_log.completion = ct;
       if (!alive || why == Cancel::ClientGone) {  // the client went away: its slot is already free
@@ -665,6 +677,18 @@ class Server {
       sink.done();
       metrics_.record(endpoint, 200, since(t0), pt, ct);
       return true;
+    };
+    // httplib calls the provider outside its own try/catch: an exception escaping here would
+    // terminate the process and every other client's request with it.
+    res.set_chunked_content_provider("text/event-stream", [provider, endpoint, t0, pt, this](size_t, httplib::DataSink& sink) {
+      try {
+        return provider(sink);
+      } catch (...) {
+        tl_log.status = 500;
+        tl_log.error = "internal error while streaming";
+        metrics_.record(endpoint, 500, since(t0), pt, 0);
+        return false;
+      }
     });
   }
 

@@ -459,8 +459,11 @@ struct ServerProc {
     c.set_read_timeout(60, 0);
     return c;
   }
+  std::string api_key;  // sent with /metrics when set
   std::string metric(const std::string& name) const {
-    auto r = client().Get("/metrics");
+    httplib::Headers h;
+    if (!api_key.empty()) h.emplace("Authorization", "Bearer " + api_key);
+    auto r = client().Get("/metrics", h);
     if (!r) return "";
     std::smatch m;
     const std::regex re("\n" + std::regex_replace(name, std::regex(R"([{}"=])"), R"(\$&)") + " ([0-9.e+-]+)");
@@ -580,11 +583,11 @@ TEST(Serve, ConnectionsOverTheCapAreAnswered503) {  // row 3
   std::vector<int> idle;
   for (int i = 0; i < 7; ++i) idle.push_back(connect_to(s.port));
   std::string open;
-  for (int i = 0; i < 200 && (open = s.metric("g4_connections_open")) != "8"; ++i)  // 7 idle + the /metrics one
+  for (int i = 0; i < 500 && (open = s.metric("g4_connections_open")) != "8"; ++i)  // 7 idle + the /metrics one
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   EXPECT_EQ(open, "8");
   idle.push_back(connect_to(s.port));  // the 8th stays open
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));  // time for its thread to register it
   const int extra = connect_to(s.port);
   char b2[64] = {};
   timeval tv{5, 0};
@@ -663,6 +666,7 @@ TEST(Serve, KeepAliveRepliesAreImmediateOnOneConnection) {  // row 12
 TEST(Serve, ApiKeyCorsQueueLimitAndJsonLog) {
   ServerProc s({"--api-key", "s3cret", "--cors-origin", "https://app.example", "--parallel", "1", "--max-queue", "0",
                 "--log-format", "json"});
+  s.api_key = "s3cret";
   httplib::Client c("127.0.0.1", s.port);
   EXPECT_EQ(c.Get("/health")->status, 200);  // open for probes
   auto no = c.Get("/v1/models");
@@ -676,17 +680,19 @@ TEST(Serve, ApiKeyCorsQueueLimitAndJsonLog) {
   EXPECT_EQ(c.Options("/v1/models", {{"Origin", "https://evil.example"}})->get_header_value("Access-Control-Allow-Origin"), "");
   // One slot, no queue: a second request while the first runs gets 429 + Retry-After.
   const httplib::Headers auth{{"Authorization", "Bearer s3cret"}};
-  std::thread first([&] {
-    httplib::Client c1("127.0.0.1", s.port);
-    c1.set_read_timeout(60, 0);
-    c1.Post("/v1/completions", auth, R"({"prompt":"The jury","max_tokens":60,"ignore_eos":true})", kJson);
-  });
-  for (int i = 0; i < 200 && s.metric("g4_slots_busy") != "1"; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  const int first = connect_to(s.port);
+  send_all(first, post("/v1/completions", R"({"prompt":"The jury","max_tokens":3000,"ignore_eos":true})",
+                       "Authorization: Bearer s3cret\r\n"));
+  for (int i = 0; i < 1000 && s.metric("g4_slots_busy") != "1"; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   auto busy = c.Post("/v1/completions", auth, R"({"prompt":"x","max_tokens":2})", kJson);
-  first.join();
+  ::close(first);  // and that one is cancelled
   ASSERT_TRUE(busy);
   EXPECT_EQ(busy->status, 429);
   EXPECT_EQ(busy->get_header_value("Retry-After"), "1");
+  for (int i = 0; i < 1000 && s.metric("g4_slots_busy") != "0"; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  auto ok = c.Post("/v1/completions", auth, R"({"prompt":"The jury","max_tokens":5,"ignore_eos":true})", kJson);
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(ok->status, 200);
   EXPECT_EQ(s.stop(), 0);
   // One JSON line per request, with id, status, tokens and timings.
   std::istringstream log(slurp(s.log));
@@ -698,12 +704,12 @@ TEST(Serve, ApiKeyCorsQueueLimitAndJsonLog) {
     EXPECT_TRUE(j.contains("id") && j.contains("status") && j.contains("total_ms"));
     if (j["path"] == "/v1/completions" && j["status"] == 200) {
       ++completions;
-      EXPECT_EQ(j["completion_tokens"], 60);
+      EXPECT_EQ(j["completion_tokens"], 5);
       EXPECT_TRUE(j.contains("ttft_ms") && j.contains("queue_ms"));
     }
   }
   std::printf("%d JSON log lines\n", lines);
-  EXPECT_GE(lines, 9);
+  EXPECT_GE(lines, 10);
   EXPECT_EQ(completions, 1);
 }
 
