@@ -13,6 +13,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <csignal>
 #include <filesystem>
 #include <map>
@@ -466,21 +467,37 @@ class Server {
       for (auto& s : slots_) if (!s->busy) return s.get();
       return nullptr;
     };
-    if (!free_slot()) {
-      if (waiting_ >= opt_.max_queue)
-        api_fail(429, fmt::format("the server is busy: {} requests are already waiting (--max-queue); retry shortly", waiting_),
-                 "", "rate_limit_exceeded");
-      ++waiting_;
-      while (!free_slot()) {
-        slot_cv_.wait_for(l, std::chrono::milliseconds(50));
-        if ((why = cancelled(deadline)) != Cancel::None) { --waiting_; return nullptr; }
+    auto take = [this](Slot* s) {
+      s->busy = true;
+      busy_++;
+      return s;
+    };
+    if (queue_.empty())
+      if (Slot* s = free_slot()) return take(s);
+    if (static_cast<int>(queue_.size()) >= opt_.max_queue)
+      api_fail(429, fmt::format("the server is busy: {} requests are already waiting (--max-queue); retry shortly", queue_.size()),
+               "", "rate_limit_exceeded");
+    // First come, first served: a condition variable alone wakes waiters in any order,
+    // which left some requests waiting many times longer than others (p99).
+    const uint64_t me = ++ticket_seq_;
+    queue_.push_back(me);
+    waiting_ = static_cast<int>(queue_.size());
+    for (;;) {
+      if (queue_.front() == me)
+        if (Slot* s = free_slot()) {
+          queue_.pop_front();
+          waiting_ = static_cast<int>(queue_.size());
+          slot_cv_.notify_all();  // the next in line may find another free slot
+          return take(s);
+        }
+      slot_cv_.wait_for(l, std::chrono::milliseconds(50));
+      if ((why = cancelled(deadline)) != Cancel::None) {
+        queue_.erase(std::find(queue_.begin(), queue_.end(), me));
+        waiting_ = static_cast<int>(queue_.size());
+        slot_cv_.notify_all();
+        return nullptr;
       }
-      --waiting_;
     }
-    Slot* s = free_slot();
-    s->busy = true;
-    busy_++;
-    return s;
   }
   void release(Slot* s, bool reset) {
     if (reset) {  // after an exception the session may be mid-update: start it over
@@ -604,7 +621,7 @@ class Server {
       bool any_free = false;
       for (auto& s : slots_) any_free |= !s->busy;
       if (!any_free && waiting_ >= opt_.max_queue) {
-        fail_with({429, fmt::format("the server is busy: {} requests are already waiting (--max-queue); retry shortly", waiting_),
+        fail_with({429, fmt::format("the server is busy: {} requests are already waiting (--max-queue); retry shortly", waiting_.load()),
                    "invalid_request_error", "", "rate_limit_exceeded"});
         return;
       }
@@ -717,7 +734,7 @@ class Server {
       std::lock_guard<std::mutex> c(conn_mu_);
       o += fmt::format("# HELP g4_connections_open Open connections.\n# TYPE g4_connections_open gauge\ng4_connections_open {}\n", conns_.size());
     }
-    o += fmt::format("# HELP g4_queue_waiting Requests waiting for a slot.\n# TYPE g4_queue_waiting gauge\ng4_queue_waiting {}\n", waiting_);
+    o += fmt::format("# HELP g4_queue_waiting Requests waiting for a slot.\n# TYPE g4_queue_waiting gauge\ng4_queue_waiting {}\n", waiting_.load());
     return o;
   }
 
@@ -733,7 +750,9 @@ class Server {
   std::vector<std::unique_ptr<Slot>> slots_;
   std::mutex slot_mu_;
   std::condition_variable slot_cv_;
-  int waiting_ = 0;
+  std::atomic<int> waiting_{0};  // queue_.size(), for /metrics and the streaming 429 check
+  std::deque<uint64_t> queue_;   // tickets of the requests waiting for a slot, in arrival order
+  uint64_t ticket_seq_ = 0;
   std::atomic<int> busy_{0};
   Metrics metrics_;
   std::atomic<uint64_t> request_seq_{0}, completion_seq_{0};
