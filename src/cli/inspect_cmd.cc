@@ -14,7 +14,8 @@ void register_inspect(CLI::App& app) {
   cmd->add_flag("--lenient", o->lenient, "report tensors that contradict the config as warnings, not errors");
   cmd->final_callback([o] {
     Model m = open_model(o->model, LoadOptions{o->lenient});
-    if (o->json) std::printf("%s\n", inspect_json(m).dump(2).c_str());
+    const auto non_finite = check_finite_weights(m);
+    if (o->json) std::printf("%s\n", inspect_json(m, non_finite).dump(2).c_str());
     else std::fputs(inspect_text(m).c_str(), stdout);
     if (!m.valid()) std::exit(1);
   });

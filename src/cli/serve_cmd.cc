@@ -1,3 +1,5 @@
+#include <cstdlib>
+
 #include "cli/commands.h"
 #include "server/server.h"
 #include "tools/defaults.h"
@@ -15,9 +17,22 @@ void register_serve(CLI::App& app) {
   cmd->add_option("--max-tokens-limit", o->max_tokens_limit, "largest max_tokens a request may ask for (default 4096)");
   cmd->add_option("--max-body-bytes", o->max_body_bytes, "largest request body (default 1 MiB)");
   cmd->add_option("--precision", o->precision, "fast (default), f32 or f64")->check(CLI::IsMember({"f64", "f32", "fast"}));
+  cmd->add_option("--api-key", o->api_key, "require 'Authorization: Bearer KEY' on every route but /health (default: $G4_API_KEY)");
+  cmd->add_option("--cors-origin", o->cors_origins, "answer CORS requests from this origin (repeatable; '*' for any)");
+  cmd->add_option("--max-connections", o->max_connections, "open connections; more are answered 503 (default 256)");
+  cmd->add_option("--max-queue", o->max_queue, "requests waiting for a slot; more are answered 429 + Retry-After (default 64)");
+  cmd->add_option("--read-timeout", o->read_timeout_s, "seconds a request's headers and body may take to arrive (default 10)");
+  cmd->add_option("--keep-alive-timeout", o->keep_alive_timeout_s, "idle seconds between requests on one connection (default 5)");
+  cmd->add_option("--keep-alive-max", o->keep_alive_max, "requests per keep-alive connection (default 1000)");
+  cmd->add_option("--request-timeout", o->request_timeout_s, "deadline of a completion request in seconds, queueing included (default 600)");
+  cmd->add_option("--shutdown-timeout", o->shutdown_timeout_s, "on SIGTERM/SIGINT, seconds in-flight requests get before they are cancelled (default 30)");
+  cmd->add_option("--log-format", o->log_format, "one line per request: text (default) or json")->check(CLI::IsMember({"text", "json"}));
   cmd->add_option("--debug-load-delay-ms", o->load_delay_ms, "testing: report 503 on /health this long")->group("");
+  cmd->add_option("--debug-fail-after", o->debug_fail_after, "testing: throw inside generation after N text pieces")->group("");
   cmd->final_callback([o] {
     if (o->model_path.empty()) o->model_path = default_model_path();
+    if (o->api_key.empty())
+      if (const char* k = std::getenv("G4_API_KEY")) o->api_key = k;
     serve(*o);
   });
 }

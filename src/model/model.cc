@@ -136,6 +136,14 @@ void validate(Model& m, const LoadOptions& opt) {
       m.warnings.push_back({t->name, "unknown tensor, not used by the Gemma 4 text forward pass"});
     }
   }
+  // Every embedding row must have a token: a shorter tokenizer.ggml.tokens lets the model
+  // sample ids the tokenizer cannot print (llama.cpp requires equal counts).
+  if (m.gguf)
+    if (const GgufValue* toks = m.gguf->find("tokenizer.ggml.tokens"); toks && toks->is_array() &&
+                                                                        static_cast<int64_t>(toks->array_size()) != m.spec.vocab)
+      m.errors.push_back({"tokenizer.ggml.tokens", fmt::format("has {} tokens but token_embd.weight has {} rows; the "
+                                                               "tokenizer does not match the model (re-convert the GGUF)",
+                                                               toks->array_size(), m.spec.vocab)});
   if (m.errors.empty()) bind_weights(m);
 }
 

@@ -28,15 +28,15 @@ size_t complete_utf8_prefix(const std::string& s) {
 
 std::string TextStream::push(int32_t id, bool& stopped) {
   pending_ += tok_.token_text(id);
-  for (const auto& stop : stops_) {
-    if (stop.empty()) continue;
-    const size_t at = pending_.find(stop);
-    if (at != std::string::npos) {
-      stopped = true;
-      std::string out = pending_.substr(0, at);
-      pending_.clear();
-      return out;
-    }
+  // Cut at the earliest match of any stop string (OpenAI's rule), not at the first listed.
+  size_t at = std::string::npos;
+  for (const auto& stop : stops_)
+    if (!stop.empty()) at = std::min(at, pending_.find(stop));
+  if (at != std::string::npos) {
+    stopped = true;
+    std::string out = pending_.substr(0, at);
+    pending_.clear();
+    return out;
   }
   // Hold back a tail that could still become a stop string.
   size_t hold = 0;

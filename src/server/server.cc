@@ -2,20 +2,27 @@
 
 #include <fmt/format.h>
 #include <httplib.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <omp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <csignal>
 #include <filesystem>
 #include <map>
 #include <memory>
 #include <mutex>
-#include <random>
 #include <thread>
 
 #include "runtime/generate.h"
+#include "server/request.h"
 #include "tools/defaults.h"
 #include "tools/token_input.h"
 #include "util/error.h"
@@ -24,21 +31,29 @@
 namespace g4 {
 namespace {
 
-// An OpenAI-style error: {"error": {"message", "type", "param", "code"}}.
-struct ApiError {
-  int status;
-  std::string message, type, param, code;
-};
+using Clock = std::chrono::steady_clock;
 
-[[noreturn]] void api_fail(int status, std::string message, std::string param = "", std::string code = "") {
-  throw ApiError{status, std::move(message), status == 404 ? "not_found_error" : "invalid_request_error", std::move(param),
-                 std::move(code)};
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// Constant-time comparison of a presented credential with the expected one.
+bool same_secret(std::string_view got, std::string_view want) {
+  unsigned diff = got.size() != want.size();
+  for (size_t i = 0; i < want.size(); ++i) diff |= static_cast<unsigned char>(want[i]) ^ static_cast<unsigned char>(i < got.size() ? got[i] : 0);
+  return diff == 0;
 }
 
-std::string error_body(const ApiError& e) {
-  json err{{"message", e.message}, {"type", e.type}, {"param", e.param.empty() ? json(nullptr) : json(e.param)},
-           {"code", e.code.empty() ? json(nullptr) : json(e.code)}};
-  return json{{"error", err}}.dump();
+// True when the peer closed its end (or the connection broke). Pipelined bytes waiting
+// to be read do not count as gone.
+bool peer_gone(int fd) {
+  if (fd < 0) return false;
+  pollfd p{fd, POLLRDHUP, 0};
+  return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+}
+
+void send_raw(int fd, int status, const char* reason, const std::string& body) {
+  const std::string msg = fmt::format("HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                                      "Retry-After: 1\r\nContent-Length: {}\r\n\r\n{}", status, reason, body.size(), body);
+  [[maybe_unused]] auto n = ::send(fd, msg.data(), msg.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
 // Counters for /metrics.
@@ -50,6 +65,7 @@ struct Metrics {
   uint64_t latency_count = 0;
   std::vector<double> buckets{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
   std::vector<uint64_t> bucket_counts = std::vector<uint64_t>(9, 0);
+  std::atomic<uint64_t> conn_accepted{0}, conn_rejected{0}, conn_timed_out{0};
 
   void record(const std::string& endpoint, int status, double seconds, int64_t prompt, int64_t completion) {
     std::lock_guard<std::mutex> l(mu);
@@ -69,22 +85,100 @@ struct Slot {
   bool busy = false;
 };
 
+// One open connection. `fd` is our own dup() of the socket, so shutdown() from the
+// watchdog always reaches this connection even after httplib closed its descriptor.
+struct Conn {
+  int fd = -1;
+  Clock::time_point deadline;  // the next request must be read by then (not while handling)
+  bool handling = false;
+};
+
+// What a completion handler learned, for the request's log line. The handler, the
+// streaming provider and httplib's logger all run on the connection's worker thread.
+struct RequestLog {
+  std::string id;
+  Clock::time_point t0;
+  int status = 0;  // overrides the HTTP status (499: the client left mid-generation)
+  int64_t prompt = -1, completion = -1;
+  double queue_s = -1, ttft_s = -1;
+  std::string finish, error;
+};
+thread_local RequestLog tl_log;
+thread_local uint64_t tl_conn = 0;
+thread_local int tl_fd = -1;
+
+// Why a generation stopped early.
+enum class Cancel { None, ClientGone, Deadline, Shutdown };
+
+class Server;
+
+// cpp-httplib 0.11 (Debian 12) has no public hook on an accepted connection, and its
+// per-connection entry point, Server::process_and_close_socket, is private. Explicit
+// instantiation may name private members ([temp.spec]), which gives us a pointer to it.
+struct ProcessTag {
+  using type = bool (httplib::Server::*)(socket_t);
+  friend type get(ProcessTag);
+};
+template <typename Tag, typename Tag::type M>
+struct Expose {
+  friend typename Tag::type get(Tag) { return M; }
+};
+template struct Expose<ProcessTag, &httplib::Server::process_and_close_socket>;
+
+// Holds the routes; never listens itself. It shares the front's listening socket so its
+// keep-alive loop runs while the server does.
+class RoutedHttp : public httplib::Server {
+ public:
+  void share_listener(socket_t s) { svr_sock_ = s; }
+};
+
+// Owns the listening socket and the accept loop; hands each connection to the owner for
+// bookkeeping (cap, deadline, TCP_NODELAY), which then lets `routes` process it.
+class FrontHttp : public httplib::Server {
+ public:
+  FrontHttp(g4::Server& owner, RoutedHttp& routes) : owner_(owner), routes_(routes) {}
+  socket_t listener() const { return svr_sock_; }
+  bool process_and_close_socket(socket_t sock) override;
+
+ private:
+  g4::Server& owner_;
+  RoutedHttp& routes_;
+};
+
 class Server {
  public:
   explicit Server(const ServeOptions& o) : opt_(o) {}
 
   void run() {
-    httplib::Server svr;
+    // Signals go to one thread (sigwait) so the drain can use mutexes and condition variables.
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+
+    RoutedHttp svr;
+    FrontHttp front(*this, svr);
+    http_ = &front;
+    routes_ = &svr;
+    // A thread per connection up to the cap, so slow connections never starve others.
+    const size_t pool = static_cast<size_t>(opt_.max_connections) + 4;
+    front.new_task_queue = [pool] { return new httplib::ThreadPool(pool); };
+    for (httplib::Server* h : {static_cast<httplib::Server*>(&front), static_cast<httplib::Server*>(&svr)}) {
+      h->set_read_timeout(opt_.read_timeout_s, 0);
+      h->set_write_timeout(30, 0);
+    }
     svr.set_payload_max_length(opt_.max_body_bytes);
-    const size_t pool = static_cast<size_t>(std::max(8, 4 * opt_.parallel + 16));
-    svr.new_task_queue = [pool] { return new httplib::ThreadPool(pool); };
-    svr.set_read_timeout(30, 0);
-    svr.set_write_timeout(30, 0);
-    svr.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+    svr.set_keep_alive_timeout(opt_.keep_alive_timeout_s);
+    svr.set_keep_alive_max_count(static_cast<size_t>(opt_.keep_alive_max));
+    svr.set_tcp_nodelay(true);
+    svr.set_exception_handler([this](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
       std::string msg = "internal error";
       try { std::rethrow_exception(ep); } catch (const std::exception& e) { msg = e.what(); } catch (...) {}
+      tl_log.error = msg;
       res.status = 500;
-      res.set_content(error_body({500, msg, "server_error", "", ""}), "application/json");
+      res.set_content(api_error_body({500, msg, "server_error", "", ""}), "application/json");
     });
     svr.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
       if (!res.body.empty()) return;
@@ -92,8 +186,10 @@ class Server {
       const std::string msg = s == 404 ? fmt::format("no route {} {}", req.method, req.path)
                               : s == 413 ? "request body too large"
                                          : fmt::format("HTTP {}", s);
-      res.set_content(error_body({s, msg, s == 404 ? "not_found_error" : "invalid_request_error", "", ""}), "application/json");
+      res.set_content(api_error_body({s, msg, s == 404 ? "not_found_error" : "invalid_request_error", "", ""}), "application/json");
     });
+    svr.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) { return pre_route(req, res); });
+    svr.set_logger([this](const httplib::Request& req, const httplib::Response& res) { log_request(req, res); });
     svr.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
       if (!ready_) {
         res.status = 503;
@@ -105,265 +201,511 @@ class Server {
     svr.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) { res.set_content(metrics_text(), "text/plain; version=0.0.4"); });
     svr.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
       if (!ready(res)) return;
-      json m{{"id", model_id_}, {"object", "model"}, {"created", created_}, {"owned_by", "g4"}};
+      json m{{"id", ctx_.model_id}, {"object", "model"}, {"created", created_}, {"owned_by", "g4"}};
       res.set_content(json{{"object", "list"}, {"data", json::array({m})}}.dump(), "application/json");
     });
     svr.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) { handle(req, res, false); });
     svr.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) { handle(req, res, true); });
 
-    if (!svr.bind_to_port(opt_.host, opt_.port))
+    if (!front.bind_to_port(opt_.host, opt_.port))
       fail("cannot listen on {}:{} (in use, or no permission)", opt_.host, opt_.port);
+    svr.share_listener(front.listener());
+    std::thread watchdog([this] { watch_connections(); });
+    std::thread signals([this, sigs] { wait_for_signal(sigs); });
     std::thread loader([this] { load(); });
-    static httplib::Server* active = nullptr;
-    active = &svr;
-    std::signal(SIGINT, [](int) { if (active) active->stop(); });
-    std::signal(SIGTERM, [](int) { if (active) active->stop(); });
     std::fprintf(stderr, "g4 serve: listening on http://%s:%d (loading %s)\n", opt_.host.c_str(), opt_.port,
                  opt_.model_path.c_str());
-    svr.listen_after_bind();
+    front.listen_after_bind();  // returns after stop(), once every connection's thread is done
     loader.join();
-    active = nullptr;
+    stopping_ = true;
+    pthread_kill(signals.native_handle(), SIGUSR1);
+    signals.join();
+    watchdog.join();
+    svr.share_listener(INVALID_SOCKET);
+    http_ = nullptr;
+    routes_ = nullptr;
+    if (!load_error_.empty()) fail("{}", load_error_);
+    std::fprintf(stderr, "g4 serve: stopped\n");
+  }
+
+  // Called by GuardedHttp on the connection's worker thread.
+  bool serve_connection(socket_t sock, const std::function<bool()>& process) {
+    const int one = 1;
+    ::setsockopt(sock, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);  // small replies leave at once (no Nagle delay)
+    uint64_t id = 0;
+    {
+      std::lock_guard<std::mutex> l(conn_mu_);
+      if (static_cast<int>(conns_.size()) >= opt_.max_connections || draining_) {
+        metrics_.conn_rejected++;
+        send_raw(sock, 503, "Service Unavailable",
+                 api_error_body({503, draining_ ? "the server is shutting down"
+                                                : fmt::format("too many connections (--max-connections {})", opt_.max_connections),
+                                 "server_error", "", "overloaded"}));
+        ::shutdown(sock, SHUT_RDWR);
+        ::close(sock);
+        return true;
+      }
+      id = ++conn_seq_;
+      tl_fd = ::dup(sock);
+      conns_[id] = Conn{tl_fd, Clock::now() + idle_allowance(), false};
+    }
+    metrics_.conn_accepted++;
+    tl_conn = id;
+    const bool ret = process();  // httplib: read requests, answer them, close the socket
+    {
+      std::lock_guard<std::mutex> l(conn_mu_);
+      auto it = conns_.find(id);
+      if (it != conns_.end()) {
+        if (it->second.fd >= 0) ::close(it->second.fd);
+        conns_.erase(it);
+      }
+    }
+    tl_conn = 0;
+    tl_fd = -1;
+    conn_cv_.notify_all();
+    return ret;
   }
 
  private:
-  void load() {
-    if (opt_.load_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(opt_.load_delay_ms));
-    model_ = std::make_unique<Model>(load_model(opt_.model_path));
-    tok_ = std::make_unique<Tokenizer>(load_tokenizer(*model_));
-    model_id_ = std::filesystem::path(opt_.model_path).filename().string();
-    if (model_id_.empty()) model_id_ = opt_.model_path;
-    created_ = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-    ctx_limit_ = opt_.ctx > 0 ? std::min(opt_.ctx, model_->spec.max_ctx) : model_->spec.max_ctx;
-    for (int i = 0; i < opt_.parallel; ++i) {
-      auto s = std::make_unique<Slot>();
-      s->session = std::make_unique<Session>(*model_, ForwardOptions{parse_precision(opt_.precision)});
-      slots_.push_back(std::move(s));
+  std::chrono::seconds idle_allowance() const {
+    return std::chrono::seconds(opt_.keep_alive_timeout_s + opt_.read_timeout_s);
+  }
+  void set_handling(bool on) {
+    std::lock_guard<std::mutex> l(conn_mu_);
+    auto it = conns_.find(tl_conn);
+    if (it == conns_.end()) return;
+    it->second.handling = on;
+    if (!on) it->second.deadline = Clock::now() + idle_allowance();
+  }
+
+  // Slowloris defence: a connection that has not delivered its request (headers and body)
+  // within keep-alive + read timeout is answered 408 and shut down, freeing its thread.
+  // While draining, idle connections are closed at once; after the shutdown timeout, all.
+  void watch_connections() {
+    std::unique_lock<std::mutex> l(conn_mu_);
+    while (!stopping_) {
+      conn_cv_.wait_for(l, std::chrono::milliseconds(100));
+      const auto now = Clock::now();
+      for (auto& [id, c] : conns_) {
+        if (c.fd < 0) continue;
+        const bool expired = !c.handling && now > c.deadline;
+        if (!expired && !(draining_ && !c.handling) && !cancel_all_) continue;
+        if (expired) {
+          metrics_.conn_timed_out++;
+          send_raw(c.fd, 408, "Request Timeout",
+                   api_error_body({408, fmt::format("the request did not arrive within {} s (--read-timeout)", opt_.read_timeout_s),
+                                   "invalid_request_error", "", "timeout"}));
+        }
+        ::shutdown(c.fd, SHUT_RDWR);
+        c.deadline = Clock::time_point::max();
+      }
     }
-    eog_ = tok_->eog_ids(model_->spec.eos_ids);
-    ready_ = true;
-    std::fprintf(stderr, "g4 serve: ready (%d slots, context %d)\n", opt_.parallel, ctx_limit_);
+  }
+
+  // SIGTERM/SIGINT: stop accepting, let in-flight requests finish for --shutdown-timeout,
+  // then cancel what is left; listen() returns once every connection thread is done.
+  void wait_for_signal(sigset_t sigs) {
+    int sig = 0;
+    if (sigwait(&sigs, &sig) != 0 || sig == SIGUSR1) return;
+    std::fprintf(stderr, "g4 serve: %s received: draining (up to %d s)\n", sig == SIGINT ? "SIGINT" : "SIGTERM",
+                 opt_.shutdown_timeout_s);
+    const auto deadline = Clock::now() + std::chrono::seconds(opt_.shutdown_timeout_s);
+    {
+      std::lock_guard<std::mutex> l(conn_mu_);
+      draining_ = true;
+    }
+    slot_cv_.notify_all();
+    stop_http();
+    std::unique_lock<std::mutex> l(conn_mu_);
+    while (!stopping_) {
+      int handling = 0;
+      for (auto& [id, c] : conns_) handling += c.handling;
+      if (handling == 0) break;
+      if (Clock::now() >= deadline && !cancel_all_) {
+        std::fprintf(stderr, "g4 serve: shutdown timeout: cancelling %d in-flight request%s\n", handling, handling == 1 ? "" : "s");
+        cancel_all_ = true;
+        slot_cv_.notify_all();
+      }
+      conn_cv_.wait_for(l, std::chrono::milliseconds(50));
+    }
+  }
+
+  // httplib's stop() is a no-op before listen() has started; wait for it.
+  void stop_http() {
+    while (http_ && !http_->is_running() && !stopping_) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    if (routes_) routes_->share_listener(INVALID_SOCKET);  // keep-alive loops end after their current request
+    if (http_) http_->stop();
+  }
+
+  void load() {
+    try {
+      if (opt_.load_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(opt_.load_delay_ms));
+      model_ = std::make_unique<Model>(load_model(opt_.model_path));
+      tok_ = std::make_unique<Tokenizer>(load_tokenizer(*model_));
+      ctx_.tok = tok_.get();
+      ctx_.model_id = std::filesystem::path(opt_.model_path).filename().string();
+      if (ctx_.model_id.empty()) ctx_.model_id = opt_.model_path;
+      ctx_.model_path = opt_.model_path;
+      ctx_.vocab = model_->spec.vocab;
+      ctx_.ctx_limit = opt_.ctx > 0 ? std::min(opt_.ctx, model_->spec.max_ctx) : model_->spec.max_ctx;
+      ctx_.max_tokens_limit = opt_.max_tokens_limit;
+      ctx_.defaults = model_sampling_defaults(*model_);
+      ctx_.eog = tok_->eog_ids(model_->spec.eos_ids);
+      ctx_.empty_thought_channel = model_->spec.ple_dim == 0;
+      created_ = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+      for (int i = 0; i < opt_.parallel; ++i) {
+        auto s = std::make_unique<Slot>();
+        s->session = std::make_unique<Session>(*model_, ForwardOptions{parse_precision(opt_.precision)});
+        slots_.push_back(std::move(s));
+      }
+      ready_ = true;
+      std::fprintf(stderr, "g4 serve: ready (%d slots, context %lld)\n", opt_.parallel, static_cast<long long>(ctx_.ctx_limit));
+    } catch (const std::exception& e) {
+      // The loader runs on its own thread: an escaping exception would abort the process.
+      // Stop the server instead; run() reports the message and `g4` exits 1.
+      load_error_ = e.what();
+      stop_http();
+    }
   }
 
   bool ready(httplib::Response& res) {
     if (ready_) return true;
     res.status = 503;
-    res.set_content(error_body({503, "the model is still loading", "server_error", "", "model_loading"}), "application/json");
+    res.set_content(api_error_body({503, "the model is still loading", "server_error", "", "model_loading"}), "application/json");
     return false;
   }
 
-  Slot* acquire() {
-    std::unique_lock<std::mutex> l(slot_mu_);
-    slot_cv_.wait(l, [this] {
-      for (auto& s : slots_) if (!s->busy) return true;
-      return false;
-    });
-    for (auto& s : slots_)
-      if (!s->busy) { s->busy = true; busy_++; return s.get(); }
-    return nullptr;
+  httplib::Server::HandlerResponse pre_route(const httplib::Request& req, httplib::Response& res) {
+    tl_log = RequestLog{};
+    tl_log.id = fmt::format("req-{:x}", ++request_seq_);
+    tl_log.t0 = Clock::now();
+    res.set_header("X-Request-Id", tl_log.id);
+    const std::string origin = req.get_header_value("Origin");
+    const bool cors = !origin.empty() && std::any_of(opt_.cors_origins.begin(), opt_.cors_origins.end(),
+                                                     [&](const std::string& o) { return o == "*" || o == origin; });
+    if (cors) {
+      res.set_header("Access-Control-Allow-Origin", origin);
+      res.set_header("Vary", "Origin");
+    }
+    if (req.method == "OPTIONS") {  // CORS preflight: no credentials are sent with it
+      res.status = 204;
+      if (cors) {
+        res.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS");
+        res.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type");
+        res.set_header("Access-Control-Max-Age", "600");
+      }
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    if (!opt_.api_key.empty() && req.path != "/health") {
+      const std::string auth = req.get_header_value("Authorization");
+      if (!same_secret(auth, "Bearer " + opt_.api_key)) {
+        res.status = 401;
+        res.set_header("WWW-Authenticate", "Bearer");
+        res.set_content(api_error_body({401, auth.empty() ? "missing API key: send 'Authorization: Bearer KEY'" : "invalid API key",
+                                        "authentication_error", "", "invalid_api_key"}), "application/json");
+        return httplib::Server::HandlerResponse::Handled;
+      }
+    }
+    if (draining_) {
+      res.status = 503;
+      res.set_header("Connection", "close");
+      res.set_content(api_error_body({503, "the server is shutting down", "server_error", "", "shutting_down"}), "application/json");
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    return httplib::Server::HandlerResponse::Unhandled;
   }
-  void release(Slot* s) {
+
+  void log_request(const httplib::Request& req, const httplib::Response& res) {
+    set_handling(false);
+    const int status = tl_log.status ? tl_log.status : res.status;
+    const double total_ms = tl_log.t0 == Clock::time_point{} ? 0 : 1000 * since(tl_log.t0);
+    if (opt_.log_format == "json") {
+      json j{{"ts", std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count()},
+             {"id", tl_log.id}, {"method", req.method}, {"path", req.path}, {"status", status},
+             {"client", req.remote_addr}, {"total_ms", total_ms}};
+      if (tl_log.prompt >= 0) j["prompt_tokens"] = tl_log.prompt;
+      if (tl_log.completion >= 0) j["completion_tokens"] = tl_log.completion;
+      if (tl_log.queue_s >= 0) j["queue_ms"] = 1000 * tl_log.queue_s;
+      if (tl_log.ttft_s >= 0) j["ttft_ms"] = 1000 * tl_log.ttft_s;
+      if (!tl_log.finish.empty()) j["finish_reason"] = tl_log.finish;
+      if (!tl_log.error.empty()) j["error"] = tl_log.error;
+      std::fprintf(stderr, "%s\n", j.dump(-1, ' ', false, json::error_handler_t::replace).c_str());
+    } else {
+      std::string line = fmt::format("g4 serve: {} {} {} {} {:.1f} ms", tl_log.id, req.method, req.path, status, total_ms);
+      if (tl_log.prompt >= 0) line += fmt::format(" prompt={} completion={}", tl_log.prompt, std::max<int64_t>(0, tl_log.completion));
+      if (tl_log.queue_s >= 0) line += fmt::format(" queue={:.1f}ms", 1000 * tl_log.queue_s);
+      if (tl_log.ttft_s >= 0) line += fmt::format(" ttft={:.1f}ms", 1000 * tl_log.ttft_s);
+      if (!tl_log.finish.empty()) line += " finish=" + tl_log.finish;
+      if (!tl_log.error.empty()) line += " error=\"" + tl_log.error + "\"";
+      std::fprintf(stderr, "%s client=%s\n", line.c_str(), req.remote_addr.c_str());
+    }
+  }
+
+  Cancel cancelled(Clock::time_point deadline) const {
+    if (cancel_all_) return Cancel::Shutdown;
+    if (peer_gone(tl_fd)) return Cancel::ClientGone;
+    if (Clock::now() > deadline) return Cancel::Deadline;
+    return Cancel::None;
+  }
+
+  // Gives a slot back however the request ends; an exception path resets its session.
+  struct SlotLease {
+    Server* owner;
+    Slot* slot;
+    void done(bool reset) {
+      if (slot) owner->release(slot, reset);
+      slot = nullptr;
+    }
+    ~SlotLease() { done(true); }
+  };
+
+  // Waits for a free slot. nullptr with `why` set when the request ends while queued;
+  // throws ApiError 429 when the queue is full.
+  Slot* acquire(Clock::time_point deadline, Cancel& why) {
+    std::unique_lock<std::mutex> l(slot_mu_);
+    auto free_slot = [this]() -> Slot* {
+      for (auto& s : slots_) if (!s->busy) return s.get();
+      return nullptr;
+    };
+    auto take = [this](Slot* s) {
+      s->busy = true;
+      busy_++;
+      return s;
+    };
+    if (queue_.empty())
+      if (Slot* s = free_slot()) return take(s);
+    if (static_cast<int>(queue_.size()) >= opt_.max_queue)
+      api_fail(429, fmt::format("the server is busy: {} requests are already waiting (--max-queue); retry shortly", queue_.size()),
+               "", "rate_limit_exceeded");
+    // First come, first served: a condition variable alone wakes waiters in any order,
+    // which left some requests waiting many times longer than others (p99).
+    const uint64_t me = ++ticket_seq_;
+    queue_.push_back(me);
+    waiting_ = static_cast<int>(queue_.size());
+    for (;;) {
+      if (queue_.front() == me)
+        if (Slot* s = free_slot()) {
+          queue_.pop_front();
+          waiting_ = static_cast<int>(queue_.size());
+          slot_cv_.notify_all();  // the next in line may find another free slot
+          return take(s);
+        }
+      slot_cv_.wait_for(l, std::chrono::milliseconds(50));
+      if ((why = cancelled(deadline)) != Cancel::None) {
+        queue_.erase(std::find(queue_.begin(), queue_.end(), me));
+        waiting_ = static_cast<int>(queue_.size());
+        slot_cv_.notify_all();
+        return nullptr;
+      }
+    }
+  }
+  void release(Slot* s, bool reset) {
+    if (reset) {  // after an exception the session may be mid-update: start it over
+      s->session->reset();
+      s->cached.clear();
+    }
     {
       std::lock_guard<std::mutex> l(slot_mu_);
       s->busy = false;
       busy_--;
     }
-    slot_cv_.notify_one();
-  }
-
-  // Request parsing with type checks that name the parameter.
-  struct Request {
-    std::vector<int32_t> prompt;
-    GenerateOptions gen;
-    bool stream = false, include_usage = false;
-  };
-
-  static double num(const json& b, const char* k, double def, double lo, double hi) {
-    if (!b.contains(k) || b[k].is_null()) return def;
-    if (!b[k].is_number()) api_fail(400, fmt::format("'{}' must be a number", k), k);
-    const double v = b[k].get<double>();
-    if (!(v >= lo && v <= hi)) api_fail(400, fmt::format("'{}' = {} is out of range [{}, {}]", k, v, lo, hi), k);
-    return v;
-  }
-
-  Request parse(const std::string& body, bool chat) {
-    json b;
-    try {
-      b = parse_json_strict(body, "request body");
-    } catch (const Error& e) {
-      api_fail(400, e.what());
-    }
-    if (!b.is_object()) api_fail(400, "the request body must be a JSON object");
-    if (b.contains("model") && !b["model"].is_null()) {
-      if (!b["model"].is_string()) api_fail(400, "'model' must be a string", "model");
-      const auto m = b["model"].get<std::string>();
-      if (m != model_id_ && m != opt_.model_path)
-        api_fail(404, fmt::format("The model '{}' does not exist; this server serves '{}'", m, model_id_), "model", "model_not_found");
-    }
-    if (b.contains("n") && !b["n"].is_null() && (!b["n"].is_number_integer() || b["n"].get<int64_t>() != 1))
-      api_fail(400, "only n = 1 is supported", "n");
-    Request r;
-    const SamplingParams defaults = model_sampling_defaults(*model_);
-    auto& sp = r.gen.sampling;
-    sp = defaults;
-    sp.temp = static_cast<float>(num(b, "temperature", 1.0, 0.0, 2.0));  // OpenAI default 1
-    sp.top_p = static_cast<float>(num(b, "top_p", 1.0, 0.0, 1.0));
-    sp.min_p = 0;
-    sp.top_k = static_cast<int>(num(b, "top_k", 0, 0, 1e6));
-    sp.repeat_penalty = static_cast<float>(num(b, "repeat_penalty", 1.0, 0.0, 10.0));
-    if (b.contains("seed") && !b["seed"].is_null()) {
-      if (!b["seed"].is_number_integer()) api_fail(400, "'seed' must be an integer", "seed");
-      sp.seed = static_cast<uint64_t>(b["seed"].get<int64_t>());
-    }
-    const char* max_key = b.contains("max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
-    if (b.contains(max_key) && !b[max_key].is_null() && !b[max_key].is_number_integer())
-      api_fail(400, fmt::format("'{}' must be an integer", max_key), max_key);
-    r.gen.max_tokens = static_cast<int>(num(b, max_key, chat ? 256 : 16, 1, opt_.max_tokens_limit));
-    if (b.contains("stop") && !b["stop"].is_null()) {
-      const auto& s = b["stop"];
-      if (s.is_string()) r.gen.stop_strings.push_back(s.get<std::string>());
-      else if (s.is_array() && s.size() <= 4) {
-        for (const auto& x : s) {
-          if (!x.is_string()) api_fail(400, "'stop' must be a string or an array of up to 4 strings", "stop");
-          r.gen.stop_strings.push_back(x.get<std::string>());
-        }
-      } else api_fail(400, "'stop' must be a string or an array of up to 4 strings", "stop");
-    }
-    if (b.contains("stream") && !b["stream"].is_null()) {
-      if (!b["stream"].is_boolean()) api_fail(400, "'stream' must be true or false", "stream");
-      r.stream = b["stream"].get<bool>();
-    }
-    if (b.contains("stream_options") && b["stream_options"].is_object())
-      r.include_usage = b["stream_options"].value("include_usage", false);
-    r.gen.stop_ids = eog_;
-    if (chat) {
-      if (!b.contains("messages") || !b["messages"].is_array() || b["messages"].empty())
-        api_fail(400, "'messages' must be a non-empty array", "messages");
-      std::vector<ChatMessage> msgs;
-      for (const auto& m : b["messages"]) {
-        if (!m.is_object() || !m.contains("role") || !m["role"].is_string())
-          api_fail(400, "each message needs a string 'role'", "messages");
-        ChatMessage cm{m["role"].get<std::string>(), ""};
-        static const std::set<std::string> roles{"system", "developer", "user", "assistant", "tool"};
-        if (!roles.count(cm.role)) api_fail(400, fmt::format("unknown role '{}'", cm.role), "messages");
-        const json& c = m.contains("content") ? m["content"] : json(nullptr);
-        if (c.is_string()) cm.content = c.get<std::string>();
-        else if (c.is_array()) {
-          for (const auto& part : c) {
-            if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") || !part["text"].is_string())
-              api_fail(400, "only text content parts are supported", "messages");
-            cm.content += part["text"].get<std::string>();
-          }
-        } else if (!c.is_null()) api_fail(400, "message 'content' must be a string or an array of text parts", "messages");
-        msgs.push_back(std::move(cm));
-      }
-      ChatTemplateOptions co;
-      co.empty_thought_channel = model_->spec.ple_dim == 0;
-      const std::string text = render_chat(msgs, co);
-      r.prompt = tok_->encode(std::string_view(text).substr(text.rfind("<bos>", 0) == 0 ? 5 : 0), true);
-    } else {
-      if (!b.contains("prompt")) api_fail(400, "'prompt' is required", "prompt");
-      const auto& p = b["prompt"];
-      if (p.is_string()) r.prompt = tok_->encode(p.get<std::string>(), true);
-      else if (p.is_array() && p.size() == 1 && p[0].is_string()) r.prompt = tok_->encode(p[0].get<std::string>(), true);
-      else if (p.is_array() && !p.empty() && p[0].is_number_integer()) {
-        for (const auto& x : p) {
-          if (!x.is_number_integer() || x.get<int64_t>() < 0 || x.get<int64_t>() >= model_->spec.vocab)
-            api_fail(400, "'prompt' token ids must be integers inside the vocabulary", "prompt");
-          r.prompt.push_back(static_cast<int32_t>(x.get<int64_t>()));
-        }
-      } else api_fail(400, "'prompt' must be a string (or one string, or token ids)", "prompt");
-    }
-    if (static_cast<int64_t>(r.prompt.size()) + 1 > ctx_limit_)
-      api_fail(400, fmt::format("the prompt has {} tokens; this server's context is {} tokens", r.prompt.size(), ctx_limit_),
-               chat ? "messages" : "prompt", "context_length_exceeded");
-    r.gen.max_tokens = std::min<int64_t>(r.gen.max_tokens, ctx_limit_ - static_cast<int64_t>(r.prompt.size()));
-    return r;
+    slot_cv_.notify_all();
   }
 
   std::string new_id(bool chat) {
-    static std::atomic<uint64_t> counter{0};
-    return fmt::format("{}-{:x}{:06x}", chat ? "chatcmpl" : "cmpl", created_, counter++);
+    return fmt::format("{}-{:x}{:06x}", chat ? "chatcmpl" : "cmpl", created_, completion_seq_++);
+  }
+
+  static std::string cancel_message(Cancel c, int timeout_s) {
+    switch (c) {
+      case Cancel::Deadline: return fmt::format("the request ran past its deadline of {} s (--request-timeout)", timeout_s);
+      case Cancel::Shutdown: return "the server is shutting down";
+      default: return "cancelled";
+    }
+  }
+
+  // Runs generation on a slot, reporting text pieces to `on_piece` (false: stop). Sets
+  // `why` when it stopped because the client left, the deadline passed or the server stops.
+  GenerateResult run_generation(Slot* slot, const CompletionRequest& r, Clock::time_point deadline, Cancel& why,
+                                const std::function<bool(const std::string&)>& on_piece) {
+    omp_set_num_threads(std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / opt_.parallel));
+    int pieces = 0;
+    GenerateResult g = generate(*slot->session, slot->cached, r.prompt, *tok_, r.gen, [&](const std::string& piece) {
+      if (pieces++ == 0) tl_log.ttft_s = since(tl_log.t0);
+      if (opt_.debug_fail_after > 0 && pieces >= opt_.debug_fail_after)
+        throw std::runtime_error(fmt::format("injected failure after {} pieces (--debug-fail-after)", pieces));
+      if ((why = cancelled(deadline)) != Cancel::None) return false;
+      return !on_piece || on_piece(piece);
+    });
+    return g;
   }
 
   void handle(const httplib::Request& req, httplib::Response& res, bool chat) {
-    const auto t0 = std::chrono::steady_clock::now();
+    set_handling(true);
     const std::string endpoint = chat ? "/v1/chat/completions" : "/v1/completions";
-    auto seconds = [t0] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
-    if (!ready(res)) { metrics_.record(endpoint, 503, seconds(), 0, 0); return; }
-    Request r;
-    try {
-      r = parse(req.body, chat);
-    } catch (const ApiError& e) {
+    const auto t0 = tl_log.t0;
+    const auto deadline = t0 + std::chrono::seconds(opt_.request_timeout_s);
+    auto fail_with = [&](const ApiError& e) {
       res.status = e.status;
-      res.set_content(error_body(e), "application/json");
-      metrics_.record(endpoint, e.status, seconds(), 0, 0);
+      if (e.status == 429) res.set_header("Retry-After", "1");
+      res.set_content(api_error_body(e), "application/json");
+      tl_log.error = e.message;
+      metrics_.record(endpoint, e.status, since(t0), 0, 0);
+    };
+    if (!ready(res)) { metrics_.record(endpoint, 503, since(t0), 0, 0); return; }
+    CompletionRequest r;
+    try {
+      r = parse_completion_request(req.body, chat, ctx_);
+    } catch (const ApiError& e) {
+      fail_with(e);
+      return;
+    } catch (const std::exception& e) {  // tokenizer trouble: still the request's fault, not a crash
+      fail_with({400, e.what(), "invalid_request_error", "", ""});
       return;
     }
+    tl_log.prompt = static_cast<int64_t>(r.prompt.size());
     const std::string id = new_id(chat);
     const int64_t created = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
     auto usage = [](int64_t p, int64_t c) { return json{{"prompt_tokens", p}, {"completion_tokens", c}, {"total_tokens", p + c}}; };
+    const int64_t pt = static_cast<int64_t>(r.prompt.size());
+
     if (!r.stream) {
-      Slot* slot = acquire();
-      GenerateResult g;
+      Cancel why = Cancel::None;
+      Slot* slot = nullptr;
       try {
-        omp_set_num_threads(std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / opt_.parallel));
-        g = generate(*slot->session, slot->cached, r.prompt, *tok_, r.gen);
-      } catch (...) {
-        release(slot);
-        throw;
+        slot = acquire(deadline, why);
+      } catch (const ApiError& e) {
+        fail_with(e);
+        return;
       }
-      release(slot);
-      const int64_t pt = static_cast<int64_t>(r.prompt.size()), ct = static_cast<int64_t>(g.tokens.size());
+      tl_log.queue_s = since(t0);
+      GenerateResult g;
+      if (slot) {
+        SlotLease lease{this, slot};
+        try {
+          g = run_generation(slot, r, deadline, why, nullptr);
+        } catch (const std::exception& e) {
+          fail_with({500, fmt::format("generation failed: {}", e.what()), "server_error", "", ""});
+          return;
+        }
+        lease.done(false);
+      }
+      const int64_t ct = static_cast<int64_t>(g.tokens.size());
+      tl_log.completion = ct;
+      if (why != Cancel::None) {
+        tl_log.finish = "cancelled";
+        if (why == Cancel::ClientGone) {  // nobody to answer; the log and metrics say 499
+          tl_log.status = 499;
+          metrics_.record(endpoint, 499, since(t0), pt, ct);
+          res.status = 499;
+          return;
+        }
+        const int status = why == Cancel::Deadline ? 504 : 503;
+        fail_with({status, cancel_message(why, opt_.request_timeout_s), "server_error", "", why == Cancel::Deadline ? "timeout" : "shutting_down"});
+        return;
+      }
+      tl_log.finish = g.finish_reason;
       json choice{{"index", 0}, {"finish_reason", g.finish_reason}, {"logprobs", nullptr}};
       if (chat) choice["message"] = {{"role", "assistant"}, {"content", g.text}};
       else choice["text"] = g.text;
       json out{{"id", id}, {"object", chat ? "chat.completion" : "text_completion"}, {"created", created},
-               {"model", model_id_}, {"choices", json::array({choice})}, {"usage", usage(pt, ct)}};
+               {"model", ctx_.model_id}, {"choices", json::array({choice})}, {"usage", usage(pt, ct)}};
       res.set_content(out.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
-      metrics_.record(endpoint, 200, seconds(), pt, ct);
+      metrics_.record(endpoint, 200, since(t0), pt, ct);
       return;
     }
+
+    // Streaming: a full queue is still a plain 429 while no event has been sent.
+    {
+      std::lock_guard<std::mutex> l(slot_mu_);
+      bool any_free = false;
+      for (auto& s : slots_) any_free |= !s->busy;
+      if (!any_free && waiting_ >= opt_.max_queue) {
+        fail_with({429, fmt::format("the server is busy: {} requests are already waiting (--max-queue); retry shortly", waiting_.load()),
+                   "invalid_request_error", "", "rate_limit_exceeded"});
+        return;
+      }
+    }
     res.set_header("Cache-Control", "no-cache");
-    res.set_chunked_content_provider("text/event-stream", [this, r, id, created, chat, endpoint, t0, usage](size_t, httplib::DataSink& sink) {
-      auto send = [&sink](const json& j) {
-        const std::string line = "data: " + j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
-        return sink.is_writable() && sink.write(line.data(), line.size());
-      };
+    auto provider = [this, r, id, created, chat, endpoint, t0, deadline, pt, usage](httplib::DataSink& sink) {
+      auto send_line = [&sink](const std::string& line) { return sink.is_writable() && sink.write(line.data(), line.size()); };
+      auto send = [&](const json& j) { return send_line("data: " + j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n"); };
       auto chunk = [&](const json& delta_or_text, const json& finish) {
         json c{{"index", 0}, {"finish_reason", finish}, {"logprobs", nullptr}};
         if (chat) c["delta"] = delta_or_text;
         else c["text"] = delta_or_text;
         return json{{"id", id}, {"object", chat ? "chat.completion.chunk" : "text_completion"}, {"created", created},
-                    {"model", model_id_}, {"choices", json::array({c})}};
+                    {"model", ctx_.model_id}, {"choices", json::array({c})}};
       };
-      Slot* slot = acquire();
+      // An error after the 200 header went out: one SSE event in OpenAI's error shape
+      // (the official clients raise it), then the end of the stream.
+      auto send_error = [&](int status, const std::string& message, const char* type, const char* code) {
+        tl_log.status = status;
+        tl_log.error = message;
+        send(json::parse(api_error_body({status, message, type, "", code})));
+        send_line("data: [DONE]\n\n");
+        sink.done();
+        metrics_.record(endpoint, status, since(t0), pt, tl_log.completion);
+        return true;
+      };
+      Cancel why = Cancel::None;
+      Slot* slot = nullptr;
+      try {
+        slot = acquire(deadline, why);
+      } catch (const ApiError& e) {
+        return send_error(e.status, e.message, "invalid_request_error", e.code.c_str());
+      }
+      tl_log.queue_s = since(t0);
+      if (!slot) {
+        if (why == Cancel::ClientGone) { tl_log.status = 499; metrics_.record(endpoint, 499, since(t0), pt, 0); return false; }
+        return send_error(why == Cancel::Deadline ? 504 : 503, cancel_message(why, opt_.request_timeout_s), "server_error", "cancelled");
+      }
+      SlotLease lease{this, slot};
       bool alive = !chat || send(chunk(json{{"role", "assistant"}, {"content", ""}}, nullptr));
       GenerateResult g;
       try {
-        omp_set_num_threads(std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / opt_.parallel));
         if (alive)
-          g = generate(*slot->session, slot->cached, r.prompt, *tok_, r.gen, [&](const std::string& piece) {
+          g = run_generation(slot, r, deadline, why, [&](const std::string& piece) {
             return alive = send(chunk(chat ? json{{"content", piece}} : json(piece), nullptr));
           });
-      } catch (...) {
-        release(slot);
-        throw;
+      } catch (const std::exception& e) {
+        lease.done(true);
+        return send_error(500, fmt::format("generation failed: {}", e.what()), "server_error", "generation_failed");
       }
-      release(slot);
-      const int64_t pt = static_cast<int64_t>(r.prompt.size()), ct = static_cast<int64_t>(g.tokens.size());
-      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      if (!alive || g.finish_reason == "cancelled") {  // the client went away: its slot is already free
-        metrics_.record(endpoint, 499, secs, pt, ct);
+      lease.done(false);
+      const int64_t ct = static_cast<int64_t>(g.tokens.size());
+      tl_log.completion = ct;
+      if (!alive || why == Cancel::ClientGone) {  // the client went away: its slot is already free
+        tl_log.status = 499;
+        tl_log.finish = "cancelled";
+        metrics_.record(endpoint, 499, since(t0), pt, ct);
         return false;
       }
+      if (why != Cancel::None) {
+        tl_log.finish = "cancelled";
+        return send_error(why == Cancel::Deadline ? 504 : 503, cancel_message(why, opt_.request_timeout_s), "server_error",
+                          why == Cancel::Deadline ? "timeout" : "shutting_down");
+      }
+      tl_log.finish = g.finish_reason;
       json last = chunk(chat ? json::object() : json(""), g.finish_reason);
       if (r.include_usage) last["usage"] = usage(pt, ct);
       send(last);
-      const std::string done = "data: [DONE]\n\n";
-      sink.write(done.data(), done.size());
+      send_line("data: [DONE]\n\n");
       sink.done();
-      metrics_.record(endpoint, 200, secs, pt, ct);
+      metrics_.record(endpoint, 200, since(t0), pt, ct);
       return true;
+    };
+    // httplib calls the provider outside its own try/catch: an exception escaping here would
+    // terminate the process and every other client's request with it.
+    res.set_chunked_content_provider("text/event-stream", [provider, endpoint, t0, pt, this](size_t, httplib::DataSink& sink) {
+      try {
+        return provider(sink);
+      } catch (...) {
+        tl_log.status = 500;
+        tl_log.error = "internal error while streaming";
+        metrics_.record(endpoint, 500, since(t0), pt, 0);
+        return false;
+      }
     });
   }
 
@@ -383,29 +725,61 @@ class Server {
     o += fmt::format("# HELP g4_slots_busy Slots generating now.\n# TYPE g4_slots_busy gauge\ng4_slots_busy {}\n", busy_.load());
     o += fmt::format("# HELP g4_slots_total Slots (--parallel).\n# TYPE g4_slots_total gauge\ng4_slots_total {}\n", opt_.parallel);
     o += fmt::format("# HELP g4_model_loaded 1 once the model is loaded.\n# TYPE g4_model_loaded gauge\ng4_model_loaded {}\n", ready_ ? 1 : 0);
+    o += "# HELP g4_connections_total Connections by outcome (rejected: over --max-connections; timed_out: request not read in time).\n"
+         "# TYPE g4_connections_total counter\n";
+    o += fmt::format("g4_connections_total{{outcome=\"accepted\"}} {}\n", metrics_.conn_accepted.load());
+    o += fmt::format("g4_connections_total{{outcome=\"rejected\"}} {}\n", metrics_.conn_rejected.load());
+    o += fmt::format("g4_connections_total{{outcome=\"timed_out\"}} {}\n", metrics_.conn_timed_out.load());
+    {
+      std::lock_guard<std::mutex> c(conn_mu_);
+      o += fmt::format("# HELP g4_connections_open Open connections.\n# TYPE g4_connections_open gauge\ng4_connections_open {}\n", conns_.size());
+    }
+    o += fmt::format("# HELP g4_queue_waiting Requests waiting for a slot.\n# TYPE g4_queue_waiting gauge\ng4_queue_waiting {}\n", waiting_.load());
     return o;
   }
 
   ServeOptions opt_;
+  httplib::Server* http_ = nullptr;  // the front (accepts)
+  RoutedHttp* routes_ = nullptr;      // the routes (processes)
   std::atomic<bool> ready_{false};
+  std::string load_error_;
   std::unique_ptr<Model> model_;
   std::unique_ptr<Tokenizer> tok_;
-  std::string model_id_;
+  RequestContext ctx_;
   int64_t created_ = 0;
-  int ctx_limit_ = 0;
-  std::vector<int32_t> eog_;
   std::vector<std::unique_ptr<Slot>> slots_;
   std::mutex slot_mu_;
   std::condition_variable slot_cv_;
+  std::atomic<int> waiting_{0};  // queue_.size(), for /metrics and the streaming 429 check
+  std::deque<uint64_t> queue_;   // tickets of the requests waiting for a slot, in arrival order
+  uint64_t ticket_seq_ = 0;
   std::atomic<int> busy_{0};
   Metrics metrics_;
+  std::atomic<uint64_t> request_seq_{0}, completion_seq_{0};
+  // Connections, the watchdog and the drain.
+  std::mutex conn_mu_;
+  std::condition_variable conn_cv_;
+  std::map<uint64_t, Conn> conns_;
+  uint64_t conn_seq_ = 0;
+  std::atomic<bool> draining_{false}, cancel_all_{false}, stopping_{false};
 };
+
+bool FrontHttp::process_and_close_socket(socket_t sock) {
+  // `routes_` is a plain httplib::Server underneath, so this call runs httplib's own code.
+  return owner_.serve_connection(sock, [this, sock] { return (routes_.*get(ProcessTag{}))(sock); });
+}
 
 }  // namespace
 
 void serve(const ServeOptions& opt) {
   if (opt.parallel < 1 || opt.parallel > 256) fail("--parallel must be in [1, 256]");
   if (opt.port < 0 || opt.port > 65535) fail("--port {} is not a port number", opt.port);
+  if (opt.max_connections < 1) fail("--max-connections must be at least 1");
+  if (opt.max_queue < 0) fail("--max-queue must not be negative");
+  if (opt.read_timeout_s < 1 || opt.keep_alive_timeout_s < 0 || opt.request_timeout_s < 1 || opt.shutdown_timeout_s < 0)
+    fail("timeouts must be positive (--read-timeout, --request-timeout >= 1 s; --keep-alive-timeout, --shutdown-timeout >= 0)");
+  if (opt.keep_alive_max < 1) fail("--keep-alive-max must be at least 1");
+  if (opt.log_format != "text" && opt.log_format != "json") fail("--log-format must be text or json");
   Server(opt).run();
 }
 

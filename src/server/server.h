@@ -1,9 +1,12 @@
 // OpenAI-compatible HTTP server (cpp-httplib): /health, /v1/models, /v1/completions,
 // /v1/chat/completions (stream and not), /metrics. One KV-cache slot per concurrent
-// request (--parallel); requests beyond that wait for a free slot.
+// request (--parallel); requests beyond that wait in a bounded queue (429 when full).
+// Built to survive hostile clients: per-connection read deadlines and a connection cap
+// (slowloris), cancellation when a client leaves, no exception can take the process down.
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace g4 {
 
@@ -16,10 +19,22 @@ struct ServeOptions {
   int max_tokens_limit = 4096;    // largest max_tokens a request may ask for
   size_t max_body_bytes = 1 << 20;
   std::string precision = "fast";
+  std::string api_key;                    // non-empty: every route but /health needs "Authorization: Bearer KEY"
+  std::vector<std::string> cors_origins;  // origins answered with CORS headers ("*": any)
+  int max_connections = 256;      // open connections; more are answered 503 and closed
+  int max_queue = 64;             // requests waiting for a slot; more are answered 429
+  int read_timeout_s = 10;        // a request's headers and body must arrive within this
+  int keep_alive_timeout_s = 5;   // idle time allowed between requests on one connection
+  int keep_alive_max = 1000;      // requests per connection
+  int request_timeout_s = 600;    // a completion request's deadline, queueing included
+  int shutdown_timeout_s = 30;    // SIGTERM/SIGINT: in-flight requests get this long, then are cancelled
+  std::string log_format = "text";  // one line per request: text or json
   int load_delay_ms = 0;          // testing: keep /health at 503 for this long
+  int debug_fail_after = 0;       // testing: throw inside generation after this many text pieces
 };
 
-// Blocks until the server stops (SIGINT/SIGTERM). Throws g4::Error if it cannot bind.
+// Blocks until the server stops (SIGINT/SIGTERM: drains, then returns). Throws g4::Error
+// if it cannot bind or the model cannot be loaded.
 void serve(const ServeOptions& opt);
 
 }  // namespace g4

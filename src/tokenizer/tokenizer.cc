@@ -505,7 +505,24 @@ void Tokenizer::encode_fragment(std::string_view raw, std::vector<int32_t>& out,
   if (word < norm.size()) emit(norm.size());
 }
 
+namespace {
+// Chat-format markers (<|turn>, <turn|>, <start_of_turn>, <bos>, ...). Some tokenizer.json
+// files list them as non-special added tokens, so parse_special = false alone would still
+// let a user's text become a turn boundary.
+bool is_chat_marker(const std::string& t) {
+  if (t.size() < 3 || t.front() != '<' || t.back() != '>') return false;
+  return t.find('|') != std::string::npos || t.find("_of_turn") != std::string::npos || t == "<bos>" || t == "<eos>" ||
+         t == "<pad>";
+}
+}  // namespace
+
 std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_bos, bool parse_special) const {
+  return encode_impl(text, add_bos, parse_special, false);
+}
+
+std::vector<int32_t> Tokenizer::encode_untrusted(std::string_view text) const { return encode_impl(text, false, false, true); }
+
+std::vector<int32_t> Tokenizer::encode_impl(std::string_view text, bool add_bos, bool parse_special, bool untrusted) const {
   std::vector<int32_t> out;
   WordCache cache;
   if (add_bos) out.push_back(bos_);
@@ -514,7 +531,7 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_bos, bool
     const Added* hit = nullptr;
     if (first_byte_may_start_added_[static_cast<uint8_t>(text[i])]) {
       for (const auto& a : added_) {  // longest first
-        if ((a.special && !parse_special) || a.text.size() > text.size() - i) continue;
+        if ((a.special && !parse_special) || (untrusted && is_chat_marker(a.text)) || a.text.size() > text.size() - i) continue;
         if (text.compare(i, a.text.size(), a.text) == 0) { hit = &a; break; }
       }
     }
@@ -612,27 +629,67 @@ std::string strip_thought_channels(std::string s) {
 }
 }  // namespace
 
-std::string render_chat(std::span<const ChatMessage> messages, const ChatTemplateOptions& opt) {
-  std::string out = "<bos>";
+namespace {
+// The template as a sequence of pieces: emit(text, control). Control pieces are the
+// special tokens the template itself inserts; everything else (role names, newlines,
+// message content) is plain text.
+template <typename Emit>
+void render_chat_parts(std::span<const ChatMessage> messages, const ChatTemplateOptions& opt, Emit emit) {
+  emit("<bos>", true);
   size_t first = 0;
   const bool has_system = !messages.empty() && (messages[0].role == "system" || messages[0].role == "developer");
   if (opt.enable_thinking || has_system) {
-    out += "<|turn>system\n";
-    if (opt.enable_thinking) out += "<|think|>\n";
-    if (has_system) { out += trim(messages[0].content); first = 1; }
-    out += "<turn|>\n";
+    emit("<|turn>", true);
+    emit("system\n", false);
+    if (opt.enable_thinking) { emit("<|think|>", true); emit("\n", false); }
+    if (has_system) { emit(trim(messages[0].content), false); first = 1; }
+    emit("<turn|>", true);
+    emit("\n", false);
   }
   for (size_t i = first; i < messages.size(); ++i) {
     const auto& m = messages[i];
     const bool assistant = m.role == "assistant" || m.role == "model";
-    out += "<|turn>" + (assistant ? std::string("model") : m.role) + "\n";
-    out += assistant ? trim(strip_thought_channels(m.content)) : trim(m.content);
-    out += "<turn|>\n";
+    emit("<|turn>", true);
+    emit((assistant ? std::string("model") : m.role) + "\n", false);
+    emit(assistant ? trim(strip_thought_channels(m.content)) : trim(m.content), false);
+    emit("<turn|>", true);
+    emit("\n", false);
   }
   if (opt.add_generation_prompt) {
-    out += "<|turn>model\n";
-    if (opt.empty_thought_channel && !opt.enable_thinking) out += "<|channel>thought\n<channel|>";
+    emit("<|turn>", true);
+    emit("model\n", false);
+    if (opt.empty_thought_channel && !opt.enable_thinking) {
+      emit("<|channel>", true);
+      emit("thought\n", false);
+      emit("<channel|>", true);
+    }
   }
+}
+}  // namespace
+
+std::string render_chat(std::span<const ChatMessage> messages, const ChatTemplateOptions& opt) {
+  std::string out;
+  render_chat_parts(messages, opt, [&](const std::string& s, bool) { out += s; });
+  return out;
+}
+
+std::vector<int32_t> encode_chat(const Tokenizer& tok, std::span<const ChatMessage> messages, const ChatTemplateOptions& opt) {
+  std::vector<int32_t> out;
+  std::string text;  // plain text since the last control token, encoded as one fragment
+  auto flush = [&] {
+    if (text.empty()) return;
+    const auto ids = tok.encode_untrusted(text);
+    out.insert(out.end(), ids.begin(), ids.end());
+    text.clear();
+  };
+  render_chat_parts(messages, opt, [&](const std::string& s, bool control) {
+    if (!control) { text += s; return; }
+    flush();
+    const int32_t id = s == "<bos>" ? tok.bos_id() : tok.find(s);
+    if (id >= 0) out.push_back(id);
+    else { const auto ids = tok.encode(s, false, true); out.insert(out.end(), ids.begin(), ids.end()); }
+  });
+  flush();
   return out;
 }
 

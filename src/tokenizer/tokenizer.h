@@ -23,6 +23,9 @@ class Tokenizer {
   // parse_special: match special (CONTROL) tokens written in the text, as HF does; llama.cpp's
   // perplexity passes false. Non-special added tokens are always matched.
   std::vector<int32_t> encode(std::string_view text, bool add_bos, bool parse_special = true) const;
+  // Text from an untrusted party (a chat message): no special token and no chat-format
+  // marker (<|turn>, <start_of_turn>, ...) is matched, whatever tokenizer.json calls it.
+  std::vector<int32_t> encode_untrusted(std::string_view text) const;
   // skip_special drops special tokens (HF skip_special_tokens=True).
   std::string decode(std::span<const int32_t> ids, bool skip_special = false) const;
   // The text of one token as it would appear in decoded output (byte tokens as raw bytes).
@@ -60,6 +63,7 @@ class Tokenizer {
   };
   using WordCache = std::unordered_map<std::string, std::vector<int32_t>, StringHash, std::equal_to<>>;
   void encode_fragment(std::string_view raw, std::vector<int32_t>& out, WordCache& cache) const;
+  std::vector<int32_t> encode_impl(std::string_view text, bool add_bos, bool parse_special, bool untrusted) const;
   void find_word_boundaries();
 
   std::vector<std::string> pieces_;
@@ -106,5 +110,9 @@ struct ChatTemplateOptions {
   bool empty_thought_channel = false;
 };
 std::string render_chat(std::span<const ChatMessage> messages, const ChatTemplateOptions& opt);
+// The same conversation as token ids, BOS first. Control tokens come only from the template;
+// message content goes through encode_untrusted, so "<|turn>" typed by a user stays text and
+// cannot forge a turn (llama.cpp's parse_special = false for content).
+std::vector<int32_t> encode_chat(const Tokenizer& tok, std::span<const ChatMessage> messages, const ChatTemplateOptions& opt);
 
 }  // namespace g4

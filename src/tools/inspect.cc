@@ -32,7 +32,24 @@ std::string fmt_count(int64_t n) {
 
 }  // namespace
 
-json inspect_json(const Model& m) {
+std::vector<NonFiniteTensor> check_finite_weights(Model& m) {
+  std::vector<NonFiniteStats> stats(m.file_tensors.size());
+#pragma omp parallel for schedule(dynamic, 1)
+  for (size_t i = 0; i < m.file_tensors.size(); ++i) stats[i] = scan_non_finite(m.file_tensors[i]);
+  std::vector<NonFiniteTensor> out;
+  for (size_t i = 0; i < stats.size(); ++i) {
+    const auto& s = stats[i];
+    if (!s.count()) continue;
+    const auto& t = m.file_tensors[i];
+    out.push_back({t.name, s});
+    m.errors.push_back({t.name, fmt::format("{} non-finite value{} ({} NaN, {} Inf) of {}; the first at flat index {}. "
+                                            "The weights are corrupt: re-download or re-convert the file",
+                                            s.count(), s.count() == 1 ? "" : "s", s.nan, s.inf, t.numel(), s.first_index)});
+  }
+  return out;
+}
+
+json inspect_json(const Model& m, const std::vector<NonFiniteTensor>& non_finite) {
   const auto& s = m.spec;
   const Totals t = totals(m);
   json j;
@@ -70,6 +87,11 @@ json inspect_json(const Model& m) {
     for (const auto& e : v) a.push_back({{"tensor", e.tensor}, {"message", e.message}});
     return a;
   };
+  json nf = json::array();
+  for (const auto& t : non_finite)
+    nf.push_back({{"tensor", t.tensor}, {"count", t.stats.count()}, {"nan", t.stats.nan}, {"inf", t.stats.inf},
+                  {"first_index", t.stats.first_index}});
+  j["non_finite"] = nf;
   j["errors"] = issues(m.errors);
   j["warnings"] = issues(m.warnings);
   j["valid"] = m.valid();

@@ -8,14 +8,13 @@
 #include <cstring>
 #include <fstream>
 
+#include "tools/kld_base.h"
 #include "tools/token_input.h"
 #include "util/error.h"
 #include "util/mapped_file.h"
 
 namespace g4 {
 namespace {
-
-constexpr char kLogitsMagic[8] = {'_', 'l', 'o', 'g', 'i', 't', 's', '_'};
 
 // Running mean +/- uncertainty as llama.cpp reports it.
 struct Acc {
@@ -54,9 +53,7 @@ void row_stats(const T* z, int64_t V, double& mx, double& lse) {
   lse = std::log(s);
 }
 
-// llama.cpp's uint16 record of one position's log-probabilities: two floats (scale,
-// min_log_prob) then n_vocab quantized values, padded to an even count.
-size_t record_words(int64_t V) { return static_cast<size_t>(2 * ((V + 1) / 2) + 4); }
+size_t record_words(int64_t V) { return kld_record_words(V); }
 
 template <typename T>
 void quantize_log_probs(const T* z, int64_t V, uint16_t* out) {
@@ -154,47 +151,6 @@ KldStats finish_kld(KldAcc& a) {
   return k;
 }
 
-struct BaseFile {
-  std::shared_ptr<MappedFile> file;
-  int32_t n_ctx = 0, n_vocab = 0, n_chunk = 0;
-  std::vector<int32_t> tokens;
-  const uint8_t* records = nullptr;
-};
-
-BaseFile open_base(const std::string& path, const Model& m, int n_ctx, int first) {
-  BaseFile b;
-  b.file = MappedFile::open(path);
-  const auto* d = b.file->data();
-  const size_t size = b.file->size();
-  if (size < 20 || std::memcmp(d, kLogitsMagic, 8) != 0)
-    fail("{}: not a KL-divergence base file (no '_logits_' magic); make one with --kl-divergence-base", path);
-  std::memcpy(&b.n_ctx, d + 8, 4);
-  std::memcpy(&b.n_vocab, d + 12, 4);
-  std::memcpy(&b.n_chunk, d + 16, 4);
-  if (b.n_vocab != m.spec.vocab)
-    fail("{}: base logits have n_vocab = {} but {} has a vocabulary of {}; compare models that share a tokenizer",
-         path, b.n_vocab, m.path, m.spec.vocab);
-  if (b.n_ctx != n_ctx) fail("{}: base file was made with -c {}, this run uses -c {}; use the same context", path, b.n_ctx, n_ctx);
-  if (b.n_ctx < 4 || b.n_chunk <= 0) fail("{}: header has n_ctx = {}, n_chunk = {}", path, b.n_ctx, b.n_chunk);
-  auto file_size = [&](int first_pos) {
-    const uint64_t per_chunk = static_cast<uint64_t>(b.n_ctx - 1 - first_pos) * record_words(b.n_vocab) * 2;
-    return 20 + 4ull * b.n_chunk * b.n_ctx + per_chunk * b.n_chunk;
-  };
-  if (file_size(first) != size) {
-    const bool other = file_size(first == b.n_ctx / 2 ? b.n_ctx / 2 - 1 : b.n_ctx / 2) == size;
-    fail("{}: {} bytes, but n_ctx {}, n_vocab {}, {} chunks need {}; {}", path, size, b.n_ctx, b.n_vocab, b.n_chunk,
-         file_size(first),
-         other ? "the file was made with the other scoring protocol: add or drop --llama-scoring"
-               : "the file is truncated or not from llama-perplexity/g4");
-  }
-  b.tokens.resize(static_cast<size_t>(b.n_chunk) * b.n_ctx);
-  std::memcpy(b.tokens.data(), d + 20, b.tokens.size() * 4);
-  for (auto t : b.tokens)
-    if (t < 0 || t >= m.spec.vocab) fail("{}: token id {} is outside the vocabulary", path, t);
-  b.records = d + 20 + b.tokens.size() * 4;
-  return b;
-}
-
 }  // namespace
 
 PerplexityResult run_perplexity(const Model& model, const std::string& text, const PerplexityOptions& opt) {
@@ -215,10 +171,10 @@ PerplexityResult run_perplexity_tokens(const Model& model, const std::vector<int
 
   // Predictions made at positions first..n_ctx-2 (each predicts the next token) count.
   const int first = opt.llama_scoring ? n_ctx / 2 : n_ctx / 2 - 1;
-  std::optional<BaseFile> base;
+  std::optional<KldBase> base;
   std::vector<int32_t> tokens = text_tokens;
   if (!opt.kld_base_in.empty()) {
-    base = open_base(opt.kld_base_in, model, n_ctx, first);
+    base = parse_kld_base(MappedFile::open(opt.kld_base_in), model.spec.vocab, n_ctx, first);
     tokens = base->tokens;
   }
   const int64_t n_tok = static_cast<int64_t>(tokens.size());
@@ -274,6 +230,10 @@ PerplexityResult run_perplexity_tokens(const Model& model, const std::vector<int
       if (f64) { row_stats(&ld[row * V], V, mx, lse); zt = ld[row * V + target]; }
       else { row_stats(&lf[row * V], V, mx, lse); zt = lf[row * V + target]; }
       const double nll = mx + lse - zt;
+      // A NaN/Inf logit makes every statistic after it meaningless: stop with the place.
+      if (!std::isfinite(nll))
+        fail("non-finite logits at chunk {}, position {} (NLL = {}): the model produces NaN/Inf; run `g4 inspect` "
+             "on it (non-finite weights) or `g4 compare` to find the layer", c, p, nll);
       if (opt.want_all_nll) r.nll[static_cast<size_t>(c) * (n_ctx - 1) + p] = static_cast<float>(nll);
       if (p < first) continue;
       acc.add(nll);
