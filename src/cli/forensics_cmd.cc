@@ -100,7 +100,7 @@ void register_forensics(CLI::App& app) {
       if (o->json) {
         json a = json::array();
         for (const auto& x : rr.rows) a.push_back({{"restored", x.what}, {"ppl", x.ppl}, {"gap_closed", x.gap_closed}});
-        j["restore"] = {{"n_ctx", rr.n_ctx}, {"chunks", rr.chunks}, {"rows", a}};
+        j["restore"] = {{"n_ctx", rr.n_ctx}, {"chunks", rr.chunks}, {"gap", rr.gap}, {"gap_err", rr.gap_err}, {"noise", rr.noise()}, {"rows", a}};
       } else {
         std::printf("\n%s", format_restore(rr).c_str());
       }

@@ -521,7 +521,26 @@ RestoreRanking run_restore(const Model& art, const Model& ref, const std::string
     out.chunks = pr.chunks;
     return pr.ppl;
   };
-  const double p_art = ppl(base), p_ref = ppl(ref);
+  // The artifact-reference gap and its paired standard error (per-prediction NLL differences
+  // on the same tokens; the two PPLs' own errors are mostly shared and would overstate it).
+  PerplexityOptions pn = po;
+  pn.want_all_nll = true;
+  const auto ra = run_perplexity_tokens(base, tokens, pn), rf = run_perplexity_tokens(ref, tokens, pn);
+  const double p_art = ra.ppl, p_ref = rf.ppl;
+  out.n_ctx = ra.n_ctx;
+  out.chunks = ra.chunks;
+  out.gap = p_art - p_ref;
+  if (ra.nll.size() == rf.nll.size() && ra.nll.size() > 1) {
+    double sum = 0, sum2 = 0;
+    const double n = static_cast<double>(ra.nll.size());
+    for (size_t i = 0; i < ra.nll.size(); ++i) {
+      const double d = double(ra.nll[i]) - rf.nll[i];
+      sum += d;
+      sum2 += d * d;
+    }
+    const double var = std::max(0.0, sum2 / n - (sum / n) * (sum / n));
+    out.gap_err = p_art * std::sqrt(var / (n - 1));
+  }
   using Pick = std::function<bool(const std::string& hf, int layer, const std::string& cls)>;
   struct Hybrid { std::string label; Pick pick; bool ref_spec = false; };
   std::vector<Hybrid> hybrids;
@@ -603,6 +622,9 @@ RestoreRanking run_restore(const Model& art, const Model& ref, const std::string
 std::string format_restore(const RestoreRanking& r) {
   std::string o = fmt::format("c={}, {} chunks\n{:<48} {:>12} {:>14}\n", r.n_ctx, r.chunks, "restored from the reference", "PPL", "gap closed");
   for (const auto& x : r.rows) o += fmt::format("{:<48} {:>12.4f} {:>13.1f}%\n", x.what, x.ppl, 100 * x.gap_closed);
+  if (r.noise())
+    o += fmt::format("NOTE the artifact-reference gap ({:+.4f}) is within two standard errors ({:.4f}): the shares above are noise; "
+                     "use more chunks\n", r.gap, 2 * r.gap_err);
   return o;
 }
 

@@ -7,6 +7,7 @@
 // Tensors are streamed a block of rows at a time: memory stays bounded by a few MB per
 // thread plus the layer-mapping samples, whatever the model's size.
 #pragma once
+#include <cmath>
 #include <optional>
 #include <string>
 #include <vector>
@@ -96,6 +97,8 @@ struct RestoreResult {
 struct RestoreRanking {
   std::vector<RestoreResult> rows;  // artifact, reference, then hybrids best first
   int n_ctx = 0, chunks = 0;        // what the text allowed
+  double gap = 0, gap_err = 0;      // PPL artifact - reference, and its paired standard error
+  bool noise() const { return std::abs(gap) < 2 * gap_err; }  // gap shares mean nothing then
 };
 
 // `which`: a class name, "metadata", or "auto" (every class, the damaged classes together,
