@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "cli/commands.h"
+#include "cli/forward_flags.h"
 #include "kernels/fast.h"
 #include "tools/bench.h"
 #include "tools/synth.h"
@@ -22,7 +23,7 @@ void register_bench(CLI::App& app) {
   cmd->add_option("-n,--n-gen", o->b.n_gen, "generated tokens (default 128; 0 skips tg)");
   cmd->add_option("-r,--repetitions", o->b.reps, "repetitions (default 5)");
   cmd->add_option("-t,--threads", o->threads, "threads (default: all cores)");
-  cmd->add_option("--precision", o->precision, "fast (default), f32 or f64")->check(CLI::IsMember({"f64", "f32", "fast"}));
+  cmd->add_option("--precision", o->precision, "fast (default), f32, f64 or bf16")->check(CLI::IsMember(kPrecisionNames));
   cmd->add_flag("--membw", o->membw, "also measure this machine's memory read bandwidth");
   cmd->add_flag("--json", o->json, "machine-readable output");
   cmd->final_callback([o] {

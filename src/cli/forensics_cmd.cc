@@ -2,6 +2,7 @@
 #include <filesystem>
 
 #include "cli/commands.h"
+#include "cli/forward_flags.h"
 #include "tools/compare.h"
 #include "tools/forensics.h"
 #include "tools/grade.h"
@@ -40,8 +41,8 @@ void register_compare(CLI::App& app) {
   cmd->add_option("-c,--ctx-size", o->n_ctx, "tokens taken from the text (default 128)");
   cmd->add_option("--tokens", o->tokens, "comma-separated token ids");
   cmd->add_option("--tokens-file", o->tokens_file, "JSON array of token ids");
-  cmd->add_option("--precision", o->precision, "precision of A (and of B unless --precision-b)")->check(CLI::IsMember({"f64", "f32", "fast"}));
-  cmd->add_option("--precision-b", o->precision_b, "precision of B")->check(CLI::IsMember({"f64", "f32", "fast"}));
+  cmd->add_option("--precision", o->precision, "precision of A (and of B unless --precision-b)")->check(CLI::IsMember(kPrecisionNames));
+  cmd->add_option("--precision-b", o->precision_b, "precision of B")->check(CLI::IsMember(kPrecisionNames));
   cmd->add_option("-t,--threads", o->threads, "threads");
   cmd->add_flag("--json", o->json, "machine-readable output");
   cmd->add_flag("--lenient", o->lenient, "load despite tensors that contradict the config");

@@ -18,7 +18,7 @@ void add_forward_flags(CLI::App* cmd, ForwardFlags& f, const std::string& defaul
   cmd->add_option("--precision", f.precision,
                   fmt::format("f64 (reference), f32, fast (SIMD kernels) or bf16 (HF's bf16 forward emulated); default {}",
                               default_precision))
-      ->check(CLI::IsMember({"f64", "f32", "fast", "bf16"}));
+      ->check(CLI::IsMember(kPrecisionNames));
   cmd->add_option("--cache-type-k", f.cache_k, fmt::format("KV cache type for K: {} (default f32)", fmt::join(kv, ", ")))
       ->check(CLI::IsMember(kv));
   cmd->add_option("--cache-type-v", f.cache_v, "KV cache type for V (default f32; -ctk/-ctv also work)")->check(CLI::IsMember(kv));

@@ -8,6 +8,9 @@
 
 namespace g4::cli {
 
+// Every --precision value.
+inline const std::vector<std::string> kPrecisionNames{"f64", "f32", "fast", "bf16"};
+
 struct ForwardFlags {
   std::string precision;
   std::string cache_k = "f32", cache_v = "f32";

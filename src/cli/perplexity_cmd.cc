@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "cli/commands.h"
+#include "cli/forward_flags.h"
 #include "formats/safetensors.h"
 #include "tools/perplexity.h"
 #include "util/error.h"
@@ -20,7 +21,8 @@ void set_threads(int n) {
 
 void register_perplexity(CLI::App& app) {
   struct Opts {
-    std::string model, file, precision = "f64", nll_out, kld_base, kld;
+    std::string model, file, nll_out, kld_base, kld;
+    ForwardFlags fwd;
     int n_ctx = 512, n_batch = 2048, chunks = -1, threads = 0;
     bool json = false, bf16_scale = false, lenient = false, llama_scoring = false;
   };
@@ -32,7 +34,7 @@ void register_perplexity(CLI::App& app) {
   cmd->add_option("-b,--batch-size", o->n_batch, "tokens per forward call (default 2048)");
   cmd->add_option("--chunks", o->chunks, "evaluate at most this many chunks");
   cmd->add_option("-t,--threads", o->threads, "threads (default: all cores)");
-  cmd->add_option("--precision", o->precision, "f64 (reference) or f32")->check(CLI::IsMember({"f64", "f32", "fast"}));
+  add_forward_flags(cmd, o->fwd, "f64");
   cmd->add_flag("--bf16-embed-scale", o->bf16_scale, "round sqrt(H), sqrt(P) to bf16 as HF does on a bf16 checkpoint");
   cmd->add_option("--nll-out", o->nll_out, "write every prediction's NLL [chunks, n_ctx-1] to a safetensors file");
   cmd->add_option("--kl-divergence-base", o->kld_base, "save this model's log-probs (llama.cpp's uint16 format) / read them with --kl-divergence");
@@ -48,7 +50,8 @@ void register_perplexity(CLI::App& app) {
     po.n_ctx = o->n_ctx;
     po.n_batch = o->n_batch;
     po.max_chunks = o->chunks;
-    po.forward = {parse_precision(o->precision), o->bf16_scale};
+    po.forward = o->fwd.options();
+    po.forward.bf16_embed_scale = o->bf16_scale;
     po.want_all_nll = !o->nll_out.empty();
     po.llama_scoring = o->llama_scoring;
     if (!o->kld.empty()) {
@@ -73,10 +76,10 @@ void register_perplexity(CLI::App& app) {
     bar.finish();
     if (!o->nll_out.empty())
       write_safetensors(o->nll_out, {st_f32("nll", {r.chunks, r.n_ctx - 1}, r.nll)},
-                        {{"n_ctx", std::to_string(r.n_ctx)}, {"model", o->model}, {"precision", o->precision}});
+                        {{"n_ctx", std::to_string(r.n_ctx)}, {"model", o->model}, {"precision", o->fwd.precision}});
     if (o->json) {
       json j{{"ppl", r.ppl}, {"ppl_err", r.ppl_err}, {"nll_mean", r.nll_mean}, {"chunks", r.chunks},
-             {"tokens", r.tokens}, {"n_ctx", r.n_ctx}, {"seconds", r.seconds}, {"precision", o->precision}};
+             {"tokens", r.tokens}, {"n_ctx", r.n_ctx}, {"seconds", r.seconds}, {"precision", o->fwd.precision}};
       if (r.kld) {
         const auto& k = *r.kld;
         json pct = json::object(), dpp = json::object();
@@ -90,7 +93,7 @@ void register_perplexity(CLI::App& app) {
       std::printf("%s\n", j.dump(2).c_str());
     } else {
       std::printf("%d chunks of %d tokens (%ld scored) from %ld tokens, %s, %.2f s\n", r.chunks, r.n_ctx,
-                  static_cast<long>(r.tokens), static_cast<long>(r.n_text_tokens), o->precision.c_str(), r.seconds);
+                  static_cast<long>(r.tokens), static_cast<long>(r.n_text_tokens), o->fwd.precision.c_str(), r.seconds);
       if (r.kld) std::fputs(format_kld_report(*r.kld).c_str(), stdout);
       std::printf("Final estimate: PPL = %.5f +/- %.5f\n", r.ppl, r.ppl_err);
     }

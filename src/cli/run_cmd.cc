@@ -113,10 +113,8 @@ void register_run(CLI::App& app) {
         if (user.empty()) continue;
       }
       conv.push_back({"user", user});
-      const std::string text = render_chat(conv, co);
-      // llama.cpp: the rendered <bos> is dropped and BOS added by the tokenizer.
-      auto ids = tok.encode(std::string_view(text).substr(text.rfind("<bos>", 0) == 0 ? 5 : 0), true);
-      auto r = timed(ids);
+      // Control tokens only from the template: what the user types stays text.
+      auto r = timed(encode_chat(tok, conv, co));
       conv.push_back({"assistant", r.text});
       if (!interactive) { std::printf("\n"); break; }
     }

@@ -1,6 +1,7 @@
 #include <cstdlib>
 
 #include "cli/commands.h"
+#include "cli/forward_flags.h"
 #include "server/server.h"
 #include "tools/defaults.h"
 
@@ -16,7 +17,7 @@ void register_serve(CLI::App& app) {
   cmd->add_option("-c,--ctx", o->ctx, "context limit per request (default: the model's)");
   cmd->add_option("--max-tokens-limit", o->max_tokens_limit, "largest max_tokens a request may ask for (default 4096)");
   cmd->add_option("--max-body-bytes", o->max_body_bytes, "largest request body (default 1 MiB)");
-  cmd->add_option("--precision", o->precision, "fast (default), f32 or f64")->check(CLI::IsMember({"f64", "f32", "fast"}));
+  cmd->add_option("--precision", o->precision, "fast (default), f32, f64 or bf16")->check(CLI::IsMember(kPrecisionNames));
   cmd->add_option("--api-key", o->api_key, "require 'Authorization: Bearer KEY' on every route but /health (default: $G4_API_KEY)");
   cmd->add_option("--cors-origin", o->cors_origins, "answer CORS requests from this origin (repeatable; '*' for any)");
   cmd->add_option("--max-connections", o->max_connections, "open connections; more are answered 503 (default 256)");

@@ -13,6 +13,7 @@
 
 #include "kernels/dequant.h"
 #include "kernels/quantize.h"
+#include "tools/finite.h"
 #include "tools/quantize.h"
 #include "util/error.h"
 
@@ -356,7 +357,12 @@ ForensicsReport run_forensics(const Model& art, const Model& ref) {
       f.flagged = true;
       f.why = fmt::format("error {:.3g} is {:.1f}x what {} explains ({:.3g})", f.rel_rms, f.severity(), dtype_name(ta.dtype), f.explained);
     }
-    if (!std::isfinite(f.rel_rms)) { f.flagged = true; f.why = "NaN or Inf"; }
+    if (!std::isfinite(f.rel_rms)) {  // count them (scanned only here: a clean tensor is not read twice)
+      f.flagged = true;
+      const NonFiniteStats nf = scan_non_finite(ta);
+      f.why = nf.count() ? fmt::format("{} NaN and {} Inf values, the first at element {}", nf.nan, nf.inf, nf.first_index)
+                         : "NaN or Inf";
+    }
     if (f.flagged && ta.shape.size() == 2 && ta.shape[0] == ta.shape[1])
       if (auto c = transposed_cosine(ta, tr); c && *c > 0.9 && *c > f.cosine + 0.1)
         f.why += fmt::format("; it is the reference transposed (cos {:.4f})", *c);
