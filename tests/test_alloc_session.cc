@@ -23,6 +23,8 @@ struct Case {
   Precision precision;
 };
 
+void PrintTo(const Case& c, std::ostream* os) { *os << c.path << " " << precision_name(c.precision); }
+
 class SessionAllocations : public ::testing::TestWithParam<Case> {};
 
 TEST_P(SessionAllocations, DecodeAndPrefillStepsAllocateNothing) {
