@@ -4,6 +4,7 @@
 #include <set>
 
 #include "util/error.h"
+#include "formats/gguf_keys.h"
 
 namespace g4 {
 namespace {
@@ -187,7 +188,7 @@ GgufFile read_gguf(std::shared_ptr<MappedFile> file) {
     g.kv.emplace_back(std::move(key), std::move(v));
   }
 
-  if (const auto* a = g.find("general.alignment")) {
+  if (const auto* a = g.find(gk::kAlignment)) {
     if (a->type != GgufType::UINT32) fail("{}: general.alignment must be UINT32, found {}", path, gguf_type_name(a->type));
     if (a->i == 0 || (a->i & (a->i - 1)) != 0)
       fail("{}: general.alignment = {} is not a power of two", path, a->i);

@@ -7,44 +7,12 @@
 #include <string>
 #include <vector>
 
+#include "formats/gguf_keys.h"
 #include "model/spec.h"
 #include "util/json.h"
 
 namespace g4 {
 
-// GGUF metadata keys (gemma4-tensors.md §8).
-namespace gk {
-inline constexpr const char* kArchitecture = "general.architecture";
-inline constexpr const char* kBlockCount = "gemma4.block_count";
-inline constexpr const char* kContextLength = "gemma4.context_length";
-inline constexpr const char* kEmbeddingLength = "gemma4.embedding_length";
-inline constexpr const char* kFeedForwardLength = "gemma4.feed_forward_length";
-inline constexpr const char* kHeadCount = "gemma4.attention.head_count";
-inline constexpr const char* kHeadCountKv = "gemma4.attention.head_count_kv";
-inline constexpr const char* kKeyLength = "gemma4.attention.key_length";
-inline constexpr const char* kValueLength = "gemma4.attention.value_length";
-inline constexpr const char* kKeyLengthSwa = "gemma4.attention.key_length_swa";
-inline constexpr const char* kValueLengthSwa = "gemma4.attention.value_length_swa";
-inline constexpr const char* kRmsEps = "gemma4.attention.layer_norm_rms_epsilon";
-inline constexpr const char* kSlidingWindow = "gemma4.attention.sliding_window";
-inline constexpr const char* kSlidingWindowPattern = "gemma4.attention.sliding_window_pattern";
-inline constexpr const char* kSharedKvLayers = "gemma4.attention.shared_kv_layers";
-inline constexpr const char* kPleLength = "gemma4.embedding_length_per_layer_input";
-inline constexpr const char* kFinalSoftcap = "gemma4.final_logit_softcapping";
-inline constexpr const char* kRopeFreqBase = "gemma4.rope.freq_base";
-inline constexpr const char* kRopeFreqBaseSwa = "gemma4.rope.freq_base_swa";
-inline constexpr const char* kRopeDimCount = "gemma4.rope.dimension_count";
-inline constexpr const char* kRopeDimCountSwa = "gemma4.rope.dimension_count_swa";
-inline constexpr const char* kExpertCount = "gemma4.expert_count";
-inline constexpr const char* kExpertUsedCount = "gemma4.expert_used_count";
-inline constexpr const char* kExpertFfLength = "gemma4.expert_feed_forward_length";
-inline constexpr const char* kBosId = "tokenizer.ggml.bos_token_id";
-inline constexpr const char* kEosId = "tokenizer.ggml.eos_token_id";
-inline constexpr const char* kPadId = "tokenizer.ggml.padding_token_id";
-inline constexpr const char* kUnkId = "tokenizer.ggml.unknown_token_id";
-// Sizes and switches that GGUF files carry in tensors rather than keys are read from the
-// tensors named in model/catalog.h (tensor_name(GlobalTensor::Embed), ...).
-}  // namespace gk
 
 struct Hparam {
   const char* what;     // the concept, in words

@@ -8,6 +8,7 @@
 #include "formats/safetensors.h"
 #include "kernels/dequant.h"
 #include "util/error.h"
+#include "formats/gguf_keys.h"
 
 namespace g4 {
 namespace fs = std::filesystem;
@@ -139,9 +140,9 @@ void validate(Model& m, const LoadOptions& opt) {
   // Every embedding row must have a token: a shorter tokenizer.ggml.tokens lets the model
   // sample ids the tokenizer cannot print (llama.cpp requires equal counts).
   if (m.gguf)
-    if (const GgufValue* toks = m.gguf->find("tokenizer.ggml.tokens"); toks && toks->is_array() &&
+    if (const GgufValue* toks = m.gguf->find(gk::kTokens); toks && toks->is_array() &&
                                                                         static_cast<int64_t>(toks->array_size()) != m.spec.vocab)
-      m.errors.push_back({"tokenizer.ggml.tokens", fmt::format("has {} tokens but token_embd.weight has {} rows; the "
+      m.errors.push_back({gk::kTokens, fmt::format("has {} tokens but token_embd.weight has {} rows; the "
                                                                "tokenizer does not match the model (re-convert the GGUF)",
                                                                toks->array_size(), m.spec.vocab)});
   if (m.errors.empty()) bind_weights(m);

@@ -10,6 +10,7 @@
 #include "util/error.h"
 #include "util/json.h"
 #include "util/mapped_file.h"
+#include "formats/gguf_keys.h"
 
 namespace g4 {
 namespace {
@@ -351,13 +352,13 @@ Tokenizer Tokenizer::from_hf_file(const std::string& path) {
 
 Tokenizer Tokenizer::from_gguf(const GgufFile& g) {
   const std::string src = g.path + " (tokenizer.ggml.*)";
-  const auto model = g.get_string("tokenizer.ggml.model");
+  const auto model = g.get_string(gk::kTokenizerModel);
   if (!model) fail("{}: no tokenizer.ggml.model key; this GGUF carries no tokenizer", g.path);
   if (*model != "gemma4" && *model != "llama" && *model != "gpt2")
     fail("{}: tokenizer.ggml.model \"{}\" is not supported (expected gemma4)", g.path, *model);
-  const auto* tokens = g.find("tokenizer.ggml.tokens");
-  const auto* merges = g.find("tokenizer.ggml.merges");
-  const auto* types = g.find("tokenizer.ggml.token_type");
+  const auto* tokens = g.find(gk::kTokens);
+  const auto* merges = g.find(gk::kMerges);
+  const auto* types = g.find(gk::kTokenType);
   if (!tokens || tokens->elem_type != GgufType::STRING) fail("{}: tokenizer.ggml.tokens must be a string array", src);
   if (!merges || merges->elem_type != GgufType::STRING) fail("{}: tokenizer.ggml.merges must be a string array", src);
   Tokenizer t;
@@ -387,8 +388,8 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& g) {
       // never produce them, so HF matches them verbatim; do the same.
       t.added_.push_back({p, static_cast<int32_t>(i), false});
   }
-  t.bos_ = static_cast<int32_t>(g.get_int("tokenizer.ggml.bos_token_id").value_or(2));
-  t.add_bos_ = g.get_bool("tokenizer.ggml.add_bos_token").value_or(true);
+  t.bos_ = static_cast<int32_t>(g.get_int(gk::kBosId).value_or(2));
+  t.add_bos_ = g.get_bool(gk::kAddBos).value_or(true);
   t.finish_init(src);
   if (t.bos_ < 0 || t.bos_ >= t.vocab_size()) fail("{}: bos_token_id {} is outside the vocabulary", src, t.bos_);
   return t;

@@ -60,10 +60,10 @@ TokSettings settings_of(const Model& m, const Tokenizer& t) {
     if (auto v = g.get_int(gk::kUnkId)) s.unk = *v;
     if (auto v = g.get_int(gk::kEosId)) s.eos = *v;
     if (auto v = g.get_int(gk::kPadId)) s.pad = *v;
-    s.add_eos = g.get_bool("tokenizer.ggml.add_eos_token").value_or(false);
-    s.pre = g.get_string("tokenizer.ggml.pre").value_or("");
-    s.model = g.get_string("tokenizer.ggml.model").value_or("");
-    if (const auto* sc = g.find("tokenizer.ggml.scores"); sc && sc->is_array()) s.scores = sc->af;
+    s.add_eos = g.get_bool(gk::kAddEos).value_or(false);
+    s.pre = g.get_string(gk::kTokenizerPre).value_or("");
+    s.model = g.get_string(gk::kTokenizerModel).value_or("");
+    if (const auto* sc = g.find(gk::kScores); sc && sc->is_array()) s.scores = sc->af;
   } else {
     const auto dir = std::filesystem::path(m.path);
     if (std::filesystem::exists(dir / "tokenizer.json")) {

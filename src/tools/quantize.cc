@@ -123,18 +123,18 @@ void write_tokenizer_metadata(GgufWriter& w, const Tokenizer& t, const ModelSpec
     tokens[i] = t.piece(i);
     types[i] = t.token_type(i);
   }
-  w.set_str("tokenizer.ggml.model", "gemma4");
-  w.set_arr_str("tokenizer.ggml.tokens", std::move(tokens));
-  w.set_arr_f32("tokenizer.ggml.scores", scores);
-  w.set_arr_i32("tokenizer.ggml.token_type", types);
-  w.set_arr_str("tokenizer.ggml.merges", t.merges_text());
+  w.set_str(gk::kTokenizerModel, "gemma4");
+  w.set_arr_str(gk::kTokens, std::move(tokens));
+  w.set_arr_f32(gk::kScores, scores);
+  w.set_arr_i32(gk::kTokenType, types);
+  w.set_arr_str(gk::kMerges, t.merges_text());
   w.set_u32(gk::kBosId, static_cast<uint32_t>(t.bos_id()));
   w.set_u32(gk::kEosId, static_cast<uint32_t>(s.eos_ids.empty() ? 1 : s.eos_ids[0]));
   if (int32_t unk = t.find("<unk>"); unk >= 0) w.set_u32(gk::kUnkId, static_cast<uint32_t>(unk));
   w.set_u32(gk::kPadId, static_cast<uint32_t>(s.pad_id));
-  w.set_bool("tokenizer.ggml.add_bos_token", true);
-  w.set_bool("tokenizer.ggml.add_eos_token", false);
-  w.set_bool("tokenizer.ggml.add_space_prefix", false);
+  w.set_bool(gk::kAddBos, true);
+  w.set_bool(gk::kAddEos, false);
+  w.set_bool(gk::kAddSpacePrefix, false);
 }
 
 std::vector<uint8_t> rope_freqs_bytes(const ModelSpec& s) {
@@ -264,14 +264,14 @@ VerifyReport quantize_model(const Model& src, const std::string& out_path, const
   GgufWriter w;
   if (src.gguf) {
     for (const auto& [k, v] : src.gguf->kv)
-      if (k != "general.alignment") w.set(k, v);
+      if (k != gk::kAlignment) w.set(k, v);
   } else {
-    w.set_str("general.name", std::filesystem::path(src.path).filename().string());
+    w.set_str(gk::kName, std::filesystem::path(src.path).filename().string());
     write_gemma4_metadata(w, src.spec);
     write_tokenizer_metadata(w, load_tokenizer(src), src.spec);
   }
-  w.set_u32("general.quantization_version", 2);
-  w.set_u32("general.file_type", file_type_of(opt));
+  w.set_u32(gk::kQuantizationVersion, 2);
+  w.set_u32(gk::kFileType, file_type_of(opt));
   for (const auto& p : plan) {
     w.add_tensor(p.name, p.type, p.shape, [&src, &p, &opt]() {
       std::vector<uint8_t> bytes;

@@ -154,8 +154,8 @@ void synth_model(const SynthOptions& opt, const std::string& out_path) {
     return;
   }
   GgufWriter w;
-  w.set_str("general.name", fmt::format("synthetic {} ({} layers, random weights)", opt.variant, spec.n_layers));
-  w.set_u32("general.file_type", file_type_of(opt.quant));
+  w.set_str(gk::kName, fmt::format("synthetic {} ({} layers, random weights)", opt.variant, spec.n_layers));
+  w.set_u32(gk::kFileType, file_type_of(opt.quant));
   write_gemma4_metadata(w, spec);
   // A byte-level vocabulary so that the file is a complete model (llama.cpp needs one).
   std::vector<std::string> tokens;
@@ -163,17 +163,17 @@ void synth_model(const SynthOptions& opt, const std::string& out_path) {
   for (const char* sp : {"<pad>", "<eos>", "<bos>", "<unk>", "<mask>"}) { tokens.push_back(sp); types.push_back(3); }
   for (int b = 0; b < 256 && static_cast<int>(tokens.size()) < spec.vocab; ++b) { tokens.push_back(fmt::format("<0x{:02X}>", b)); types.push_back(6); }
   while (static_cast<int>(tokens.size()) < spec.vocab) { tokens.push_back(fmt::format("t{}", tokens.size())); types.push_back(1); }
-  w.set_str("tokenizer.ggml.model", "gemma4");
-  w.set_arr_str("tokenizer.ggml.tokens", tokens);
-  w.set_arr_f32("tokenizer.ggml.scores", std::vector<double>(tokens.size(), -1000.0));
-  w.set_arr_i32("tokenizer.ggml.token_type", types);
-  w.set_arr_str("tokenizer.ggml.merges", {});
+  w.set_str(gk::kTokenizerModel, "gemma4");
+  w.set_arr_str(gk::kTokens, tokens);
+  w.set_arr_f32(gk::kScores, std::vector<double>(tokens.size(), -1000.0));
+  w.set_arr_i32(gk::kTokenType, types);
+  w.set_arr_str(gk::kMerges, {});
   w.set_u32(gk::kBosId, 2);
   w.set_u32(gk::kEosId, 1);
   w.set_u32(gk::kUnkId, 3);
   w.set_u32(gk::kPadId, 0);
-  w.set_bool("tokenizer.ggml.add_bos_token", true);
-  w.set_u32("general.quantization_version", 2);
+  w.set_bool(gk::kAddBos, true);
+  w.set_u32(gk::kQuantizationVersion, 2);
   std::map<std::string, int> n_of_class, seen;
   for (const auto& s : slots) n_of_class[s.cls]++;
   uint64_t seed = opt.seed;
