@@ -16,6 +16,7 @@
 #include "kernels/quantize.h"
 #include "model/config_hf.h"
 #include "model/hparams.h"
+#include "forensics_util.h"
 #include "test_util.h"
 #include "tools/grade.h"
 #include "tools/quantize.h"
@@ -25,37 +26,10 @@
 namespace g4 {
 namespace {
 
-const Model& ref_model() {
-  static Model m = load_model(test::model_dir("brown-mini"));
-  return m;
-}
-
-int layer_of(const std::string& name) {
-  std::smatch m;
-  static const std::regex re(R"(blk\.(\d+)\.)");
-  return std::regex_search(name, m, re) ? std::stoi(m[1]) : -1;
-}
-
-void add_noise(std::vector<float>& x, double rel, uint32_t seed) {
-  double ss = 0;
-  for (float v : x) ss += double(v) * v;
-  const double sd = rel * std::sqrt(ss / x.size());
-  std::mt19937 rng(seed);
-  std::normal_distribution<double> n(0, sd);
-  for (auto& v : x) v += static_cast<float>(n(rng));
-}
-
-// brown-mini quantized by g4 (type or recipe), with `edit` applied to the source values.
-std::string quantized(const test::ScratchDir& d, const std::string& name, std::optional<DType> type, const std::string& recipe,
-                      std::function<void(const std::string&, std::vector<float>&)> edit = nullptr) {
-  QuantizeOptions qo;
-  qo.type = type;
-  qo.recipe = recipe;
-  qo.verify = false;
-  qo.edit_source_for_test = std::move(edit);
-  quantize_model(ref_model(), d.str(name), qo);
-  return d.str(name);
-}
+using test::add_noise;
+using test::layer_of;
+using test::quantized;
+const Model& ref_model() { return test::brown_mini(); }
 
 // A copy of a GGUF with metadata and tensors rewritten: `kv` may change or drop keys
 // (return false to drop), `tensor` may drop a tensor (return false) or replace its type,

@@ -5,6 +5,7 @@
 #include <random>
 #include <regex>
 
+#include "forensics_util.h"
 #include "test_util.h"
 #include "formats/safetensors.h"
 #include "tools/compare.h"
@@ -17,35 +18,14 @@
 namespace g4 {
 namespace {
 
-const Model& ref_model() {
-  static Model m = load_model(test::model_dir("brown-mini"));
-  return m;
-}
-
-int layer_of(const std::string& name) {
-  std::smatch m;
-  static const std::regex re(R"(blk\.(\d+)\.)");
-  return std::regex_search(name, m, re) ? std::stoi(m[1]) : -1;
-}
+using test::add_noise;
+using test::layer_of;
+const Model& ref_model() { return test::brown_mini(); }
 
 // brown-mini written as `type`, with `edit` applied to the source values first.
 std::string artifact(const test::ScratchDir& d, const std::string& name, DType type,
                      std::function<void(const std::string&, std::vector<float>&)> edit = nullptr) {
-  QuantizeOptions qo;
-  qo.type = type;
-  qo.verify = false;
-  qo.edit_source_for_test = std::move(edit);
-  quantize_model(ref_model(), d.str(name), qo);
-  return d.str(name);
-}
-
-void add_noise(std::vector<float>& x, double rel, uint32_t seed) {
-  double ss = 0;
-  for (float v : x) ss += double(v) * v;
-  const double sd = rel * std::sqrt(ss / x.size());
-  std::mt19937 rng(seed);
-  std::normal_distribution<double> n(0, sd);
-  for (auto& v : x) v += static_cast<float>(n(rng));
+  return test::quantized(d, name, type, "", std::move(edit));
 }
 
 TEST(Forensics, CleanQ8_0AndF16ArtifactsPass) {
