@@ -275,6 +275,13 @@ TEST(BadInputCli, CleanOneLineErrorsAndExitCodes) {
   r = run_g4("logits -m " + test::fixture("tiny-e") + " --tokens 2,99999 -o " + d.str("o.safetensors"), d.str());
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("outside the vocabulary"), std::string::npos) << r.err;
+  // Usage errors (unknown flag, missing required option, bad choice) exit with 2.
+  for (const char* usage : {"run --no-such-flag", "perplexity -f x.txt", "logits -m x --precision f16 -o y", "nosuchcommand"}) {
+    r = run_g4(usage, d.str());
+    EXPECT_EQ(r.code, 2) << usage << ": " << r.err;
+  }
+  r = run_g4("--version", d.str());
+  EXPECT_EQ(r.code, 0);
 }
 
 TEST(InspectCli, JsonOnAllFixtures) {

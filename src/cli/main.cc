@@ -1,13 +1,24 @@
-// g4: one binary, subcommands. Every user-caused failure is a g4::Error printed as
-// one line with exit code 1.
+// g4: one binary, subcommands. Exit codes: 0 success, 1 an error while working (a
+// g4::Error printed as one line), 2 a usage error (unknown flag, bad value, missing
+// argument), as documented in the README.
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstring>
 #include <iostream>
 #include <vector>
 
+#include <fmt/format.h>
+#include <omp.h>
+
 #include "cli/commands.h"
+#include "kernels/fast.h"
 #include "util/error.h"
+
+namespace g4 {
+// build_info.cc, generated at build time (cmake/version.cmake).
+const char* build_git_hash();
+const char* build_type();
+}  // namespace g4
 
 namespace {
 
@@ -28,7 +39,11 @@ int main(int argc, char** argv) {
   argv = args.data();
   CLI::App app{"g4: a self-checking inference engine for Gemma 4 text models"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", "g4 0.1.0");
+  app.set_version_flag("--version", [] {
+    return fmt::format("g4 {} (git {}, {} build)\nSIMD kernels: {} (available: {})\nOpenMP threads: {}", G4_VERSION,
+                       g4::build_git_hash(), g4::build_type(), g4::fast_kernel_isa(),
+                       fmt::join(g4::fast_available_isas(), ", "), omp_get_max_threads());
+  });
   g4::cli::register_inspect(app);
   g4::cli::register_logits(app);
   g4::cli::register_tokenize(app);
@@ -48,7 +63,8 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // --help and --version are "errors" with code 0; every other one is a usage error.
+    return app.exit(e) == 0 ? 0 : 2;
   } catch (const g4::Error& e) {
     std::fflush(stdout);
     std::fprintf(stderr, "g4: error: %s\n", e.what());
