@@ -47,6 +47,7 @@ void register_niah(CLI::App& app) {
     if (!o->svg.empty()) {
       std::ofstream f(o->svg, std::ios::binary);
       f << niah_svg(r, o->model);
+      f.close();
       if (!f) fail("{}: cannot write the SVG", o->svg);
     }
     if (!o->json) {
