@@ -157,13 +157,46 @@ TEST(Grade, CleanArtifactPassesDamagedFailsWithRestoreRanking) {
     if (l >= 0 && l % 3 == 2 && x.size() > 256) add_noise(x, 0.6, static_cast<uint32_t>(l));
   }));
   go.html_out = d.str("report.html");
+  go.build = "g4 test build";
   auto gb = grade(bad, ref_model(), go);
   std::printf("%s\n", gb.markdown.c_str());
   EXPECT_FALSE(gb.pass);
   EXPECT_NE(gb.markdown.find("Restore ranking"), std::string::npos);
   EXPECT_NE(gb.markdown.find("PERIODIC damage: period 3"), std::string::npos);
+  // The report: reasons first, every plot present with data in it, provenance, PNG, card.
   const std::string html = read_text_file(d.str("report.html"));
-  EXPECT_NE(html.find("data:image/png;base64,iVBOR"), std::string::npos);  // a real PNG inside
+  auto plot = [&](const std::string& cls) {
+    const size_t at = html.find("<svg class=\"" + cls + "\"");
+    if (at == std::string::npos) return std::string();
+    return html.substr(at, html.find("</svg>", at) - at);
+  };
+  auto count = [](const std::string& s, const std::string& what) {
+    size_t n = 0;
+    for (size_t at = s.find(what); at != std::string::npos; at = s.find(what, at + 1)) ++n;
+    return n;
+  };
+  const std::vector<std::pair<std::string, std::string>> plots = {
+      {"plot-layers", "class=\"point\""}, {"plot-heatmap", "class=\"cell\""}, {"plot-ppl", "class=\"bar\""},
+      {"plot-kld", "class=\"bar\""},      {"plot-top1", "class=\"bar\""},     {"plot-restore", "class=\"bar\""}};
+  for (const auto& [cls, mark] : plots) {
+    const std::string svg = plot(cls);
+    std::printf("[report] %-13s %6zu bytes, %4zu data marks\n", cls.c_str(), svg.size(), count(svg, mark));
+    EXPECT_GT(count(svg, mark), 0u) << cls << " is missing or empty";
+  }
+  EXPECT_GT(count(plot("plot-heatmap"), "class=\"colorbar\""), 0u);
+  EXPECT_GE(count(plot("plot-ppl"), "class=\"bar\""), 3u);  // reference, artifact, hybrids
+  EXPECT_LT(html.find("class=\"reasons\""), html.find("<svg"));
+  EXPECT_NE(html.find("<li><span class=\"fail\">FAIL</span> <b>tensor errors</b>"), std::string::npos);
+  // bad.gguf; brown-mini's config.json, tokenizer.json and two shards; the text.
+  EXPECT_EQ(count(html, "sha256 <code>"), 6u);
+  EXPECT_NE(html.find("g4 test build"), std::string::npos);
+  const std::string png = read_text_file(d.str("report.png"));
+  ASSERT_GT(png.size(), 1000u);
+  EXPECT_EQ(png.substr(1, 3), "PNG");
+  EXPECT_EQ(read_text_file(d.str("report.md")), gb.markdown);
+  // The >= 8-bit check looks at weight matrices only.
+  for (const auto& c : g.checks)
+    if (c.name == ">= 8-bit matrices") EXPECT_NE(c.measured.find("matrices: min cosine"), std::string::npos) << c.measured;
 }
 
 }  // namespace

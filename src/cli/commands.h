@@ -24,4 +24,7 @@ void register_niah(CLI::App& app);
 // -t N (0 = all cores).
 void set_threads(int n);
 
+// "g4 VERSION (git HASH, TYPE build)": what --version prints first, and what reports record.
+std::string version_string();
+
 }  // namespace g4::cli

@@ -107,7 +107,7 @@ void register_forensics(CLI::App& app) {
       }
     }
     if (o->json) std::printf("%s\n", j.dump(2).c_str());
-    if (!r.clean()) std::exit(2);
+    if (!r.clean()) std::exit(1);  // findings, like inspect on an invalid model
   });
 }
 
@@ -121,7 +121,9 @@ void register_grade(CLI::App& app) {
   cmd->add_option("-f,--file", *file, "evaluation text")->required();
   cmd->add_option("-c,--ctx-size", o->n_ctx, "context for PPL/KLD (default 512)");
   cmd->add_option("--chunks", o->chunks, "chunks for PPL/KLD (default 16)");
-  cmd->add_option("-o,--out", o->html_out, "HTML report with the heatmap");
+  cmd->add_option("-o,--out", o->html_out, "HTML report (plots, provenance); a PNG summary and the markdown card are written beside it");
+  cmd->add_option("--restore-ctx", o->restore_ctx, "context for the restore ranking (default: -c)");
+  cmd->add_option("--restore-chunks", o->restore_chunks, "chunks for the restore ranking (default: --chunks)");
   cmd->add_option("-t,--threads", *threads, "threads");
   cmd->final_callback([o, art, ref, file, threads] {
     set_threads(*threads);
@@ -129,10 +131,11 @@ void register_grade(CLI::App& app) {
     Model r = load_model(*ref);
     o->text = read_text_file(*file);
     o->text_name = *file;
+    o->build = version_string();
     const auto g = grade(a, r, *o);
     std::fputs(g.markdown.c_str(), stdout);
-    if (!o->html_out.empty()) std::fprintf(stderr, "wrote %s\n", o->html_out.c_str());
-    if (!g.pass) std::exit(2);
+    if (!o->html_out.empty()) std::fprintf(stderr, "wrote %s (with .png and .md beside it)\n", o->html_out.c_str());
+    if (!g.pass) std::exit(1);  // a failing verdict, like inspect on an invalid model
   });
 }
 

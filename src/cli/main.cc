@@ -31,6 +31,10 @@ constexpr std::pair<const char*, const char*> kDashAliases[] = {
 
 }  // namespace
 
+std::string g4::cli::version_string() {
+  return fmt::format("g4 {} (git {}, {} build)", G4_VERSION, g4::build_git_hash(), g4::build_type());
+}
+
 int main(int argc, char** argv) {
   std::vector<char*> args(argv, argv + argc);
   for (auto& a : args)
@@ -40,9 +44,8 @@ int main(int argc, char** argv) {
   CLI::App app{"g4: a self-checking inference engine for Gemma 4 text models"};
   app.require_subcommand(1);
   app.set_version_flag("--version", [] {
-    return fmt::format("g4 {} (git {}, {} build)\nSIMD kernels: {} (available: {})\nOpenMP threads: {}", G4_VERSION,
-                       g4::build_git_hash(), g4::build_type(), g4::fast_kernel_isa(),
-                       fmt::join(g4::fast_available_isas(), ", "), omp_get_max_threads());
+    return fmt::format("{}\nSIMD kernels: {} (available: {})\nOpenMP threads: {}", g4::cli::version_string(),
+                       g4::fast_kernel_isa(), fmt::join(g4::fast_available_isas(), ", "), omp_get_max_threads());
   });
   g4::cli::register_inspect(app);
   g4::cli::register_logits(app);

@@ -87,6 +87,9 @@ std::string format_forensics(const ForensicsReport& r);
 json forensics_json(const ForensicsReport& r);
 // Heatmap of layer x class (error / explained, log scale) as PNG via cairo.
 void write_heatmap_png(const ForensicsReport& r, const std::string& path);
+// The same drawn on a cairo context at its origin (the grade summary PNG), and its size.
+std::pair<int, int> heatmap_size(const ForensicsReport& r);
+void draw_heatmap(struct _cairo* cr, const ForensicsReport& r);
 
 struct RestoreResult {
   std::string what;  // "class attn_q", "layers 2,5", "artifact", "reference", "metadata"

@@ -30,39 +30,6 @@ constexpr double KLD_F = 4.42e-5, MISS_F = 0.0034,     // BF16 truncated from an
                  KLD_Q3_K = 1.58e-2, MISS_Q3_K = 0.0977,   // llama.cpp Q3_K_S
                  KLD_Q2_K = 3.33e-2, MISS_Q2_K = 0.123;    // llama.cpp Q2_K
 
-std::string base64(const std::string& in) {
-  static const char* tbl = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  size_t i = 0;
-  for (; i + 2 < in.size(); i += 3) {
-    const uint32_t v = uint32_t(uint8_t(in[i])) << 16 | uint32_t(uint8_t(in[i + 1])) << 8 | uint8_t(in[i + 2]);
-    for (int k = 3; k >= 0; --k) out += tbl[(v >> (6 * k)) & 63];
-  }
-  if (i < in.size()) {
-    uint32_t v = uint32_t(uint8_t(in[i])) << 16;
-    if (i + 1 < in.size()) v |= uint32_t(uint8_t(in[i + 1])) << 8;
-    out += tbl[(v >> 18) & 63];
-    out += tbl[(v >> 12) & 63];
-    out += i + 1 < in.size() ? tbl[(v >> 6) & 63] : '=';
-    out += '=';
-  }
-  return out;
-}
-
-std::string html_escape(const std::string& s) {
-  std::string o;
-  for (char c : s) {
-    if (c == '<') o += "&lt;";
-    else if (c == '>') o += "&gt;";
-    else if (c == '&') o += "&amp;";
-    else o += c;
-  }
-  return o;
-}
-
-// The type that sets the file's expected error: the lowest-precision type (bits per weight)
-// holding at least 10% of the 2-D parameters. A Q4_K_M file is Q4_K; a mixed-8-4 file, whose
-// FFN gate/up are Q4_K, is Q4_K too although Q8_0 holds more parameters.
 DType band_type(const ForensicsReport& f, const Model& art) {
   std::map<DType, int64_t> params;
   int64_t total = 0;
@@ -167,12 +134,22 @@ GradeResult grade(const Model& art, const Model& ref, const GradeOptions& opt) {
   g.band = main_type;
   const double tol = ppl_tolerance_pct(main_type);
   const OutputLimits lim = output_limits(main_type);
+  g.limits = lim;
+  g.ppl_tolerance = tol;
+  g.ppl_ref = pr;
+  g.ppl_art = pa;
+  g.ppl_own = pown;
+  g.text_tokens = static_cast<int64_t>(tokens.size());
   const double delta_pct = pa ? 100 * (pa->ppl / pr.ppl - 1) : INFINITY;
   double min_cos8 = 1;
   std::map<std::string, std::pair<double, double>> cos_range;  // class -> (min, max) cosine, 8-bit tensors
+  // Weight matrices stored at 8 bits or more (norm vectors and scalars are F32 in every
+  // file and say nothing about the quantization).
+  int n_eight = 0;
   for (const auto& t : f.tensors) {
     const bool eight = t.art_type == DType::Q8_0 || t.art_type == DType::F16 || t.art_type == DType::BF16 || t.art_type == DType::F32;
-    if (!eight || t.layer < 0) continue;
+    if (!eight || t.layer < 0 || t.numel < 4096) continue;
+    ++n_eight;
     min_cos8 = std::min(min_cos8, t.cosine);
     auto& [lo, hi] = cos_range.try_emplace(t.cls, 1.0, 0.0).first->second;
     lo = std::min(lo, t.cosine);
@@ -215,8 +192,10 @@ GradeResult grade(const Model& art, const Model& ref, const GradeOptions& opt) {
       {"tensor errors", "each within 2x the error its own type explains (float types: 1 ulp)",
        fmt::format("{} flagged", flagged) + (f.rerounded ? fmt::format(", {} re-rounded within 1 ulp", f.rerounded) : ""),
        flagged ? R::Fail : f.rerounded ? R::Warn : R::Pass},
-      {">= 8-bit tensors", "cosine > 0.99 and uniform across layers (spread < 0.01)",
-       fmt::format("min cosine {:.5f}, spread {:.5f}", min_cos8, spread), pf(min_cos8 > 0.99 && spread < 0.01)},
+      {">= 8-bit matrices", "cosine > 0.99 and uniform across layers (spread < 0.01)",
+       n_eight ? fmt::format("{} matrices: min cosine {:.5f}, spread {:.5f}", n_eight, min_cos8, spread)
+               : "not applicable: no layer matrix is stored at 8 bits or more",
+       pf(min_cos8 > 0.99 && spread < 0.01)},
       {"layer mapping", "every layer matches its own reference layer best", fmt::format("{} permutations", f.permutations.size()),
        pf(f.permutations.empty())},
   };
@@ -256,34 +235,15 @@ GradeResult grade(const Model& art, const Model& ref, const GradeOptions& opt) {
   }
   md += "\n## Forensics\n\n```\n" + format_forensics(f) + "```\n";
   if (!g.pass && runnable && opt.restore) {
-    const auto rr = run_restore(art, ref, "auto", tokens,
-                                [&] { PerplexityOptions r; r.n_ctx = opt.restore_ctx; r.max_chunks = opt.restore_chunks;
-                                      r.forward.precision = Precision::F32; return r; }(), &f);
+    PerplexityOptions r = po;
+    if (opt.restore_ctx > 0) r.n_ctx = opt.restore_ctx;
+    if (opt.restore_chunks > 0) r.max_chunks = opt.restore_chunks;
+    g.restore = run_restore(art, ref, "auto", tokens, r, &f);
     md += fmt::format("\n## Restore ranking (c={}, {} chunks): what putting reference tensors back buys\n\n```\n{}```\n",
-                      rr.n_ctx, rr.chunks, format_restore(rr));
+                      g.restore->n_ctx, g.restore->chunks, format_restore(*g.restore));
   }
   g.markdown = md;
-  if (!opt.html_out.empty()) {
-    const std::string png = opt.html_out + ".heatmap.png";
-    write_heatmap_png(f, png);
-    const std::string img = base64(read_text_file(png));
-    std::filesystem::remove(png);
-    std::ofstream h(opt.html_out);
-    if (!h) fail("cannot write '{}'", opt.html_out);
-    h << "<!doctype html><html><head><meta charset=\"utf-8\"><title>g4 grade card</title><style>"
-         "body{font-family:sans-serif;max-width:1100px;margin:2em auto}pre{background:#f6f6f6;padding:1em;overflow:auto}"
-         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}.pass{color:#080}.warn{color:#a60}.fail{color:#b00}"
-         "</style></head><body>";
-    h << "<h1>g4 grade card: <span class=\"" << (!g.pass ? "fail" : g.verdict == "PASS" ? "pass" : "warn") << "\">" << g.verdict << "</span></h1>";
-    h << "<p>artifact <code>" << html_escape(art.path) << "</code><br>reference <code>" << html_escape(ref.path) << "</code></p>";
-    if (!f.anatomy.words.empty()) h << "<p><b>Damage anatomy:</b> " << html_escape(f.anatomy.words) << "</p>";
-    h << "<table><tr><th>check</th><th>threshold</th><th>measured</th><th>result</th></tr>";
-    for (const auto& c : g.checks)
-      h << "<tr><td>" << html_escape(c.name) << "</td><td>" << html_escape(c.threshold) << "</td><td>" << html_escape(c.measured)
-        << "</td><td class=\"" << (c.result == R::Pass ? "pass\">pass" : c.result == R::Warn ? "warn\">warn" : "fail\">FAIL") << "</td></tr>";
-    h << "</table><h2>Damage map</h2><img alt=\"layer x class heatmap\" src=\"data:image/png;base64," << img << "\">";
-    h << "<h2>Full report</h2><pre>" << html_escape(md) << "</pre></body></html>\n";
-  }
+  if (!opt.html_out.empty()) write_grade_report(g, opt, art, ref);
   return g;
 }
 

@@ -10,16 +10,27 @@
 
 namespace g4 {
 
-void write_heatmap_png(const ForensicsReport& r, const std::string& path) {
+namespace {
+
+std::map<std::string, std::map<int, const TensorFinding*>> heatmap_grid(const ForensicsReport& r) {
   std::map<std::string, std::map<int, const TensorFinding*>> grid;
   for (const auto& f : r.tensors)
     if (f.layer >= 0) grid[f.cls][f.layer] = &f;
-  const int cell = 22, left = 170, top = 50, L = std::max(1, r.n_layers), C = std::max<int>(1, static_cast<int>(grid.size()));
-  const int W = left + L * cell + 120, H = top + C * cell + 40;
-  cairo_surface_t* s = cairo_image_surface_create(CAIRO_FORMAT_RGB24, W, H);
-  cairo_t* cr = cairo_create(s);
-  cairo_set_source_rgb(cr, 1, 1, 1);
-  cairo_paint(cr);
+  return grid;
+}
+
+constexpr int kCell = 22, kLeft = 170, kTop = 50;
+
+}  // namespace
+
+std::pair<int, int> heatmap_size(const ForensicsReport& r) {
+  const int L = std::max(1, r.n_layers), C = std::max<int>(1, static_cast<int>(heatmap_grid(r).size()));
+  return {kLeft + L * kCell + 120, kTop + C * kCell + 40};
+}
+
+void draw_heatmap(cairo_t* cr, const ForensicsReport& r) {
+  const auto grid = heatmap_grid(r);
+  const int cell = kCell, left = kLeft, top = kTop, L = std::max(1, r.n_layers), C = std::max<int>(1, static_cast<int>(grid.size()));
   cairo_select_font_face(cr, "sans-serif", CAIRO_FONT_SLANT_NORMAL, CAIRO_FONT_WEIGHT_NORMAL);
   cairo_set_font_size(cr, 11);
   cairo_set_source_rgb(cr, 0, 0, 0);
@@ -58,6 +69,15 @@ void write_heatmap_png(const ForensicsReport& r, const std::string& path) {
   }
   cairo_move_to(cr, left, top + C * cell + 32);
   cairo_show_text(cr, "layer");
+}
+
+void write_heatmap_png(const ForensicsReport& r, const std::string& path) {
+  const auto [W, H] = heatmap_size(r);
+  cairo_surface_t* s = cairo_image_surface_create(CAIRO_FORMAT_RGB24, W, H);
+  cairo_t* cr = cairo_create(s);
+  cairo_set_source_rgb(cr, 1, 1, 1);
+  cairo_paint(cr);
+  draw_heatmap(cr, r);
   cairo_destroy(cr);
   const auto st = cairo_surface_write_to_png(s, path.c_str());
   cairo_surface_destroy(s);

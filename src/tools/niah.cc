@@ -9,6 +9,7 @@
 
 #include "runtime/generate.h"
 #include "util/error.h"
+#include "util/svg.h"
 
 namespace g4 {
 namespace {
@@ -191,54 +192,34 @@ std::string niah_svg(const NiahResult& r, const std::string& model) {
     if (std::find(depths.begin(), depths.end(), c.depth) == depths.end()) depths.push_back(c.depth);
     if (std::find(lengths.begin(), lengths.end(), c.length) == lengths.end()) lengths.push_back(c.length);
   }
-  const int cw = 90, ch = 44, left = 90, top = 60;
-  const int W = left + cw * static_cast<int>(depths.size()) + 150, H = top + ch * static_cast<int>(lengths.size()) + 70;
-  // Colour: the answer's mean per-token probability, red (0) -> green (1).
-  auto colour = [](double p) {
-    p = std::clamp(p, 0.0, 1.0);
-    return fmt::format("rgb({},{},{})", static_cast<int>(215 - 170 * p), static_cast<int>(60 + 130 * p), 70);
-  };
-  auto esc = [](std::string s) {
-    std::string o;
-    for (char c : s) o += c == '<' ? "&lt;" : c == '>' ? "&gt;" : c == '&' ? "&amp;" : c == '"' ? "&quot;" : std::string(1, c);
-    return o;
-  };
-  std::string o = fmt::format(
-      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n"
-      "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-      "<text x=\"{}\" y=\"22\" font-size=\"15\" font-weight=\"bold\">Needle in a haystack: {}</text>\n"
-      "<text x=\"{}\" y=\"40\">answer \"{}\" ({}); colour: mean per-token probability of the answer; + retrieved by "
-      "greedy decoding</text>\n",
-      W, H, left, esc(model), left, esc(r.answer), r.chat ? "chat template" : "raw text");
-  for (size_t j = 0; j < depths.size(); ++j)
-    o += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{:.0f}%</text>\n", left + cw * j + cw / 2,
-                     top + ch * lengths.size() + 18, 100 * depths[j]);
-  o += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">needle depth</text>\n", left + cw * depths.size() / 2,
-                   top + ch * lengths.size() + 38);
-  o += fmt::format("<text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">prompt tokens</text>\n",
-                   top + ch * lengths.size() / 2, top + ch * lengths.size() / 2);
-  for (size_t i = 0; i < lengths.size(); ++i)
-    o += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\n", left - 8, top + ch * i + ch / 2 + 4, lengths[i]);
+  svg::Heatmap h;
+  h.css_class = "niah";
+  h.title = "Needle in a haystack: " + model;
+  h.subtitle = fmt::format("answer \"{}\" ({}); colour: the answer's mean per-token probability; + retrieved by greedy decoding",
+                           r.answer, r.chat ? "chat template" : "raw text");
+  h.x_label = "needle depth";
+  h.y_label = "prompt tokens";
+  h.cell_w = 90;
+  h.cell_h = 40;
+  for (double d : depths) h.col_labels.push_back(fmt::format("{:.0f}%", 100 * d));
+  for (int64_t l : lengths) h.row_labels.push_back(std::to_string(l));
+  const size_t n = lengths.size() * depths.size();
+  h.values.assign(n, NAN);
+  h.cell_text.resize(n);
+  h.cell_tip.resize(n);
   for (const auto& c : r.cells) {
-    const auto i = std::find(lengths.begin(), lengths.end(), c.length) - lengths.begin();
-    const auto j = std::find(depths.begin(), depths.end(), c.depth) - depths.begin();
-    const double p = std::exp(c.answer_logprob / std::max(1, r.answer_tokens));
-    o += fmt::format(
-        "<rect class=\"cell\" x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"{}\" stroke=\"white\"><title>length {} depth "
-        "{:.3f} (needle at token {}): {} log p = {:.3f}</title></rect>\n",
-        left + cw * j, top + ch * i, cw, ch, colour(p), c.length, c.depth_actual, c.needle_pos, c.hit ? "retrieved" : "missed",
-        c.answer_logprob);
-    o += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\" fill=\"white\">{}{:.2f}</text>\n", left + cw * j + cw / 2,
-                     top + ch * i + ch / 2 + 4, c.hit ? "+ " : "", c.answer_logprob);
+    const auto i = static_cast<size_t>(std::find(lengths.begin(), lengths.end(), c.length) - lengths.begin());
+    const auto j = static_cast<size_t>(std::find(depths.begin(), depths.end(), c.depth) - depths.begin());
+    const size_t k = i * depths.size() + j;
+    h.values[k] = std::exp(c.answer_logprob / std::max(1, r.answer_tokens));
+    h.cell_text[k] = fmt::format("{}{:.2f}", c.hit ? "+ " : "", c.answer_logprob);
+    h.cell_tip[k] = fmt::format("length {} depth {:.3f} (needle at token {}): {}, log p = {:.3f}", c.length, c.depth_actual,
+                                c.needle_pos, c.hit ? "retrieved" : "missed", c.answer_logprob);
   }
-  // Colour bar.
-  const int bx = left + cw * static_cast<int>(depths.size()) + 30;
-  for (int k = 0; k < 10; ++k)
-    o += fmt::format("<rect x=\"{}\" y=\"{}\" width=\"16\" height=\"{}\" fill=\"{}\"/>\n", bx, top + k * 12, 12, colour(1 - k / 9.0));
-  o += fmt::format("<text x=\"{}\" y=\"{}\">p = 1</text>\n<text x=\"{}\" y=\"{}\">p = 0</text>\n", bx + 22, top + 10, bx + 22,
-                   top + 118);
-  o += "</svg>\n";
-  return o;
+  h.colour = [](double p) { return 1 - p; };
+  h.bar_high = "p = 0";
+  h.bar_low = "p = 1";
+  return svg::heatmap(h);
 }
 
 }  // namespace g4
