@@ -34,7 +34,7 @@ void register_perplexity(CLI::App& app) {
   cmd->add_option("-b,--batch-size", o->n_batch, "tokens per forward call (default 2048)");
   cmd->add_option("--chunks", o->chunks, "evaluate at most this many chunks");
   cmd->add_option("-t,--threads", o->threads, "threads (default: all cores)");
-  add_forward_flags(cmd, o->fwd, "f64");
+  add_forward_flags(cmd, o->fwd, "fast");
   cmd->add_flag("--bf16-embed-scale", o->bf16_scale, "round sqrt(H), sqrt(P) to bf16 as HF does on a bf16 checkpoint");
   cmd->add_option("--nll-out", o->nll_out, "write every prediction's NLL [chunks, n_ctx-1] to a safetensors file");
   cmd->add_option("--kl-divergence-base", o->kld_base, "save this model's log-probs (llama.cpp's uint16 format) / read them with --kl-divergence");
@@ -61,19 +61,26 @@ void register_perplexity(CLI::App& app) {
       po.kld_base_out = o->kld_base;
       if (o->file.empty()) fail("give the text with -f FILE");
     }
-    Progress bar("perplexity", 1);
+    // llama-perplexity's running values, [1]4.68,[2]5.01,...: on a terminal inside one bar
+    // for the whole job (the latest values, rate and ETA); in logs as llama.cpp prints them.
+    std::unique_ptr<Progress> bar;
     std::string running;
     po.on_chunk = [&](int c, int n, double ppl) {
       if (Progress::enabled()) {
-        bar = Progress("perplexity", n);
-        bar.update(c + 1, fmt::format("PPL {:.4f}", ppl));
+        if (!bar) bar = std::make_unique<Progress>("perplexity", n);
+        running += fmt::format("[{}]{:.4f},", c + 1, ppl);
+        const size_t keep = running.size() > 60 ? running.find('[', running.size() - 60) : 0;
+        bar->update(c + 1, "..." + running.substr(keep));
       } else if (!o->json) {
         std::fprintf(stderr, "[%d]%.4f%s", c + 1, ppl, c + 1 == n ? "\n" : ",");
       }
     };
     const std::string text = po.kld_base_in.empty() ? read_text_file(o->file) : std::string();
     PerplexityResult r = run_perplexity(m, text, po);
-    bar.finish();
+    if (bar) {
+      bar->finish();
+      std::fprintf(stderr, "%s\n", running.substr(0, running.size() - 1).c_str());
+    }
     if (!o->nll_out.empty())
       write_safetensors(o->nll_out, {st_f32("nll", {r.chunks, r.n_ctx - 1}, r.nll)},
                         {{"n_ctx", std::to_string(r.n_ctx)}, {"model", o->model}, {"precision", o->fwd.precision}});

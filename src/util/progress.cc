@@ -22,8 +22,9 @@ void Progress::update(int64_t done, const std::string& status) {
   const double eta = done > 0 ? elapsed * (static_cast<double>(total_ - done) / static_cast<double>(done)) : 0;
   std::string bar(static_cast<size_t>(fill), '#');
   bar.resize(kWidth, '.');
-  std::fprintf(stderr, "\r%s [%s] %ld/%ld  %.0fs elapsed, ~%.0fs left  %s\x1b[K", label_.c_str(), bar.c_str(),
-               static_cast<long>(done), static_cast<long>(total_), elapsed, eta, status.c_str());
+  std::fprintf(stderr, "\r%s [%s] %ld/%ld  %.1f/s  %.0fs elapsed, ~%.0fs left  %s\x1b[K", label_.c_str(), bar.c_str(),
+               static_cast<long>(done), static_cast<long>(total_), elapsed > 0 ? done / elapsed : 0.0, elapsed, eta,
+               status.c_str());
   std::fflush(stderr);
 }
 
