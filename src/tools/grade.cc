@@ -15,6 +15,7 @@
 #include "tools/token_input.h"
 #include "util/error.h"
 #include "util/mapped_file.h"
+#include "util/progress.h"
 
 namespace g4 {
 namespace {
@@ -85,6 +86,10 @@ OutputLimits output_limits(DType t) {
 
 GradeResult grade(const Model& art, const Model& ref, const GradeOptions& opt) {
   GradeResult g;
+  // Stages on a terminal (grade runs for minutes on real models): one bar, one step a stage.
+  Progress stages("grade", 5);
+  auto stage = [&](int i, const char* what) { stages.update(i, what); };
+  stage(0, "forensics: every tensor, the hyperparameters and the tokenizer");
   g.forensics = run_forensics(art, ref);
   const ForensicsReport& f = g.forensics;
   const Tokenizer tok = load_tokenizer(ref);
@@ -104,6 +109,7 @@ GradeResult grade(const Model& art, const Model& ref, const GradeOptions& opt) {
     run->kld_base = (std::filesystem::temp_directory_path() /
                      fmt::format("g4-grade-{}-{}.kld", ::getpid(), reinterpret_cast<uintptr_t>(run.get()))).string();
     po.kld_base_out = run->kld_base;
+    stage(1, "perplexity of the reference (and its distributions, the KLD base)");
     run->ppl = run_perplexity_tokens(ref, tokens, po);
     po.kld_base_out.clear();
   }
@@ -121,10 +127,12 @@ GradeResult grade(const Model& art, const Model& ref, const GradeOptions& opt) {
     // KLD needs the same ids on both sides: the reference's tokenization.
     PerplexityOptions pk = po;
     pk.kld_base_in = base_file;
+    stage(2, "perplexity and KL divergence of the artifact");
     pa = run_perplexity_tokens(art, {}, pk);
     // And the artifact as its users run it: its own tokenizer, its own metadata.
     if (art_tok && !f.vocab.same()) {
       PerplexityOptions pe = po;
+      stage(3, "perplexity of the artifact with its own tokenizer");
       pown = run_perplexity_tokens(art, art_tok->encode(text, art_tok->add_bos_default(), false), pe);
     }
   }
@@ -238,11 +246,13 @@ GradeResult grade(const Model& art, const Model& ref, const GradeOptions& opt) {
     PerplexityOptions r = po;
     if (opt.restore_ctx > 0) r.n_ctx = opt.restore_ctx;
     if (opt.restore_chunks > 0) r.max_chunks = opt.restore_chunks;
+    stage(4, "restore ranking: hybrids with reference parts put back");
     g.restore = run_restore(art, ref, "auto", tokens, r, &f);
     md += fmt::format("\n## Restore ranking (c={}, {} chunks): what putting reference tensors back buys\n\n```\n{}```\n",
                       g.restore->n_ctx, g.restore->chunks, format_restore(*g.restore));
   }
   g.markdown = md;
+  stages.finish();
   if (!opt.html_out.empty()) write_grade_report(g, opt, art, ref);
   return g;
 }
