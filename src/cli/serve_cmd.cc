@@ -13,7 +13,9 @@ void register_serve(CLI::App& app) {
   cmd->add_option("-m,--model", o->model_path, "HF checkpoint directory or .gguf (default: the bundled brown-mini)");
   cmd->add_option("--host", o->host, "address to listen on (default 127.0.0.1)");
   cmd->add_option("--port", o->port, "port (default 8080)");
-  cmd->add_option("--parallel", o->parallel, "concurrent requests, one KV cache each (default 4)");
+  cmd->add_option("--parallel", o->parallel, "requests generating at once, batched in one forward per step, one KV cache each (default 4)");
+  cmd->add_option("-b,--batch-size", o->batch_size, "tokens per forward step: one per generating request plus prompt chunks (default 512)");
+  cmd->add_option("--prompt-cache", o->prompt_cache, "finished requests whose KV caches are kept for prefix reuse (default: --parallel)");
   cmd->add_option("-c,--ctx", o->ctx, "context limit per request (default: the model's)");
   cmd->add_option("--max-tokens-limit", o->max_tokens_limit, "largest max_tokens a request may ask for (default 4096)");
   cmd->add_option("--max-body-bytes", o->max_body_bytes, "largest request body (default 1 MiB)");

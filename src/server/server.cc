@@ -22,6 +22,7 @@
 #include <thread>
 
 #include "runtime/generate.h"
+#include "runtime/scheduler.h"
 #include "server/request.h"
 #include "tools/defaults.h"
 #include "tools/token_input.h"
@@ -77,12 +78,6 @@ struct Metrics {
     for (size_t i = 0; i < buckets.size(); ++i)
       if (seconds <= buckets[i]) bucket_counts[i]++;
   }
-};
-
-struct Slot {
-  std::unique_ptr<Session> session;
-  std::vector<int32_t> cached;
-  bool busy = false;
 };
 
 // One open connection. `fd` is our own dup() of the socket, so shutdown() from the
@@ -199,6 +194,10 @@ class Server {
       res.set_content(R"({"status":"ok"})", "application/json");
     });
     svr.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) { res.set_content(metrics_text(), "text/plain; version=0.0.4"); });
+    svr.Get("/props", [this](const httplib::Request&, httplib::Response& res) {
+      if (!ready(res)) return;
+      res.set_content(props().dump(), "application/json");
+    });
     svr.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
       if (!ready(res)) return;
       json m{{"id", ctx_.model_id}, {"object", "model"}, {"created", created_}, {"owned_by", "g4"}};
@@ -314,7 +313,6 @@ class Server {
       std::lock_guard<std::mutex> l(conn_mu_);
       draining_ = true;
     }
-    slot_cv_.notify_all();
     stop_http();
     std::unique_lock<std::mutex> l(conn_mu_);
     while (!stopping_) {
@@ -324,7 +322,6 @@ class Server {
       if (Clock::now() >= deadline && !cancel_all_) {
         std::fprintf(stderr, "g4 serve: shutdown timeout: cancelling %d in-flight request%s\n", handling, handling == 1 ? "" : "s");
         cancel_all_ = true;
-        slot_cv_.notify_all();
       }
       conn_cv_.wait_for(l, std::chrono::milliseconds(50));
     }
@@ -353,13 +350,22 @@ class Server {
       ctx_.eog = tok_->eog_ids(model_->spec.eos_ids);
       ctx_.empty_thought_channel = model_->spec.ple_dim == 0;
       created_ = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-      for (int i = 0; i < opt_.parallel; ++i) {
-        auto s = std::make_unique<Slot>();
-        s->session = std::make_unique<Session>(*model_, ForwardOptions{parse_precision(opt_.precision)});
-        slots_.push_back(std::move(s));
-      }
+      // One session for every request: the scheduler batches them into its forward steps.
+      ForwardOptions fo{parse_precision(opt_.precision)};
+      fo.n_batch = opt_.batch_size;
+      session_ = std::make_unique<Session>(*model_, fo);
+      SchedulerOptions so;
+      so.max_active = opt_.parallel;
+      so.n_batch = opt_.batch_size;
+      // Each sequence's KV cache holds a step buffer of max_chunk positions: a quarter of
+      // the step keeps 64 sequences' buffers small while prompts still go in large chunks.
+      so.max_chunk = std::max(16, opt_.batch_size / 4);
+      so.max_cached = opt_.prompt_cache >= 0 ? opt_.prompt_cache : opt_.parallel;
+      so.max_queue = opt_.max_queue;
+      scheduler_ = std::make_unique<Scheduler>(*session_, *tok_, so);
       ready_ = true;
-      std::fprintf(stderr, "g4 serve: ready (%d slots, context %lld)\n", opt_.parallel, static_cast<long long>(ctx_.ctx_limit));
+      std::fprintf(stderr, "g4 serve: ready (%d sequences batched, %d tokens per step, context %lld)\n", opt_.parallel,
+                   opt_.batch_size, static_cast<long long>(ctx_.ctx_limit));
     } catch (const std::exception& e) {
       // The loader runs on its own thread: an escaping exception would abort the process.
       // Stop the server instead; run() reports the message and `g4` exits 1.
@@ -448,70 +454,6 @@ class Server {
     return Cancel::None;
   }
 
-  // Gives a slot back however the request ends; an exception path resets its session.
-  struct SlotLease {
-    Server* owner;
-    Slot* slot;
-    void done(bool reset) {
-      if (slot) owner->release(slot, reset);
-      slot = nullptr;
-    }
-    ~SlotLease() { done(true); }
-  };
-
-  // Waits for a free slot. nullptr with `why` set when the request ends while queued;
-  // throws ApiError 429 when the queue is full.
-  Slot* acquire(Clock::time_point deadline, Cancel& why) {
-    std::unique_lock<std::mutex> l(slot_mu_);
-    auto free_slot = [this]() -> Slot* {
-      for (auto& s : slots_) if (!s->busy) return s.get();
-      return nullptr;
-    };
-    auto take = [this](Slot* s) {
-      s->busy = true;
-      busy_++;
-      return s;
-    };
-    if (queue_.empty())
-      if (Slot* s = free_slot()) return take(s);
-    if (static_cast<int>(queue_.size()) >= opt_.max_queue)
-      api_fail(429, fmt::format("the server is busy: {} requests are already waiting (--max-queue); retry shortly", queue_.size()),
-               "", "rate_limit_exceeded");
-    // First come, first served: a condition variable alone wakes waiters in any order,
-    // which left some requests waiting many times longer than others (p99).
-    const uint64_t me = ++ticket_seq_;
-    queue_.push_back(me);
-    waiting_ = static_cast<int>(queue_.size());
-    for (;;) {
-      if (queue_.front() == me)
-        if (Slot* s = free_slot()) {
-          queue_.pop_front();
-          waiting_ = static_cast<int>(queue_.size());
-          slot_cv_.notify_all();  // the next in line may find another free slot
-          return take(s);
-        }
-      slot_cv_.wait_for(l, std::chrono::milliseconds(50));
-      if ((why = cancelled(deadline)) != Cancel::None) {
-        queue_.erase(std::find(queue_.begin(), queue_.end(), me));
-        waiting_ = static_cast<int>(queue_.size());
-        slot_cv_.notify_all();
-        return nullptr;
-      }
-    }
-  }
-  void release(Slot* s, bool reset) {
-    if (reset) {  // after an exception the session may be mid-update: start it over
-      s->session->reset();
-      s->cached.clear();
-    }
-    {
-      std::lock_guard<std::mutex> l(slot_mu_);
-      s->busy = false;
-      busy_--;
-    }
-    slot_cv_.notify_all();
-  }
-
   std::string new_id(bool chat) {
     return fmt::format("{}-{:x}{:06x}", chat ? "chatcmpl" : "cmpl", created_, completion_seq_++);
   }
@@ -524,20 +466,48 @@ class Server {
     }
   }
 
-  // Runs generation on a slot, reporting text pieces to `on_piece` (false: stop). Sets
+  // Queues a request in the scheduler; 429 when the queue is full. A prompt the model
+  // cannot take throws g4::Error.
+  std::shared_ptr<BatchRequest> submit(const CompletionRequest& r) {
+    std::shared_ptr<BatchRequest> q = scheduler_->submit(r.prompt, r.gen);
+    if (!q)
+      api_fail(429, fmt::format("the server is busy: {} requests are already waiting (--max-queue); retry shortly",
+                                scheduler_->stats().waiting), "", "rate_limit_exceeded");
+    return q;
+  }
+
+  // Follows a queued request to its end, reporting text pieces to `on_piece` (false:
+  // stop) from this connection's thread, so a slow client never holds up the batch. Sets
   // `why` when it stopped because the client left, the deadline passed or the server stops.
-  GenerateResult run_generation(Slot* slot, const CompletionRequest& r, Clock::time_point deadline, Cancel& why,
+  GenerateResult run_generation(BatchRequest& q, Clock::time_point deadline, Cancel& why,
                                 const std::function<bool(const std::string&)>& on_piece) {
-    omp_set_num_threads(std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / opt_.parallel));
+    struct CancelOnExit {  // an exception (or a gone client) takes the sequence out of the batch
+      BatchRequest& q;
+      ~CancelOnExit() { q.cancel(); }
+    } guard{q};
     int pieces = 0;
-    GenerateResult g = generate(*slot->session, slot->cached, r.prompt, *tok_, r.gen, [&](const std::string& piece) {
-      if (pieces++ == 0) tl_log.ttft_s = since(tl_log.t0);
-      if (opt_.debug_fail_after > 0 && pieces >= opt_.debug_fail_after)
-        throw std::runtime_error(fmt::format("injected failure after {} pieces (--debug-fail-after)", pieces));
-      if ((why = cancelled(deadline)) != Cancel::None) return false;
-      return !on_piece || on_piece(piece);
-    });
-    return g;
+    std::string text;
+    for (bool done = false; !done;) {
+      done = q.wait(text, std::chrono::milliseconds(50));
+      if (tl_log.queue_s < 0 && q.queued_s() >= 0) tl_log.queue_s = q.queued_s();
+      if (!text.empty()) {
+        if (pieces++ == 0) tl_log.ttft_s = since(tl_log.t0);
+        if (opt_.debug_fail_after > 0 && pieces >= opt_.debug_fail_after)
+          throw std::runtime_error(fmt::format("injected failure after {} pieces (--debug-fail-after)", pieces));
+        std::string piece;
+        piece.swap(text);
+        if (on_piece && !on_piece(piece)) why = Cancel::ClientGone;
+      }
+      if (!done && why == Cancel::None) why = cancelled(deadline);
+      if (!done && why != Cancel::None) {
+        q.cancel();
+        while (!q.wait(text, std::chrono::milliseconds(50))) {}
+        break;
+      }
+    }
+    if (q.error()) std::rethrow_exception(q.error());
+    if (why == Cancel::None && q.result().finish_reason == "cancelled") why = Cancel::Shutdown;  // the scheduler stopped
+    return q.result();
   }
 
   void handle(const httplib::Request& req, httplib::Response& res, bool chat) {
@@ -571,24 +541,15 @@ class Server {
 
     if (!r.stream) {
       Cancel why = Cancel::None;
-      Slot* slot = nullptr;
+      GenerateResult g;
       try {
-        slot = acquire(deadline, why);
+        g = run_generation(*submit(r), deadline, why, nullptr);
       } catch (const ApiError& e) {
         fail_with(e);
         return;
-      }
-      tl_log.queue_s = since(t0);
-      GenerateResult g;
-      if (slot) {
-        SlotLease lease{this, slot};
-        try {
-          g = run_generation(slot, r, deadline, why, nullptr);
-        } catch (const std::exception& e) {
-          fail_with({500, fmt::format("generation failed: {}", e.what()), "server_error", "", ""});
-          return;
-        }
-        lease.done(false);
+      } catch (const std::exception& e) {
+        fail_with({500, fmt::format("generation failed: {}", e.what()), "server_error", "", ""});
+        return;
       }
       const int64_t ct = static_cast<int64_t>(g.tokens.size());
       tl_log.completion = ct;
@@ -615,19 +576,21 @@ class Server {
       return;
     }
 
-    // Streaming: a full queue is still a plain 429 while no event has been sent.
-    {
-      std::lock_guard<std::mutex> l(slot_mu_);
-      bool any_free = false;
-      for (auto& s : slots_) any_free |= !s->busy;
-      if (!any_free && waiting_ >= opt_.max_queue) {
-        fail_with({429, fmt::format("the server is busy: {} requests are already waiting (--max-queue); retry shortly", waiting_.load()),
-                   "invalid_request_error", "", "rate_limit_exceeded"});
-        return;
-      }
+    // Streaming: queued before the header goes out, so a full queue is still a plain 429.
+    std::shared_ptr<BatchRequest> queued;
+    try {
+      queued = submit(r);
+    } catch (const ApiError& e) {
+      fail_with(e);
+      return;
+    } catch (const std::exception& e) {
+      fail_with({500, fmt::format("generation failed: {}", e.what()), "server_error", "", ""});
+      return;
     }
+    // Should httplib never call the provider (the connection broke), the sequence still leaves.
+    std::shared_ptr<void> cancel_if_dropped(nullptr, [queued](void*) { queued->cancel(); });
     res.set_header("Cache-Control", "no-cache");
-    auto provider = [this, r, id, created, chat, endpoint, t0, deadline, pt, usage](httplib::DataSink& sink) {
+    auto provider = [this, r, id, created, chat, endpoint, t0, deadline, pt, usage, queued, cancel_if_dropped](httplib::DataSink& sink) {
       auto send_line = [&sink](const std::string& line) { return sink.is_writable() && sink.write(line.data(), line.size()); };
       auto send = [&](const json& j) { return send_line("data: " + j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n"); };
       auto chunk = [&](const json& delta_or_text, const json& finish) {
@@ -649,30 +612,18 @@ class Server {
         return true;
       };
       Cancel why = Cancel::None;
-      Slot* slot = nullptr;
-      try {
-        slot = acquire(deadline, why);
-      } catch (const ApiError& e) {
-        return send_error(e.status, e.message, "invalid_request_error", e.code.c_str());
-      }
-      tl_log.queue_s = since(t0);
-      if (!slot) {
-        if (why == Cancel::ClientGone) { tl_log.status = 499; metrics_.record(endpoint, 499, since(t0), pt, 0); return false; }
-        return send_error(why == Cancel::Deadline ? 504 : 503, cancel_message(why, opt_.request_timeout_s), "server_error", "cancelled");
-      }
-      SlotLease lease{this, slot};
       bool alive = !chat || send(chunk(json{{"role", "assistant"}, {"content", ""}}, nullptr));
       GenerateResult g;
       try {
         if (alive)
-          g = run_generation(slot, r, deadline, why, [&](const std::string& piece) {
+          g = run_generation(*queued, deadline, why, [&](const std::string& piece) {
             return alive = send(chunk(chat ? json{{"content", piece}} : json(piece), nullptr));
           });
+        else
+          queued->cancel();
       } catch (const std::exception& e) {
-        lease.done(true);
         return send_error(500, fmt::format("generation failed: {}", e.what()), "server_error", "generation_failed");
       }
-      lease.done(false);
       const int64_t ct = static_cast<int64_t>(g.tokens.size());
       tl_log.completion = ct;
       if (!alive || why == Cancel::ClientGone) {  // the client went away: its slot is already free
@@ -722,8 +673,20 @@ class Server {
       o += fmt::format("g4_request_duration_seconds_bucket{{le=\"{}\"}} {}\n", metrics_.buckets[i], metrics_.bucket_counts[i]);
     o += fmt::format("g4_request_duration_seconds_bucket{{le=\"+Inf\"}} {}\n", metrics_.latency_count);
     o += fmt::format("g4_request_duration_seconds_sum {}\ng4_request_duration_seconds_count {}\n", metrics_.latency_sum, metrics_.latency_count);
-    o += fmt::format("# HELP g4_slots_busy Slots generating now.\n# TYPE g4_slots_busy gauge\ng4_slots_busy {}\n", busy_.load());
-    o += fmt::format("# HELP g4_slots_total Slots (--parallel).\n# TYPE g4_slots_total gauge\ng4_slots_total {}\n", opt_.parallel);
+    const Scheduler::Stats st = scheduler_ && ready_ ? scheduler_->stats() : Scheduler::Stats{};
+    o += fmt::format("# HELP g4_slots_busy Requests generating now (in the batch).\n# TYPE g4_slots_busy gauge\ng4_slots_busy {}\n", st.active);
+    o += fmt::format("# HELP g4_slots_total Requests that may generate at once (--parallel).\n# TYPE g4_slots_total gauge\ng4_slots_total {}\n", opt_.parallel);
+    o += fmt::format("# HELP g4_batch_sequences Sequences in the last forward step.\n# TYPE g4_batch_sequences gauge\ng4_batch_sequences {}\n", st.last_batch_seqs);
+    o += fmt::format("# HELP g4_batch_tokens Tokens in the last forward step.\n# TYPE g4_batch_tokens gauge\ng4_batch_tokens {}\n", st.last_batch_tokens);
+    o += fmt::format("# HELP g4_steps_total Forward steps run.\n# TYPE g4_steps_total counter\ng4_steps_total {}\n", st.steps);
+    o += fmt::format("# HELP g4_prompt_tokens_processed_total Prompt tokens evaluated (after prefix reuse).\n# TYPE g4_prompt_tokens_processed_total counter\n"
+                     "g4_prompt_tokens_processed_total {}\n", st.prompt_tokens);
+    o += fmt::format("# HELP g4_prompt_tokens_per_second Prompt tokens evaluated per second (last 5 s).\n# TYPE g4_prompt_tokens_per_second gauge\n"
+                     "g4_prompt_tokens_per_second {:.1f}\n", st.prompt_tps);
+    o += fmt::format("# HELP g4_generation_tokens_per_second Tokens generated per second, all requests (last 5 s).\n# TYPE g4_generation_tokens_per_second gauge\n"
+                     "g4_generation_tokens_per_second {:.1f}\n", st.generated_tps);
+    o += fmt::format("# HELP g4_prompt_cache_sequences Finished requests' KV caches kept for prefix reuse.\n# TYPE g4_prompt_cache_sequences gauge\n"
+                     "g4_prompt_cache_sequences {}\n", st.cached);
     o += fmt::format("# HELP g4_model_loaded 1 once the model is loaded.\n# TYPE g4_model_loaded gauge\ng4_model_loaded {}\n", ready_ ? 1 : 0);
     o += "# HELP g4_connections_total Connections by outcome (rejected: over --max-connections; timed_out: request not read in time).\n"
          "# TYPE g4_connections_total counter\n";
@@ -734,8 +697,29 @@ class Server {
       std::lock_guard<std::mutex> c(conn_mu_);
       o += fmt::format("# HELP g4_connections_open Open connections.\n# TYPE g4_connections_open gauge\ng4_connections_open {}\n", conns_.size());
     }
-    o += fmt::format("# HELP g4_queue_waiting Requests waiting for a slot.\n# TYPE g4_queue_waiting gauge\ng4_queue_waiting {}\n", waiting_.load());
+    o += fmt::format("# HELP g4_queue_waiting Requests waiting to join the batch.\n# TYPE g4_queue_waiting gauge\ng4_queue_waiting {}\n", st.waiting);
     return o;
+  }
+
+  // The serving settings (llama-server's /props names where they exist).
+  json props() const {
+    const SamplingParams& d = ctx_.defaults;
+    const SchedulerOptions& so = scheduler_->options();
+    return json{{"model", ctx_.model_id},
+                {"model_path", ctx_.model_path},
+                {"total_slots", opt_.parallel},
+                {"n_batch", so.n_batch},
+                {"max_prompt_chunk", so.max_chunk},
+                {"prompt_cache_sequences", so.max_cached},
+                {"n_ctx", ctx_.ctx_limit},
+                {"max_queue", opt_.max_queue},
+                {"max_tokens_limit", opt_.max_tokens_limit},
+                {"precision", opt_.precision},
+                {"backend", session_->backend_name()},
+                {"request_timeout_s", opt_.request_timeout_s},
+                {"default_generation_settings",
+                 {{"temperature", d.temp}, {"top_k", d.top_k}, {"top_p", d.top_p}, {"min_p", d.min_p},
+                  {"repeat_penalty", d.repeat_penalty}, {"repeat_last_n", d.repeat_last_n}}}};
   }
 
   ServeOptions opt_;
@@ -747,13 +731,8 @@ class Server {
   std::unique_ptr<Tokenizer> tok_;
   RequestContext ctx_;
   int64_t created_ = 0;
-  std::vector<std::unique_ptr<Slot>> slots_;
-  std::mutex slot_mu_;
-  std::condition_variable slot_cv_;
-  std::atomic<int> waiting_{0};  // queue_.size(), for /metrics and the streaming 429 check
-  std::deque<uint64_t> queue_;   // tickets of the requests waiting for a slot, in arrival order
-  uint64_t ticket_seq_ = 0;
-  std::atomic<int> busy_{0};
+  std::unique_ptr<Session> session_;      // one KV cache per sequence inside
+  std::unique_ptr<Scheduler> scheduler_;  // declared after what it uses: destroyed first
   Metrics metrics_;
   std::atomic<uint64_t> request_seq_{0}, completion_seq_{0};
   // Connections, the watchdog and the drain.
@@ -773,6 +752,9 @@ bool FrontHttp::process_and_close_socket(socket_t sock) {
 
 void serve(const ServeOptions& opt) {
   if (opt.parallel < 1 || opt.parallel > 256) fail("--parallel must be in [1, 256]");
+  if (opt.batch_size < opt.parallel || opt.batch_size > 8192)
+    fail("--batch-size {} must be in [--parallel = {}, 8192]: every generating request adds a token to each step",
+         opt.batch_size, opt.parallel);
   if (opt.port < 0 || opt.port > 65535) fail("--port {} is not a port number", opt.port);
   if (opt.max_connections < 1) fail("--max-connections must be at least 1");
   if (opt.max_queue < 0) fail("--max-queue must not be negative");

@@ -1,6 +1,7 @@
 // OpenAI-compatible HTTP server (cpp-httplib): /health, /v1/models, /v1/completions,
-// /v1/chat/completions (stream and not), /metrics. One KV-cache slot per concurrent
-// request (--parallel); requests beyond that wait in a bounded queue (429 when full).
+// /v1/chat/completions (stream and not), /metrics, /props. Continuous batching
+// (runtime/scheduler.h): up to --parallel requests decode together, one forward per step
+// for all of them; requests beyond that wait in a bounded queue (429 when full).
 // Built to survive hostile clients: per-connection read deadlines and a connection cap
 // (slowloris), cancellation when a client leaves, no exception can take the process down.
 #pragma once
@@ -14,7 +15,9 @@ struct ServeOptions {
   std::string model_path;
   std::string host = "127.0.0.1";
   int port = 8080;
-  int parallel = 4;
+  int parallel = 4;               // sequences generating at once (each with its own KV cache)
+  int batch_size = 512;           // tokens per forward step: decode tokens plus prompt chunks
+  int prompt_cache = -1;          // finished sequences kept for prefix reuse (-1: --parallel)
   int ctx = 0;                    // per-request context limit (0 = the model's)
   int max_tokens_limit = 4096;    // largest max_tokens a request may ask for
   size_t max_body_bytes = 1 << 20;

@@ -715,6 +715,32 @@ TEST(Serve, ApiKeyCorsQueueLimitAndJsonLog) {
   EXPECT_EQ(completions, 1);
 }
 
+TEST(Serve, ConcurrentRequestsShareForwardStepsAndAnswerAsAlone) {
+  ServerProc s({"--parallel", "4", "--batch-size", "64"});
+  const std::vector<std::string> prompts{"The jury", "The city council", "In the election", "Fulton County"};
+  auto body = [](const std::string& p) { return json{{"prompt", p}, {"max_tokens", 16}, {"temperature", 0}, {"ignore_eos", true}}.dump(); };
+  auto text_of = [](const httplib::Result& r) { return r && r->status == 200 ? json::parse(r->body)["choices"][0]["text"].get<std::string>() : "?"; };
+  std::vector<std::string> alone, together(prompts.size());
+  for (const auto& p : prompts) alone.push_back(text_of(s.client().Post("/v1/completions", body(p), kJson)));
+  const int steps0 = std::stoi(s.metric("g4_steps_total"));
+  std::vector<std::thread> ts;
+  for (size_t i = 0; i < prompts.size(); ++i)
+    ts.emplace_back([&, i] { together[i] = text_of(s.client().Post("/v1/completions", body(prompts[i]), kJson)); });
+  for (auto& t : ts) t.join();
+  const int steps = std::stoi(s.metric("g4_steps_total")) - steps0;
+  std::printf("4 concurrent requests of 16 tokens: %d forward steps (64 unbatched)\n", steps);
+  for (size_t i = 0; i < prompts.size(); ++i) EXPECT_EQ(together[i], alone[i]) << prompts[i];
+  EXPECT_LT(steps, 48);  // batched: ~16-20 steps when all four overlap
+  EXPECT_NE(s.metric("g4_generation_tokens_per_second"), "");
+  auto props = s.client().Get("/props");
+  ASSERT_TRUE(props);
+  const json pj = json::parse(props->body);
+  std::printf("/props: %s\n", props->body.c_str());
+  EXPECT_EQ(pj["total_slots"], 4);
+  EXPECT_EQ(pj["n_batch"], 64);
+  EXPECT_EQ(pj["prompt_cache_sequences"], 4);
+}
+
 TEST(Serve, SigtermDrainsInFlightRequestsAndExitsZero) {
   ServerProc s({"--shutdown-timeout", "20"});
   std::string streamed;
