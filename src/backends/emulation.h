@@ -2,7 +2,7 @@
 // that `g4 ladder` and `g4 divergence` can say how much of another engine's difference
 // each rounding explains. Each is one small function applied where ggml's CPU backend
 // (llama.cpp) rounds; the rest of the forward stays the reference's. What was checked in
-// ggml's source is written down in spec/protocols.md §f.
+// ggml's source is written down in tests/fixtures/llama-cpp/README.md.
 //
 //   gelu-f16    GGML_GELU_FP16 (ggml-cpu/vec.h): gelu(x) = table[f16(x)], the table holding
 //               f16(gelu_f32(x)); 0 for x <= -10, x for x >= 10 (ggml_vec_gelu_f32/geglu_f32)
