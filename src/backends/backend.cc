@@ -27,6 +27,9 @@ const char* precision_name(Precision p) {
 }
 
 std::unique_ptr<Backend> make_backend(const Model& model, const BackendOptions& opt) {
+  if (opt.rounding.any() && opt.precision != Precision::F64 && opt.precision != Precision::F32)
+    fail("engine-rounding emulation ({}) runs on the reference backends only: use --precision f64 or f32, not {}",
+         engine_rounding_name(opt.rounding), precision_name(opt.precision));
   switch (opt.precision) {
     case Precision::F64: return std::make_unique<RefBackend<double>>(model, opt);
     case Precision::F32: return std::make_unique<RefBackend<float>>(model, opt);

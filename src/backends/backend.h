@@ -10,6 +10,7 @@
 #include <span>
 #include <string>
 
+#include "backends/emulation.h"
 #include "backends/kv_codec.h"
 #include "formats/tensor.h"
 #include "model/model.h"
@@ -53,6 +54,9 @@ struct BackendOptions {
   bool bf16_weights_only = false;
   // What the KV cache stores (f32: the backend's own precision).
   KvType cache_type_k = KvType::F32, cache_type_v = KvType::F32;
+  // Another engine's roundings reproduced in the reference (f64/f32 only; emulation.h).
+  // kv_f16 is applied by the caller as f16 cache types.
+  EngineRounding rounding{};
 };
 
 class Backend {
@@ -108,8 +112,10 @@ class Backend {
 
   // MoE routing of logits [n, E]: softmax, top-k (ties: lower id), renormalised weights
   // times per_expert_scale, in the compute type; ids/weights are [n, k] on the host.
+  // forced (nullptr: none) is [n, k]: a row whose first id is >= 0 replaces top-k's
+  // choice, and the weights are those of the forced experts (forced routing, g4 divergence).
   virtual void moe_route(const View& logits, int64_t k, const TensorView& per_expert_scale, int32_t* ids,
-                         double* weights) = 0;
+                         double* weights, const int32_t* forced) = 0;
   // dst[r] = src[rows[r]] (gather), dst[rows[r]] = src[r] (scatter).
   virtual void gather_rows(const View& src, std::span<const int32_t> rows, const View& dst) = 0;
   virtual void scatter_rows(const View& src, std::span<const int32_t> rows, const View& dst) = 0;

@@ -142,15 +142,15 @@ class Bf16Backend final : public RefBackend<float> {
   // Gemma4TextRouter in bf16: softmax (float32 inside, bf16 out), topk, weights / sum,
   // * per_expert_scale, each rounded.
   void moe_route(const View& logits, int64_t k, const TensorView& per_expert_scale, int32_t* ids,
-                 double* weights) override {
-    if (!full_) return RefBackend<float>::moe_route(logits, k, per_expert_scale, ids, weights);
+                 double* weights, const int32_t* forced) override {
+    if (!full_) return RefBackend<float>::moe_route(logits, k, per_expert_scale, ids, weights, forced);
     const int64_t E = logits.cols;
     const float* pes = constant(per_expert_scale);
     for (int64_t t = 0; t < logits.rows; ++t) {
       float* z = row(logits, t);
       ops::softmax(z, E, false);
       for (int64_t e = 0; e < E; ++e) z[e] = bf(z[e]);
-      top_k(z, E, k, ids + t * k);
+      select_experts(z, E, k, t, forced, ids);
       float sum = 0;
       for (int64_t j = 0; j < k; ++j) sum += z[ids[t * k + j]];
       sum = bf(sum);

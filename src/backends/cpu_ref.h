@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "backends/backend.h"
+#include "backends/emulation.h"
 #include "backends/kv_cache.h"
 #include "kernels/ops.h"
 #include "util/error.h"
@@ -33,6 +34,7 @@ class RefBackend : public Backend {
         codecs_.emplace(l.head_dim, std::pair{KvCodec(opt.cache_type_k, l.head_dim), KvCodec(opt.cache_type_v, l.head_dim)});
     }
     seqs_.push_back(std::make_unique<KvCache<T>>(s_, opt.n_batch, opt.n_ctx));
+    for (const auto& l : s_.layers) max_head_dim_ = std::max<int64_t>(max_head_dim_, l.head_dim);
     const int64_t E = s_.n_experts;
     route_idx_.resize(static_cast<size_t>(E));
     reserve_attention(opt.n_ctx ? opt.n_ctx : std::min<int64_t>(opt.n_batch, s_.max_ctx));
@@ -103,7 +105,10 @@ class RefBackend : public Backend {
     for (int64_t r = 0; r < g.rows; ++r) {
       T* gp = row(g, r);
       const T* up = row(u, r);
-      for (int64_t j = 0; j < g.cols; ++j) gp[j] = ops::gelu_tanh(gp[j]) * up[j];
+      if (opt_.rounding.gelu_f16)
+        for (int64_t j = 0; j < g.cols; ++j) gp[j] = static_cast<T>(emu::gelu_f16_table(static_cast<float>(gp[j]))) * up[j];
+      else
+        for (int64_t j = 0; j < g.cols; ++j) gp[j] = ops::gelu_tanh(gp[j]) * up[j];
     }
   }
   void scale(const View& x, double s) override {
@@ -170,16 +175,27 @@ class RefBackend : public Backend {
     c.n_pending = k.rows;
   }
   void attention(int seq, int layer, const View& q, int64_t heads, const View& out) override {
+    const EngineRounding& er = opt_.rounding;
     for_each_query(seq, layer, q, heads, out, [&](const Query& a) {
-      T* scores = scores_[omp_get_thread_num()].data();
+      const int tid = omp_get_thread_num();
+      T* scores = scores_[tid].data();
+      const T* qv = a.q;
+      if (er.q_f16) {  // emulation: Q in the f16 cache's dot type
+        T* qr = qround_[tid].data();
+        for (int64_t d = 0; d < a.hd; ++d) qr[d] = emu::f16(static_cast<float>(a.q[d]));
+        qv = qr;
+      }
+      if (er.attn == EngineRounding::Attn::F16Flash) return emu::flash_attention_f16(a, qv, a.out);
       std::fill(a.out, a.out + a.hd, T(0));
       for (int64_t kp = a.lo; kp <= a.pos; ++kp) {
         const T* kh = a.key(kp);
         T s = 0;
-        for (int64_t d = 0; d < a.hd; ++d) s += a.q[d] * kh[d];
+        for (int64_t d = 0; d < a.hd; ++d) s += qv[d] * kh[d];
         scores[kp - a.lo] = s;
       }
       ops::softmax(scores, a.pos - a.lo + 1, f32_islands_);
+      if (er.attn == EngineRounding::Attn::F16Probs)  // emulation: P converted for the f16 V matmul
+        for (int64_t kp = a.lo; kp <= a.pos; ++kp) scores[kp - a.lo] = emu::f16(static_cast<float>(scores[kp - a.lo]));
       for (int64_t kp = a.lo; kp <= a.pos; ++kp) {
         const T p = scores[kp - a.lo];
         const T* vh = a.val(kp);
@@ -199,13 +215,13 @@ class RefBackend : public Backend {
   }
 
   void moe_route(const View& logits, int64_t k, const TensorView& per_expert_scale, int32_t* ids,
-                 double* weights) override {
+                 double* weights, const int32_t* forced) override {
     const int64_t E = logits.cols;
     const T* pes = constant(per_expert_scale);
     for (int64_t t = 0; t < logits.rows; ++t) {
       T* z = row(logits, t);
       ops::softmax(z, E, false);  // HF: in the activation dtype
-      top_k(z, E, k, ids + t * k);
+      select_experts(z, E, k, t, forced, ids);
       T wsum = 0;
       for (int64_t j = 0; j < k; ++j) wsum += z[ids[t * k + j]];
       for (int64_t j = 0; j < k; ++j) {
@@ -233,6 +249,18 @@ class RefBackend : public Backend {
   }
 
  protected:
+  // Row t's experts: top-k of z, or forced[t] where that row is set.
+  void select_experts(const T* z, int64_t E, int64_t k, int64_t t, const int32_t* forced, int32_t* ids) {
+    if (forced && forced[t * k] >= 0) {
+      for (int64_t j = 0; j < k; ++j) {
+        const int32_t e = forced[t * k + j];
+        if (e < 0 || e >= E) fail("forced routing of row {}: expert {} is outside [0, {})", t, e, E);
+        ids[t * k + j] = e;
+      }
+      return;
+    }
+    top_k(z, E, k, ids + t * k);
+  }
   // The k largest of z[0..E) into ids, largest first, by repeated selection: the first
   // maximum wins, so on equal values the lower expert id comes first (HF's topk on CPU,
   // a stable sort).
@@ -293,6 +321,8 @@ class RefBackend : public Backend {
   virtual void reserve_attention(int64_t keys) {
     const size_t threads = static_cast<size_t>(std::max(1, omp_get_max_threads()));
     if (scores_.size() < threads) scores_.resize(threads);
+    if (qround_.size() < threads) qround_.resize(threads);
+    for (auto& q : qround_) q.resize(static_cast<size_t>(max_head_dim_));
     for (auto& s : scores_)
       if (static_cast<int64_t>(s.size()) < keys) s.resize(static_cast<size_t>(std::max(keys, 2 * static_cast<int64_t>(s.size()))));
   }
@@ -315,6 +345,8 @@ class RefBackend : public Backend {
   std::map<int64_t, std::pair<KvCodec, KvCodec>> codecs_;  // by head_dim: K, V
   std::vector<char> route_idx_;
   std::vector<std::vector<T>> scores_;
+  std::vector<std::vector<T>> qround_;  // per-thread Q row rounded to f16 (emulation)
+  int64_t max_head_dim_ = 0;
 };
 
 }  // namespace g4

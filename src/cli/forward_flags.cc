@@ -8,6 +8,7 @@ ForwardOptions ForwardFlags::options() const {
   ForwardOptions fo{parse_precision(precision)};
   fo.cache_type_k = parse_kv_type(cache_k);
   fo.cache_type_v = parse_kv_type(cache_v);
+  fo.emulate = parse_engine_rounding(emulate);
   return fo;
 }
 
@@ -22,6 +23,9 @@ void add_forward_flags(CLI::App* cmd, ForwardFlags& f, const std::string& defaul
   cmd->add_option("--cache-type-k", f.cache_k, fmt::format("KV cache type for K: {} (default f32)", fmt::join(kv, ", ")))
       ->check(CLI::IsMember(kv));
   cmd->add_option("--cache-type-v", f.cache_v, "KV cache type for V (default f32; -ctk/-ctv also work)")->check(CLI::IsMember(kv));
+  cmd->add_option("--emulate", f.emulate,
+                  fmt::format("reproduce another engine's roundings in the f64/f32 reference, a comma-separated list of {}",
+                              fmt::join(engine_rounding_items(), ", ")));
 }
 
 }  // namespace g4::cli

@@ -14,6 +14,7 @@ inline const std::vector<std::string> kPrecisionNames{"f64", "f32", "fast", "bf1
 struct ForwardFlags {
   std::string precision;
   std::string cache_k = "f32", cache_v = "f32";
+  std::string emulate;  // engine roundings (backends/emulation.h)
   ForwardOptions options() const;  // throws on an unknown value
 };
 

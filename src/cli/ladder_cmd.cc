@@ -1,6 +1,8 @@
 #include <cstdio>
 
 #include "cli/commands.h"
+#include "cli/forward_flags.h"
+#include "tools/divergence.h"
 #include "tools/kv_study.h"
 #include "tools/ladder.h"
 #include "util/error.h"
@@ -19,24 +21,69 @@ void register_ladder(CLI::App& app) {
   auto o = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand("ladder", "The precision ladder: f64, bf16 constants, f32, bf16 weights, bf16, fast against f64");
   cmd->add_option("-m,--model", o->model, "HF checkpoint directory or .gguf file")->required();
-  cmd->add_option("-f,--file", o->file, "text to evaluate")->required();
+  cmd->add_option("-f,--file", o->file, "text to evaluate (not with --kl-divergence-base)");
   cmd->add_option("-c,--ctx-size", o->l.n_ctx, "context per chunk (default 128)");
   cmd->add_option("--chunks", o->l.max_chunks, "chunks to evaluate (default 4)");
+  cmd->add_option("--engine", o->l.engine, "add the rungs that emulate an engine's roundings: llama.cpp or llama.cpp-fa")
+      ->check(CLI::IsMember({"llama.cpp", "llama.cpp-fa"}));
+  cmd->add_option("--kl-divergence-base", o->l.kld_base,
+                  "an engine's llama-perplexity --kl-divergence-base file: its chunks are used, and every rung is also "
+                  "compared with it");
   cmd->add_option("-t,--threads", o->threads, "threads (default: all cores)");
   cmd->add_flag("--json", o->json, "machine-readable result");
   cmd->final_callback([o] {
     set_threads(o->threads);
     Model m = load_model(o->model);
-    const LadderResult r = run_ladder(m, read_text_file(o->file), o->l);
+    if (o->file.empty() == o->l.kld_base.empty()) fail("give the text with -f FILE, or a base file with --kl-divergence-base (not both)");
+    const LadderResult r = run_ladder(m, o->file.empty() ? std::string() : read_text_file(o->file), o->l);
     if (!o->json) {
       std::printf("%s", format_ladder(r, o->model).c_str());
       return;
     }
     json rungs = json::array();
     for (const auto& g : r.rungs)
-      rungs.push_back({{"rung", g.name}, {"what", g.what}, {"nmse", g.nmse}, {"kld", g.kld}, {"top1", g.top1},
-                       {"ppl", g.ppl}, {"seconds", g.seconds}});
+    {
+      json j{{"rung", g.name}, {"what", g.what}, {"nmse", g.nmse}, {"kld", g.kld}, {"top1", g.top1}, {"ppl", g.ppl},
+             {"seconds", g.seconds}};
+      if (r.base) {
+        j["kld_engine"] = g.kld_base;
+        j["top1_engine"] = g.top1_base;
+      }
+      rungs.push_back(j);
+    }
     std::printf("%s\n", json{{"model", o->model}, {"n_ctx", r.n_ctx}, {"chunks", r.chunks}, {"rungs", rungs}}.dump(2).c_str());
+  });
+}
+
+void register_divergence(CLI::App& app) {
+  struct Opts {
+    std::string model, base;
+    ForwardFlags fwd;
+    DivergenceOptions d;
+    int threads = 0;
+    bool json = false;
+  };
+  auto o = std::make_shared<Opts>();
+  auto* cmd = app.add_subcommand("divergence",
+                                 "Why another engine differs from the reference: per-position KLD against its llama.cpp "
+                                 "base file, router near-ties and forced expert swaps, a verdict");
+  cmd->add_option("-m,--model", o->model, "HF checkpoint directory or .gguf file")->required();
+  cmd->add_option("--kl-divergence-base", o->base, "the engine's llama-perplexity --kl-divergence-base file")->required();
+  add_forward_flags(cmd, o->fwd, "f64");
+  cmd->add_option("--chunks", o->d.max_chunks, "analyse at most this many chunks of the base file");
+  cmd->add_option("--threshold", o->d.kld_threshold, "a position diverges above this KLD (default 1e-3)");
+  cmd->add_option("--margin", o->d.margin, "router near-tie: k-th minus (k+1)-th logit below this (default 1e-3)");
+  cmd->add_option("--candidates", o->d.max_candidates, "near-ties tried per round of the forced-swap search (default 48)");
+  cmd->add_option("--top", o->d.top, "worst positions listed (default 10)");
+  cmd->add_option("-t,--threads", o->threads, "threads (default: all cores)");
+  cmd->add_flag("--json", o->json, "machine-readable result (every position, every swap)");
+  cmd->final_callback([o] {
+    set_threads(o->threads);
+    Model m = load_model(o->model);
+    o->d.forward = o->fwd.options();
+    const DivergenceReport r = run_divergence(m, o->base, o->d);
+    if (o->json) std::printf("%s\n", divergence_json(r).dump(2).c_str());
+    else std::printf("%s", format_divergence(r, m, o->d.top).c_str());
   });
 }
 

@@ -63,6 +63,7 @@ int main(int argc, char** argv) {
   g4::cli::register_ladder(app);
   g4::cli::register_kv_study(app);
   g4::cli::register_niah(app);
+  g4::cli::register_divergence(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

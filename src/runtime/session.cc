@@ -21,7 +21,8 @@ struct Activations {
   View router, eu, ex, eo, eout;    // MoE
   View logits;                      // [cap_out, vocab], grown on demand
   // Host-side MoE routing tables, [cap, K].
-  std::vector<int32_t> ids, order, rows_in, rows_out;
+  std::vector<int32_t> ids, order, rows_in, rows_out, forced;
+  std::vector<double> router_logits;  // [cap, E], only for ForwardOptions::on_router
   std::vector<double> weights;
   std::vector<int64_t> expert_start;
 };
@@ -59,6 +60,8 @@ struct Session::Impl {
     bo.bf16_weights_only = o.bf16_weights_only;
     bo.cache_type_k = o.cache_type_k;
     bo.cache_type_v = o.cache_type_v;
+    bo.rounding = o.emulate;
+    if (o.emulate.kv_f16) bo.cache_type_k = bo.cache_type_v = KvType::F16;
     be = make_backend(model, bo);
     const double sqrt_h = std::sqrt(static_cast<double>(s.hidden));
     const double sqrt_p = std::sqrt(static_cast<double>(s.ple_dim));
@@ -107,6 +110,8 @@ struct Session::Impl {
       act.rows_in.resize(act.ids.size());
       act.rows_out.resize(act.ids.size());
       act.weights.resize(act.ids.size());
+      act.forced.resize(act.ids.size());
+      if (opt.on_router) act.router_logits.resize(static_cast<size_t>(cap * E));
       act.expert_start.resize(static_cast<size_t>(E + 1));
     }
     act.logits = matrix(b, 1, s.vocab);
@@ -238,7 +243,7 @@ struct Session::Impl {
     b.rms_norm(h, lw.ffn_norm, eps, x);
     gated_mlp(*lw.gate, *lw.up, *lw.down, x, ls.ff_width, y);
     // 9. MoE: y = RMSNorm(y; post_ffn_norm_1) + RMSNorm(Experts(h1); post_ffn_norm_2)
-    if (ls.moe) moe_block(lw, h, y);
+    if (ls.moe) moe_block(i, lw, h, y);
     // 10-11. h2 = h1 + RMSNorm(y; post_feedforward_layernorm)
     b.rms_norm(y, lw.post_ffn_norm, eps, y);
     b.add(h, y);
@@ -267,7 +272,25 @@ struct Session::Impl {
     be->matmul(down, g, y, down_row0);
   }
 
-  void moe_block(const LayerWeights& lw, const View& h1, const View& y) {
+  // The forced-routing table of this step for `layer` (nullptr when nothing is forced).
+  const int32_t* forced_routes(int layer, int64_t n) {
+    if (opt.force_routes.empty()) return nullptr;
+    if (segs.size() != 1) fail("forced routing applies to single-sequence runs, not to batched steps");
+    const int64_t K = s.top_k, pos0 = segs[0].pos0;
+    std::fill(act.forced.begin(), act.forced.begin() + n * K, -1);
+    bool any = false;
+    for (const RouteForce& f : opt.force_routes) {
+      if (f.layer != layer || f.pos < pos0 || f.pos >= pos0 + n) continue;
+      if (static_cast<int64_t>(f.experts.size()) != K)
+        fail("forced routing at layer {}, position {}: {} experts given, the model routes to top_k = {}", layer, f.pos,
+             f.experts.size(), K);
+      std::copy(f.experts.begin(), f.experts.end(), act.forced.begin() + (f.pos - pos0) * K);
+      any = true;
+    }
+    return any ? act.forced.data() : nullptr;
+  }
+
+  void moe_block(int layer, const LayerWeights& lw, const View& h1, const View& y) {
     Backend& b = *be;
     const int64_t n = h1.rows, H = s.hidden, E = s.n_experts, K = s.top_k, Ie = s.moe_ff;
     const double eps = s.rms_eps;
@@ -279,7 +302,10 @@ struct Session::Impl {
     b.rms_norm(h1, nullptr, eps, r);
     b.mul(r, *lw.router_scale, 1.0 / std::sqrt(static_cast<double>(H)));
     b.matmul(*lw.router_proj, r, logits);
-    b.moe_route(logits, K, *lw.per_expert_scale, act.ids.data(), act.weights.data());
+    if (opt.on_router) b.read(logits, act.router_logits.data());  // before moe_route's in-place softmax
+    b.moe_route(logits, K, *lw.per_expert_scale, act.ids.data(), act.weights.data(), forced_routes(layer, n));
+    // Router traces are a single-sequence diagnostic: positions are sequence 0's.
+    if (opt.on_router) opt.on_router(RouterTrace{layer, segs[0].pos0, n, E, K, act.router_logits.data(), act.ids.data()});
     // Expert inputs.
     const View u = act.eu.sub_rows(0, n);
     b.rms_norm(h1, lw.pre_ffn_norm_2, eps, u);

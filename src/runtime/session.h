@@ -2,6 +2,7 @@
 // (gemma4-architecture.md §5-10), one code path for every variant and every backend.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -11,6 +12,23 @@
 #include "model/model.h"
 
 namespace g4 {
+
+// Forced MoE routing (g4 divergence): at absolute position `pos` of layer `layer`, use
+// `experts` (top_k ids) instead of the router's top-k.
+struct RouteForce {
+  int64_t pos = 0;
+  int layer = 0;
+  std::vector<int32_t> experts;
+};
+
+// What the router of one MoE layer saw in one step: logits [n, n_experts] before the
+// softmax (host copy) and the chosen ids [n, k], for positions pos0 .. pos0 + n - 1.
+struct RouterTrace {
+  int layer = 0;
+  int64_t pos0 = 0, n = 0, n_experts = 0, k = 0;
+  const double* logits = nullptr;
+  const int32_t* ids = nullptr;
+};
 
 struct ForwardOptions {
   Precision precision = Precision::F64;
@@ -26,6 +44,13 @@ struct ForwardOptions {
   bool bf16_weights_only = false;
   // KV cache element types (--cache-type-k/-v; backends/kv_codec.h).
   KvType cache_type_k = KvType::F32, cache_type_v = KvType::F32;
+  // Another engine's roundings reproduced in the reference (--emulate; backends/emulation.h).
+  // kv_f16 makes both cache types f16.
+  EngineRounding emulate{};
+  // Diagnostics of the MoE routing (g4 divergence): forced choices, and a callback that
+  // sees every MoE layer's router logits and choice (off: no cost).
+  std::vector<RouteForce> force_routes{};
+  std::function<void(const RouterTrace&)> on_router{};
   // Tokens per forward step: longer inputs run in steps of this many (activations are
   // preallocated for it). Context to reserve the KV cache for (0 = grow on demand).
   int64_t n_batch = 512;

@@ -1,5 +1,6 @@
 #include "tools/kld_base.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -46,6 +47,7 @@ KldBase parse_kld_base(std::shared_ptr<MappedFile> file, int64_t vocab, int n_ct
       fail("{}: token {} (chunk {}) has id {}, outside the vocabulary of {}", path, i, i / static_cast<size_t>(b.n_ctx),
            b.tokens[i], vocab);
   b.records = d + 20 + b.tokens.size() * 4;
+  b.first = first;
   // Each record stores log p = scale * q + min_log_prob, q in [0, 65535]. llama.cpp writes
   // scale = (max - min) / 65535 with max - min <= 16, and min_log_prob = min - max - logsumexp,
   // which lies in [-16 - ln(n_vocab), 0]. Anything else (NaN, Inf, a negative scale, a
@@ -68,6 +70,45 @@ KldBase parse_kld_base(std::shared_ptr<MappedFile> file, int64_t vocab, int n_ct
            path, r, chunk, pos, scale, min_lp, max_scale, min_lp_floor);
   }
   return b;
+}
+
+KldBase open_kld_base(const std::string& path, int64_t vocab, int& first) {
+  auto file = MappedFile::open(path);
+  if (file->size() < 20 || std::memcmp(file->data(), kLogitsMagic, 8) != 0)
+    fail("{}: not a KL-divergence base file (no '_logits_' magic); make one with --kl-divergence-base", path);
+  int32_t hdr[3];
+  std::memcpy(hdr, file->data() + 8, 12);
+  const int n_ctx = hdr[0];
+  if (n_ctx < 4 || hdr[2] <= 0 || hdr[1] <= 0) fail("{}: header has n_ctx = {}, n_vocab = {}, n_chunk = {}", path, hdr[0], hdr[1], hdr[2]);
+  // llama-perplexity's files have n_ctx - 1 - n_ctx/2 records per chunk; the gold protocol one more.
+  const uint64_t rec = kld_record_words(hdr[1]) * 2, per_chunk = 4ull * static_cast<uint64_t>(n_ctx);
+  const uint64_t llama = 20 + static_cast<uint64_t>(hdr[2]) * (per_chunk + static_cast<uint64_t>(n_ctx - 1 - n_ctx / 2) * rec);
+  first = file->size() == llama ? n_ctx / 2 : n_ctx / 2 - 1;
+  return parse_kld_base(std::move(file), vocab, n_ctx, first);
+}
+
+BaseMatch match_base_record(const KldBase& b, int64_t index, const double* z, int32_t target) {
+  const int64_t V = b.n_vocab;
+  const uint8_t* r = b.records + static_cast<uint64_t>(index) * kld_record_words(V) * 2;
+  float scale, min_lp;
+  std::memcpy(&scale, r, 4);
+  std::memcpy(&min_lp, r + 4, 4);
+  const auto* q = reinterpret_cast<const uint16_t*>(r + 8);
+  double mx = z[0];
+  for (int64_t v = 1; v < V; ++v) mx = std::max(mx, z[v]);
+  double s = 0;
+  for (int64_t v = 0; v < V; ++v) s += std::exp(z[v] - mx);
+  const double lse = mx + std::log(s);
+  BaseMatch m;
+  for (int64_t v = 0; v < V; ++v) {
+    const double lb = static_cast<double>(scale) * q[v] + min_lp;
+    if (lb > -16) m.kld += std::exp(lb) * (lb - (z[v] - lse));
+    if (z[v] > z[m.top]) m.top = static_cast<int32_t>(v);
+    if (q[v] > q[m.top_base]) m.top_base = static_cast<int32_t>(v);
+  }
+  m.nll = lse - z[target];
+  m.nll_base = -(static_cast<double>(scale) * q[target] + min_lp);
+  return m;
 }
 
 }  // namespace g4

@@ -20,6 +20,7 @@ inline size_t kld_record_words(int64_t n_vocab) { return static_cast<size_t>(2 *
 struct KldBase {
   std::shared_ptr<MappedFile> file;
   int32_t n_ctx = 0, n_vocab = 0, n_chunk = 0;
+  int first = 0;                     // first scored position of a chunk
   std::vector<int32_t> tokens;       // [n_chunk * n_ctx]
   const uint8_t* records = nullptr;  // [n_chunk * (n_ctx - 1 - first)] records
 };
@@ -28,5 +29,18 @@ struct KldBase {
 // scoring); n_ctx and vocab: what this run uses. Throws g4::Error naming the file, the
 // field or record and what was expected.
 KldBase parse_kld_base(std::shared_ptr<MappedFile> file, int64_t vocab, int n_ctx, int first);
+
+// The same, with n_ctx from the header and the scoring protocol from the size: `first`
+// becomes n_ctx/2 (llama-perplexity's) or n_ctx/2 - 1 (the gold protocol).
+KldBase open_kld_base(const std::string& path, int64_t vocab, int& first);
+
+// One scored position against record `index` of a base file: KL(base || p) summed as
+// llama-perplexity sums it (base log-probs below -16 left out), the base's NLL of
+// `target` and both top-1 tokens. logits: the model's row of n_vocab.
+struct BaseMatch {
+  double kld = 0, nll = 0, nll_base = 0;
+  int32_t top = 0, top_base = 0;
+};
+BaseMatch match_base_record(const KldBase& b, int64_t index, const double* logits, int32_t target);
 
 }  // namespace g4

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 
+#include "tools/kld_base.h"
 #include "tools/token_input.h"
 #include "util/error.h"
 
@@ -39,6 +40,27 @@ std::vector<LadderRung> ladder_rungs() {
   return r;
 }
 
+std::vector<LadderRung> engine_rungs(const std::string& engine) {
+  const EngineRounding all = parse_engine_rounding(engine);
+  if (engine != "llama.cpp" && engine != "llama.cpp-fa")
+    fail("--engine '{}': the engines whose roundings g4 emulates are llama.cpp and llama.cpp-fa", engine);
+  std::vector<LadderRung> r;
+  auto add = [&](const std::string& list, std::string what) {
+    ForwardOptions fo{Precision::F32};
+    fo.emulate = parse_engine_rounding(list);
+    r.push_back({"f32 +" + list, std::move(what), fo});
+  };
+  const bool fa = all.attn == EngineRounding::Attn::F16Flash;
+  add("gelu-f16", "float32, GELU through ggml's f16 lookup table");
+  add("kv-f16", "float32, K/V cache in f16 (llama.cpp's default cache type)");
+  add("kv-f16,q-f16", "float32, f16 K/V cache and Q rounded to f16 for Q.K");
+  add(fa ? "kv-f16,q-f16,flash-f16" : "kv-f16,q-f16,probs-f16",
+      fa ? "float32, ggml's CPU flash attention: f16 Q/K/V, weighted V sum accumulated in f16"
+         : "float32, f16 K/V/Q and the softmax probabilities in f16 for P.V");
+  add(engine, "float32 with every " + engine + " rounding above: the engine emulated");
+  return r;
+}
+
 std::vector<int32_t> ladder_tokens(const Model& m, const std::string& text) {
   std::string t = text;
   if (!t.empty() && t.back() == '\n') t.pop_back();
@@ -46,24 +68,30 @@ std::vector<int32_t> ladder_tokens(const Model& m, const std::string& text) {
 }
 
 LadderResult run_ladder(const Model& m, const std::string& text, const LadderOptions& opt) {
-  return compare_rungs(m, ladder_tokens(m, text), opt, ladder_rungs());
+  std::vector<LadderRung> rungs = ladder_rungs();
+  if (!opt.engine.empty())
+    for (auto& g : engine_rungs(opt.engine)) rungs.push_back(std::move(g));
+  if (opt.kld_base.empty()) return compare_rungs(m, ladder_tokens(m, text), opt, rungs);
+  int first = 0;
+  const KldBase base = open_kld_base(opt.kld_base, m.spec.vocab, first);
+  return compare_rungs(m, {}, opt, rungs, &base);
 }
 
 LadderResult compare_rungs(const Model& m, const std::vector<int32_t>& tokens, const LadderOptions& opt,
-                           std::vector<LadderRung> rungs) {
-  const int n_ctx = opt.n_ctx;
+                           std::vector<LadderRung> rungs, const KldBase* base) {
+  const int n_ctx = base ? base->n_ctx : opt.n_ctx;
   if (n_ctx < 4 || n_ctx % 2) fail("-c {} must be even and at least 4", n_ctx);
   if (n_ctx > m.spec.max_ctx) fail("-c {} exceeds the model's context length {}", n_ctx, m.spec.max_ctx);
   if (rungs.empty()) fail("nothing to compare");
-  const int64_t avail = static_cast<int64_t>(tokens.size()) / n_ctx;
+  const int64_t avail = base ? base->n_chunk : static_cast<int64_t>(tokens.size()) / n_ctx;
   if (avail < 1) fail("the text has {} tokens, fewer than one chunk of -c {}", tokens.size(), n_ctx);
   const int chunks = static_cast<int>(opt.max_chunks > 0 ? std::min<int64_t>(avail, opt.max_chunks) : avail);
-  const int first = n_ctx / 2 - 1, rows = n_ctx - 1 - first;
+  const int first = base ? base->first : n_ctx / 2 - 1, rows = n_ctx - 1 - first;
   const int64_t V = m.spec.vocab;
 
   struct Acc {
-    double sq = 0, nll = 0, kld = 0;
-    int64_t top = 0;
+    double sq = 0, nll = 0, kld = 0, kld_base = 0;
+    int64_t top = 0, top_base = 0;
   };
   std::vector<Acc> acc(rungs.size());
   double ref_sum = 0, ref_sq = 0;
@@ -76,7 +104,8 @@ LadderResult compare_rungs(const Model& m, const std::vector<int32_t>& tokens, c
   }
   std::vector<double> ref_lp(static_cast<size_t>(V)), lp(ref_lp.size());
   for (int c = 0; c < chunks; ++c) {
-    std::vector<int32_t> chunk(tokens.begin() + static_cast<int64_t>(c) * n_ctx, tokens.begin() + static_cast<int64_t>(c + 1) * n_ctx);
+    const std::vector<int32_t>& src = base ? base->tokens : tokens;
+    std::vector<int32_t> chunk(src.begin() + static_cast<int64_t>(c) * n_ctx, src.begin() + static_cast<int64_t>(c + 1) * n_ctx);
     chunk[0] = m.spec.bos_id;
     EvalRequest req;
     req.logits_from = first;
@@ -112,6 +141,11 @@ LadderResult compare_rungs(const Model& m, const std::vector<int32_t>& tokens, c
         acc[k].kld += kl;
         acc[k].nll -= lp[chunk[first + p + 1]];
         acc[k].top += (std::max_element(z, z + V) - z) == (std::max_element(zr, zr + V) - zr);
+        if (base) {
+          const BaseMatch bm = match_base_record(*base, static_cast<int64_t>(c) * rows + p, z, chunk[first + p + 1]);
+          acc[k].kld_base += bm.kld;
+          acc[k].top_base += bm.top == bm.top_base;
+        }
       }
     }
   }
@@ -122,18 +156,25 @@ LadderResult compare_rungs(const Model& m, const std::vector<int32_t>& tokens, c
     rungs[k].kld = acc[k].kld / npos;
     rungs[k].top1 = acc[k].top / npos;
     rungs[k].ppl = std::exp(acc[k].nll / npos);
+    if (base) {
+      rungs[k].kld_base = acc[k].kld_base / npos;
+      rungs[k].top1_base = acc[k].top_base / npos;
+    }
   }
-  return {rungs, n_ctx, chunks};
+  return {rungs, n_ctx, chunks, base != nullptr};
 }
 
 std::string format_ladder(const LadderResult& r, const std::string& model) {
   std::string s = fmt::format("precision ladder: {} (c={}, {} chunk{}, each rung against f64 on the same positions)\n\n",
                               model, r.n_ctx, r.chunks, r.chunks == 1 ? "" : "s");
-  s += "| rung | NMSE vs f64 | mean KLD vs f64 | top-1 = f64 | PPL | seconds | what |\n";
-  s += "| --- | ---: | ---: | ---: | ---: | ---: | --- |\n";
-  for (const auto& g : r.rungs)
-    s += fmt::format("| {} | {:.3e} | {:.3e} | {:.2f}% | {:.4f} | {:.2f} | {} |\n", g.name, g.nmse, g.kld, 100 * g.top1,
-                     g.ppl, g.seconds, g.what);
+  const std::string eh = r.base ? " mean KLD vs engine | top-1 = engine |" : "";
+  s += "| rung | NMSE vs f64 | mean KLD vs f64 | top-1 = f64 | PPL |" + eh + " seconds | what |\n";
+  s += std::string("| --- | ---: | ---: | ---: | ---: |") + (r.base ? " ---: | ---: |" : "") + " ---: | --- |\n";
+  for (const auto& g : r.rungs) {
+    const std::string e = r.base ? fmt::format(" {:.3e} | {:.2f}% |", g.kld_base, 100 * g.top1_base) : "";
+    s += fmt::format("| {} | {:.3e} | {:.3e} | {:.2f}% | {:.4f} |{} {:.2f} | {} |\n", g.name, g.nmse, g.kld, 100 * g.top1,
+                     g.ppl, e, g.seconds, g.what);
+  }
   return s;
 }
 
