@@ -17,7 +17,7 @@ namespace g4::cli {
 namespace {
 
 struct RunOpts {
-  std::string model, prompt, file, system;
+  std::string model, prompt, file, system, reasoning = "auto";
   ForwardFlags fwd;
   int n_predict = 256, threads = 0;
   bool chat = false, no_stats = false;
@@ -64,6 +64,8 @@ void register_run(CLI::App& app) {
   cmd->add_option("-s,--seed", o->seed, "RNG seed (default random)");
   cmd->add_flag("--chat", o->chat, "chat with the Gemma 4 template (interactive unless -p is given)");
   cmd->add_option("--system", o->system, "system message for --chat");
+  cmd->add_option("--reasoning", o->reasoning, "thinking for --chat: on, off or auto (= off); thoughts print between <|channel> and <channel|> and are dropped from the history")
+      ->check(CLI::IsMember({"on", "off", "auto"}));
   add_forward_flags(cmd, o->fwd, "fast");
   cmd->add_option("-t,--threads", o->threads, "threads");
   cmd->add_flag("--no-stats", o->no_stats, "do not print timing to stderr");
@@ -100,6 +102,7 @@ void register_run(CLI::App& app) {
     }
     ChatTemplateOptions co;
     co.empty_thought_channel = m.spec.ple_dim == 0;  // the large-model template (12B/26B/31B)
+    co.enable_thinking = o->reasoning == "on";
     std::vector<ChatMessage> conv;
     if (!o->system.empty()) conv.push_back({"system", o->system});
     const bool interactive = prompt.empty();

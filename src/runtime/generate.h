@@ -2,28 +2,58 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "runtime/chat_output.h"
+#include "runtime/constraint.h"
 #include "runtime/session.h"
 #include "runtime/sampler.h"
 #include "tokenizer/tokenizer.h"
 
 namespace g4 {
 
+// A token's log-probability under the model (log-softmax of the raw logits, before any
+// bias, penalty or constraint) and the most likely alternatives.
+struct TokenLogprob {
+  int32_t id = -1;
+  float logprob = 0;
+  std::vector<std::pair<int32_t, float>> top;  // best first
+};
+TokenLogprob token_logprob(std::span<const float> logits, int32_t id, int top_n);
+
 struct GenerateOptions {
   int max_tokens = 128;
   SamplingParams sampling;
   std::vector<int32_t> stop_ids;          // end-of-generation tokens
   std::vector<std::string> stop_strings;  // text that ends generation (not included)
+  // Constrained decoding: tokens the grammar rejects are masked before sampling.
+  std::shared_ptr<const Grammar> grammar;
+  std::shared_ptr<const TokenTrie> trie;
+  int logprobs = -1;       // >= 0: report each token's logprob and this many alternatives
+  bool parse_chat = false;  // split thoughts and tool calls from the content (ChatOutputParser)
+  std::vector<int32_t> forced;  // testing: emit these tokens instead of sampling, then stop
 };
 
 struct GenerateResult {
   std::vector<int32_t> tokens;  // generated ids (the stop token excluded)
-  std::string text;
-  std::string finish_reason;    // "stop" or "length"
+  std::string text;             // the content (with parse_chat: without thoughts and tool calls)
+  std::string reasoning;        // parse_chat: the thought channel
+  std::vector<ParsedToolCall> tool_calls;
+  std::vector<std::string> warnings;  // malformed tool calls, returned as text
+  std::vector<TokenLogprob> logprobs;
+  std::string finish_reason;    // "stop", "length" or "tool_calls"
   int64_t prompt_tokens = 0;    // tokens evaluated for the prompt (after cache reuse)
+};
+
+// What one generated token added (streaming).
+struct TokenEvent {
+  int32_t id = -1;
+  std::string text, reasoning;
+  std::vector<ParsedToolCall> tool_calls;
+  const TokenLogprob* logprob = nullptr;
 };
 
 // Turns a token stream into complete UTF-8 text pieces and applies stop strings.
@@ -45,5 +75,10 @@ class TextStream {
 GenerateResult generate(Session& session, std::vector<int32_t>& cached, const std::vector<int32_t>& context,
                         const Tokenizer& tok, const GenerateOptions& opt,
                         const std::function<bool(const std::string&)>& on_text = nullptr);
+// The same, reporting every token's event (text, thoughts, tool calls, logprob); on_event
+// returns false to cancel.
+GenerateResult generate_events(Session& session, std::vector<int32_t>& cached, const std::vector<int32_t>& context,
+                               const Tokenizer& tok, const GenerateOptions& opt,
+                               const std::function<bool(const TokenEvent&)>& on_event);
 
 }  // namespace g4
