@@ -410,6 +410,10 @@ CompletionRequest parse_completion_request(std::string_view body, bool chat, con
     if (p->is_string()) r.prompt = ctx.tok->encode(p->get_ref<const std::string&>(), true);
     else if (p->is_array() && p->size() == 1 && (*p)[0].is_string()) r.prompt = ctx.tok->encode((*p)[0].get_ref<const std::string&>(), true);
     else if (p->is_array() && !p->empty() && (*p)[0].is_number()) r.prompt = token_ids(*p, ctx, "prompt");
+    // A batch of one token-id list (lm-eval-harness's local-completions sends [[ids]]).
+    else if (p->is_array() && p->size() == 1 && (*p)[0].is_array() && !(*p)[0].empty()) r.prompt = token_ids((*p)[0], ctx, "prompt[0]");
+    else if (p->is_array() && p->size() > 1 && ((*p)[0].is_array() || (*p)[0].is_string()))
+      api_fail(400, fmt::format("'prompt' holds {} prompts; send one per request", p->size()), "prompt");
     else if (p->is_array() && p->empty()) api_fail(400, "'prompt' must not be empty", "prompt");
     else wrong_type("prompt", what, *p);
   }

@@ -181,6 +181,10 @@ function logSoftmaxRows(ids) {
   check(lp.token_logprobs[0] === null && lp.tokens.length === ids.length && r.choices[0].text === "The jury said the election was",
         "completions echo: the prompt's tokens and text come back, the first logprob is null");
   check(maxd < 2e-5, "  token_logprobs equal g4 logits' log-softmax (< 2e-5; ~2e-7 seen)");
+  const batch = await client.completions.create({ model, prompt: [ids], max_tokens: 1, echo: true, logprobs: 1, temperature: 0 });
+  check(batch.choices[0].logprobs.token_logprobs.length === ids.length + 1
+        && Math.abs(batch.choices[0].logprobs.token_logprobs[5] - lp.token_logprobs[5]) < 1e-6,
+        "  a batch of one token list ([[ids]], lm-eval's shape) with max_tokens 1: prompt + 1 scored");
   const top = lp.top_logprobs[3];
   check(top && Object.keys(top).length >= 1, "  top_logprobs per position");
   // Chat: the sampled tokens' logprobs and their top alternatives (greedy: the first is the pick).
