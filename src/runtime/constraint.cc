@@ -9,6 +9,7 @@
 #include <limits>
 #include <map>
 #include <set>
+#include <unordered_map>
 
 #include "tokenizer/gemma4_format.h"
 #include "util/error.h"
@@ -557,18 +558,33 @@ size_t Constraint::apply(std::span<float> logits, int64_t* nodes_visited) const 
   std::vector<uint8_t> allowed(logits.size(), 0);
   int64_t visited = 0;
   const auto& nodes = trie_->nodes();
-  std::function<void(const TokenTrie::Node&, const State&)> walk = [&](const TokenTrie::Node& n, const State& st) {
+  // Parse states are interned and their byte transitions memoized: inside free text most
+  // trie nodes lead back to one of a few states, so a node costs a hash lookup.
+  std::map<State, int32_t> ids;
+  std::vector<const State*> states;
+  std::unordered_map<uint64_t, int32_t> trans;
+  auto intern = [&](State st) {
+    auto [it, fresh] = ids.emplace(std::move(st), static_cast<int32_t>(states.size()));
+    if (fresh) states.push_back(&it->first);
+    return it->second;
+  };
+  std::function<void(const TokenTrie::Node&, int32_t)> walk = [&](const TokenTrie::Node& n, int32_t sid) {
     for (const auto& [c, child] : trie_->edges(n)) {
-      State next = advance(*g_, st, c);
       ++visited;
-      if (next.empty()) continue;  // the whole subtree is rejected
+      const uint64_t key = (static_cast<uint64_t>(sid) << 8) | c;
+      auto t = trans.find(key);
+      if (t == trans.end()) {
+        State next = advance(*g_, *states[static_cast<size_t>(sid)], c);
+        t = trans.emplace(key, next.empty() ? -1 : intern(std::move(next))).first;
+      }
+      if (t->second < 0) continue;  // the whole subtree is rejected
       const auto& node = nodes[child];
       for (int32_t id : trie_->tokens(node))
         if (static_cast<size_t>(id) < allowed.size()) allowed[static_cast<size_t>(id)] = 1;
-      walk(node, next);
+      walk(node, t->second);
     }
   };
-  if (!finished()) walk(nodes[0], state_);
+  if (!finished()) walk(nodes[0], intern(state_));
   for (int32_t id : g_->tokens)
     if (static_cast<size_t>(id) < allowed.size() && !advance(*g_, state_, -1, id).empty()) allowed[static_cast<size_t>(id)] = 1;
   if (complete())

@@ -79,17 +79,104 @@ TokenLogprob token_logprob(std::span<const float> logits, int32_t id, int top_n)
   return r;
 }
 
+Generation::Generation(const Tokenizer& tok, const GenerateOptions& opt, std::vector<int32_t> history,
+                       int64_t max_ctx)
+    : opt_(opt), history_(std::move(history)), max_ctx_(max_ctx), sampler_(opt.sampling), stream_(tok, opt.stop_strings) {
+  r_.finish_reason = "length";
+  if (opt_.parse_chat) parser_ = std::make_unique<ChatOutputParser>(tok, opt_.stop_strings);
+  if (opt_.grammar) {
+    if (!opt_.trie) fail("constrained decoding needs the vocabulary trie");
+    constraint_ = std::make_unique<Constraint>(opt_.grammar, opt_.trie, opt_.stop_ids);
+  }
+  // Next::logprob points into this vector: it must not reallocate.
+  if (opt_.logprobs >= 0) r_.logprobs.reserve(static_cast<size_t>(std::max(opt_.max_tokens, 0)));
+}
+
+void Generation::take(const ChatDelta& d, Next& x) {
+  x.text += d.content;
+  x.reasoning += d.reasoning;
+  x.tool_calls.insert(x.tool_calls.end(), d.tool_calls.begin(), d.tool_calls.end());
+  r_.warnings.insert(r_.warnings.end(), d.warnings.begin(), d.warnings.end());
+}
+
+Generation::Next Generation::next(std::span<const float> logits) {
+  Next x;
+  if (n_ >= opt_.max_tokens) {
+    x.done = true;
+    return x;
+  }
+  ++n_;
+  int32_t id;
+  if (!opt_.forced.empty()) {  // testing: a scripted output instead of the model's
+    if (static_cast<size_t>(n_) > opt_.forced.size()) {
+      r_.finish_reason = "stop";
+      x.done = true;
+      return x;
+    }
+    id = opt_.forced[static_cast<size_t>(n_ - 1)];
+  } else if (constraint_) {
+    masked_.assign(logits.begin(), logits.end());
+    if (constraint_->apply(masked_) == 0) {  // nothing may follow (no end-of-generation token either)
+      r_.finish_reason = "stop";
+      x.done = true;
+      return x;
+    }
+    id = sampler_.sample(masked_, history_);
+  } else {
+    id = sampler_.sample(logits, history_);
+  }
+  if (constraint_ && !constraint_->accept(id)) fail("constrained decoding: token {} is not allowed here", id);
+  if (std::find(opt_.stop_ids.begin(), opt_.stop_ids.end(), id) != opt_.stop_ids.end()) {
+    r_.finish_reason = "stop";
+    x.done = true;
+    return x;
+  }
+  // Scores come from the model's own distribution, before bias, penalties and masks.
+  if (opt_.logprobs >= 0) {
+    r_.logprobs.push_back(token_logprob(logits, id, opt_.logprobs));
+    x.logprob = &r_.logprobs.back();
+  }
+  r_.tokens.push_back(id);
+  bool stopped = false;
+  if (parser_) take(parser_->push(id, stopped), x);
+  else x.text = stream_.push(id, stopped);
+  r_.text += x.text;
+  r_.reasoning += x.reasoning;
+  r_.tool_calls.insert(r_.tool_calls.end(), x.tool_calls.begin(), x.tool_calls.end());
+  if (constraint_ && constraint_->finished()) stopped = true;  // the grammar allows nothing more
+  if (stopped) r_.finish_reason = "stop";
+  x.done = stopped || n_ >= opt_.max_tokens || static_cast<int64_t>(history_.size()) + 1 >= max_ctx_;
+  if (!x.done) {
+    x.id = id;
+    history_.push_back(id);
+  }
+  return x;
+}
+
+Generation::Next Generation::finish_parts() {
+  Next x;
+  x.done = true;
+  if (parser_) take(parser_->finish(), x);
+  else x.text = stream_.flush();
+  r_.text += x.text;
+  r_.reasoning += x.reasoning;
+  r_.tool_calls.insert(r_.tool_calls.end(), x.tool_calls.begin(), x.tool_calls.end());
+  if (!r_.tool_calls.empty() && r_.finish_reason == "stop") r_.finish_reason = "tool_calls";
+  return x;
+}
+
+std::string Generation::finish() { return finish_parts().text; }
+
 GenerateResult generate(Session& session, std::vector<int32_t>& cached, const std::vector<int32_t>& context,
                         const Tokenizer& tok, const GenerateOptions& opt,
                         const std::function<bool(const std::string&)>& on_text) {
-  return generate_events(session, cached, context, tok, opt, [&](const TokenEvent& e) {
-    return e.text.empty() || !on_text || on_text(e.text);
-  });
+  return generate_events(session, cached, context, tok, opt,
+                         [&](const Generation::Next& x) { return x.text.empty() || !on_text || on_text(x.text); });
 }
 
 GenerateResult generate_events(Session& session, std::vector<int32_t>& cached, const std::vector<int32_t>& context,
                                const Tokenizer& tok, const GenerateOptions& opt,
-                               const std::function<bool(const TokenEvent&)>& on_event) {
+                               const std::function<bool(const Generation::Next&)>& on_next) {
   if (context.empty()) fail("empty prompt");
   const int64_t max_ctx = session.model().spec.max_ctx;
   if (static_cast<int64_t>(context.size()) >= max_ctx)
@@ -105,78 +192,23 @@ GenerateResult generate_events(Session& session, std::vector<int32_t>& cached, c
     cached.clear();
     common = 0;
   }
-  GenerateResult r;
-  r.prompt_tokens = static_cast<int64_t>(context.size() - common);
-  std::vector<float> logits = session.eval_last(std::span(context).subspan(common));
+  cached.clear();  // until the prompt is in the cache
+  std::span<const float> logits = session.decode(std::span(context).subspan(common));
   cached = context;
-  Sampler sampler(opt.sampling);
-  TextStream stream(tok, opt.stop_strings);
-  std::unique_ptr<ChatOutputParser> parser;
-  if (opt.parse_chat) parser = std::make_unique<ChatOutputParser>(tok, opt.stop_strings);
-  std::unique_ptr<Constraint> constraint;
-  if (opt.grammar) {
-    if (!opt.trie) fail("constrained decoding needs the vocabulary trie");
-    constraint = std::make_unique<Constraint>(opt.grammar, opt.trie, opt.stop_ids);
+  Generation gen(tok, opt, context, max_ctx);
+  gen.result().prompt_tokens = static_cast<int64_t>(context.size() - common);
+  for (;;) {
+    const Generation::Next x = gen.next(logits);
+    if (x.any() && on_next && !on_next(x)) {
+      gen.cancel("cancelled");
+      return std::move(gen.result());
+    }
+    if (x.done) break;
+    logits = session.decode(std::span<const int32_t>(&x.id, 1));
+    cached.push_back(x.id);
   }
-  std::vector<float> masked;
-  TokenEvent ev;
-  auto emit = [&](TokenEvent& e) {
-    r.text += e.text;
-    r.reasoning += e.reasoning;
-    r.tool_calls.insert(r.tool_calls.end(), e.tool_calls.begin(), e.tool_calls.end());
-    const bool any = !e.text.empty() || !e.reasoning.empty() || !e.tool_calls.empty() || e.logprob;
-    return !any || !on_event || on_event(e);
-  };
-  auto take = [&](const ChatDelta& d, TokenEvent& e) {
-    e.text += d.content;
-    e.reasoning += d.reasoning;
-    e.tool_calls.insert(e.tool_calls.end(), d.tool_calls.begin(), d.tool_calls.end());
-    r.warnings.insert(r.warnings.end(), d.warnings.begin(), d.warnings.end());
-  };
-  r.finish_reason = "length";
-  r.logprobs.reserve(opt.logprobs >= 0 ? static_cast<size_t>(opt.max_tokens) : 0);
-  for (int i = 0; i < opt.max_tokens; ++i) {
-    int32_t id;
-    if (!opt.forced.empty()) {
-      if (static_cast<size_t>(i) >= opt.forced.size()) { r.finish_reason = "stop"; break; }
-      id = opt.forced[static_cast<size_t>(i)];
-    } else if (constraint) {
-      masked = logits;
-      if (constraint->apply(masked) == 0) { r.finish_reason = "stop"; break; }
-      id = sampler.sample(masked, cached);
-    } else {
-      id = sampler.sample(logits, cached);
-    }
-    if (constraint && !constraint->accept(id)) fail("constrained decoding: token {} is not allowed here", id);
-    ev = TokenEvent{};
-    ev.id = id;
-    if (opt.logprobs >= 0) {
-      r.logprobs.push_back(token_logprob(logits, id, opt.logprobs));
-      ev.logprob = &r.logprobs.back();
-    }
-    if (std::find(opt.stop_ids.begin(), opt.stop_ids.end(), id) != opt.stop_ids.end()) {
-      r.finish_reason = "stop";
-      if (opt.logprobs >= 0) r.logprobs.pop_back();
-      break;
-    }
-    r.tokens.push_back(id);
-    bool stopped = false;
-    if (parser) take(parser->push(id, stopped), ev);
-    else ev.text = stream.push(id, stopped);
-    if (!emit(ev)) { r.finish_reason = "cancelled"; return r; }
-    if (stopped) { r.finish_reason = "stop"; break; }
-    if (constraint && constraint->finished()) { r.finish_reason = "stop"; break; }
-    if (i + 1 == opt.max_tokens || static_cast<int64_t>(cached.size()) + 1 >= max_ctx) break;
-    logits = session.eval_last(std::span<const int32_t>(&id, 1));
-    cached.push_back(id);
-  }
-  // Text held back as a possible stop-string prefix (or an unfinished UTF-8 sequence).
-  ev = TokenEvent{};
-  if (parser) take(parser->finish(), ev);
-  else ev.text = stream.flush();
-  emit(ev);
-  if (!r.tool_calls.empty() && r.finish_reason == "stop") r.finish_reason = "tool_calls";
-  return r;
+  if (const Generation::Next rest = gen.finish_parts(); rest.any() && on_next) on_next(rest);
+  return std::move(gen.result());
 }
 
 }  // namespace g4

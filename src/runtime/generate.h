@@ -48,14 +48,6 @@ struct GenerateResult {
   int64_t prompt_tokens = 0;    // tokens evaluated for the prompt (after cache reuse)
 };
 
-// What one generated token added (streaming).
-struct TokenEvent {
-  int32_t id = -1;
-  std::string text, reasoning;
-  std::vector<ParsedToolCall> tool_calls;
-  const TokenLogprob* logprob = nullptr;
-};
-
 // Turns a token stream into complete UTF-8 text pieces and applies stop strings.
 class TextStream {
  public:
@@ -70,15 +62,65 @@ class TextStream {
   std::string pending_;  // decoded bytes not yet emitted
 };
 
+// One sequence's token loop without the forward: given the logits after its last
+// token, it picks the next token (sampling), turns tokens into text (stop strings,
+// UTF-8) and decides when the sequence ends. Everything decided per token lives here,
+// so generate() (one sequence on a Session) and the batching scheduler (many sequences
+// in one Session::step) behave the same.
+class Generation {
+ public:
+  // `history`: the tokens the model has seen (the prompt); max_ctx: the model's context.
+  Generation(const Tokenizer& tok, const GenerateOptions& opt, std::vector<int32_t> history, int64_t max_ctx);
+
+  struct Next {
+    int32_t id = -1;   // the token to feed next (valid when !done)
+    std::string text;  // text that became final with this token
+    bool done = false;
+    // With parse_chat: thought text and tool calls completed by this token (text is then
+    // the content only).
+    std::string reasoning;
+    std::vector<ParsedToolCall> tool_calls;
+    const TokenLogprob* logprob = nullptr;  // with logprobs >= 0 (valid while the Generation lives)
+    bool any() const { return !text.empty() || !reasoning.empty() || !tool_calls.empty() || logprob; }
+  };
+  // The next token from the logits after the last token of history(): constraint mask,
+  // sampling (or the forced output), logprob, then text/thought/tool-call parsing.
+  Next next(std::span<const float> logits);
+  // Text held back (a possible stop-string prefix, unfinished UTF-8), at the end.
+  std::string finish();
+  // The same with the thought text and an unfinished tool call (as text) held back.
+  Next finish_parts();
+  // Ends the sequence early with this reason (e.g. "cancelled" when the client is gone).
+  void cancel(const std::string& reason) { r_.finish_reason = reason; }
+
+  // The prompt plus the tokens fed back so far: what the sequence's KV cache holds
+  // once next()'s token has been fed.
+  const std::vector<int32_t>& history() const { return history_; }
+  GenerateResult& result() { return r_; }
+
+ private:
+  GenerateOptions opt_;
+  std::vector<int32_t> history_;
+  int64_t max_ctx_;
+  Sampler sampler_;
+  TextStream stream_;
+  std::unique_ptr<ChatOutputParser> parser_;  // parse_chat
+  std::unique_ptr<Constraint> constraint_;    // grammar
+  std::vector<float> masked_;                 // the logits under the constraint's mask
+  GenerateResult r_;
+  int n_ = 0;  // tokens sampled
+  void take(const ChatDelta& d, Next& x);
+};
+
 // Brings the session to `context` (reusing the cached prefix), then generates.
 // on_text returns false to cancel (client gone).
 GenerateResult generate(Session& session, std::vector<int32_t>& cached, const std::vector<int32_t>& context,
                         const Tokenizer& tok, const GenerateOptions& opt,
                         const std::function<bool(const std::string&)>& on_text = nullptr);
-// The same, reporting every token's event (text, thoughts, tool calls, logprob); on_event
-// returns false to cancel.
+// The same, reporting every token that added something (text, thoughts, tool calls, a
+// logprob); on_next returns false to cancel.
 GenerateResult generate_events(Session& session, std::vector<int32_t>& cached, const std::vector<int32_t>& context,
                                const Tokenizer& tok, const GenerateOptions& opt,
-                               const std::function<bool(const TokenEvent&)>& on_event);
+                               const std::function<bool(const Generation::Next&)>& on_next);
 
 }  // namespace g4

@@ -617,10 +617,10 @@ class Server {
   // Runs generation on a slot, reporting each token's event to `on_event` (false: stop).
   // Sets `why` when it stopped because the client left, the deadline passed or the server stops.
   GenerateResult run_generation(Slot* slot, const CompletionRequest& r, Clock::time_point deadline, Cancel& why,
-                                const std::function<bool(const TokenEvent&)>& on_event) {
+                                const std::function<bool(const Generation::Next&)>& on_event) {
     omp_set_num_threads(std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / opt_.parallel));
     int pieces = 0;
-    GenerateResult g = generate_events(*slot->session, slot->cached, r.prompt, *tok_, r.gen, [&](const TokenEvent& e) {
+    GenerateResult g = generate_events(*slot->session, slot->cached, r.prompt, *tok_, r.gen, [&](const Generation::Next& e) {
       if (!e.text.empty() || !e.reasoning.empty() || !e.tool_calls.empty()) {
         if (pieces++ == 0) tl_log.ttft_s = since(tl_log.t0);
         if (opt_.debug_fail_after > 0 && pieces >= opt_.debug_fail_after)
@@ -880,7 +880,7 @@ class Server {
           alive = send(c);
         }
         if (alive && r.gen.max_tokens > 0)
-          g = run_generation(slot, r, deadline, why, [&](const TokenEvent& e) {
+          g = run_generation(slot, r, deadline, why, [&](const Generation::Next& e) {
             if (e.logprob) pending.push_back(*e.logprob);
             if (!chat) {
               if (e.text.empty()) return true;
