@@ -28,7 +28,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
     auto r = g4::parse_completion_request(std::string_view(reinterpret_cast<const char*>(data + 1), size - 1), chat, ctx);
     // What the server relies on after parsing.
-    if (r.prompt.empty() || static_cast<int64_t>(r.prompt.size()) >= ctx.ctx_limit || r.gen.max_tokens < 1) __builtin_trap();
+    if (r.prompt.empty() || static_cast<int64_t>(r.prompt.size()) >= ctx.ctx_limit || r.gen.max_tokens < (r.echo ? 0 : 1)) __builtin_trap();
     for (int32_t id : r.prompt)
       if (id < 0 || id >= ctx.vocab) __builtin_trap();
   } catch (const g4::ApiError& e) {

@@ -22,7 +22,7 @@ namespace g4::cli {
 namespace {
 
 struct RunOpts {
-  std::string model, prompt, file, system;
+  std::string model, prompt, file, system, reasoning = "auto";
   ForwardFlags fwd;
   int n_predict = 256, threads = 0;
   int64_t ctx = 0;
@@ -112,7 +112,7 @@ void register_run(CLI::App& app) {
   cmd->add_option("-n,--n-predict", o->n_predict, "tokens to generate per answer (default 256; -1 = until the context is full)");
   cmd->add_option("-c,--ctx-size", o->ctx, "context size in tokens (default 0 = the model's); a chat drops its oldest turns when full");
   cmd->add_flag("--ignore-eos", o->ignore_eos, "keep generating past end-of-turn/end-of-text tokens");
-  cmd->add_flag("--think", o->think, "--chat: turn the model's thinking on (also /think on|off in the chat)");
+  cmd->add_flag("--think", o->think, "--chat: the same as --reasoning on (also /think on|off in the chat)");
   cmd->add_option("--temp", o->temp, "temperature (0 = greedy; default 0.8 or the model's)");
   cmd->add_option("--top-k", o->top_k, "top-k (default 40 or the model's)");
   cmd->add_option("--top-p", o->top_p, "top-p (default 0.95)");
@@ -122,6 +122,8 @@ void register_run(CLI::App& app) {
   cmd->add_option("-s,--seed", o->seed, "RNG seed (default random)");
   cmd->add_flag("--chat", o->chat, "chat with the Gemma 4 template (interactive unless -p is given)");
   cmd->add_option("--system", o->system, "system message for --chat");
+  cmd->add_option("--reasoning", o->reasoning, "thinking for --chat: on, off or auto (= off); thoughts print between <|channel> and <channel|> and are dropped from the history")
+      ->check(CLI::IsMember({"on", "off", "auto"}));
   add_forward_flags(cmd, o->fwd, "fast");
   cmd->add_option("-t,--threads", o->threads, "threads");
   cmd->add_flag("--no-stats", o->no_stats, "do not print timing to stderr");
@@ -171,7 +173,7 @@ void register_run(CLI::App& app) {
     }
     ChatTemplateOptions co;
     co.empty_thought_channel = m.spec.ple_dim == 0;  // the large-model template (12B/26B/31B)
-    co.enable_thinking = o->think;
+    co.enable_thinking = o->think || o->reasoning == "on";
     std::vector<ChatMessage> conv;
     if (!o->system.empty()) conv.push_back({"system", o->system});
     const bool interactive = prompt.empty();

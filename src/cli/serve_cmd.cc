@@ -30,7 +30,10 @@ void register_serve(CLI::App& app) {
   cmd->add_option("--request-timeout", o->request_timeout_s, "deadline of a completion request in seconds, queueing included (default 600)");
   cmd->add_option("--shutdown-timeout", o->shutdown_timeout_s, "on SIGTERM/SIGINT, seconds in-flight requests get before they are cancelled (default 30)");
   cmd->add_option("--log-format", o->log_format, "one line per request: text (default) or json")->check(CLI::IsMember({"text", "json"}));
+  cmd->add_option("--reasoning", o->reasoning, "thinking: on (requests may turn it off), off (never), auto (requests turn it on; default)")
+      ->check(CLI::IsMember({"on", "off", "auto"}));
   cmd->add_option("--debug-load-delay-ms", o->load_delay_ms, "testing: report 503 on /health this long")->group("");
+  cmd->add_flag("--debug-inject", o->debug_inject, "testing: honour a request's g4_debug_output (forced model output)")->group("");
   cmd->add_option("--debug-fail-after", o->debug_fail_after, "testing: throw inside generation after N text pieces")->group("");
   cmd->final_callback([o] {
     if (o->model_path.empty()) o->model_path = default_model_path();

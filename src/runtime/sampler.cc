@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
-#include <unordered_set>
+#include <unordered_map>
 
 namespace g4 {
 
@@ -12,11 +12,19 @@ Sampler::Sampler(const SamplingParams& p) : p_(p), rng_(p.seed == 0xFFFFFFFF ? s
 int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> history) {
   const int32_t V = static_cast<int32_t>(logits.size());
   std::vector<float> z(logits.begin(), logits.end());
-  if (p_.repeat_penalty != 1.0f && p_.repeat_last_n != 0) {
+  for (const auto& [t, b] : p_.logit_bias)
+    if (t >= 0 && t < V) z[t] += b;
+  const bool penalize = p_.repeat_penalty != 1.0f || p_.frequency_penalty != 0.0f || p_.presence_penalty != 0.0f;
+  if (penalize && p_.repeat_last_n != 0) {
     const size_t n = p_.repeat_last_n < 0 ? history.size() : std::min(history.size(), static_cast<size_t>(p_.repeat_last_n));
-    std::unordered_set<int32_t> seen(history.end() - static_cast<std::ptrdiff_t>(n), history.end());
-    for (int32_t t : seen)
-      if (t >= 0 && t < V) z[t] = z[t] > 0 ? z[t] / p_.repeat_penalty : z[t] * p_.repeat_penalty;
+    std::unordered_map<int32_t, int> count;
+    for (auto it = history.end() - static_cast<std::ptrdiff_t>(n); it != history.end(); ++it) count[*it]++;
+    for (const auto& [t, c] : count) {
+      if (t < 0 || t >= V) continue;
+      // llama.cpp's penalties sampler: repetition scales, then frequency and presence subtract.
+      if (p_.repeat_penalty != 1.0f) z[t] = z[t] > 0 ? z[t] / p_.repeat_penalty : z[t] * p_.repeat_penalty;
+      z[t] -= static_cast<float>(c) * p_.frequency_penalty + p_.presence_penalty;
+    }
   }
   if (p_.temp <= 0) {  // greedy: the first maximum (lowest id on ties, as HF)
     return static_cast<int32_t>(std::max_element(z.begin(), z.end()) - z.begin());

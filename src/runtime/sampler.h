@@ -1,5 +1,6 @@
-// Token sampling with llama.cpp's chain order (protocols.md §e): repetition penalty ->
-// top-k -> top-p -> min-p -> temperature -> seeded draw. temp <= 0 is greedy.
+// Token sampling with llama.cpp's chain order (protocols.md §e): logit bias -> penalties
+// (repetition, frequency, presence) -> top-k -> top-p -> min-p -> temperature -> seeded
+// draw. temp <= 0 is greedy.
 #pragma once
 #include <cstdint>
 #include <random>
@@ -14,7 +15,10 @@ struct SamplingParams {
   float top_p = 0.95f;     // >= 1: off
   float min_p = 0.05f;     // <= 0: off
   float repeat_penalty = 1.0f;
-  int repeat_last_n = 64;
+  int repeat_last_n = 64;     // the penalty window (all three penalties); < 0: the whole history
+  float frequency_penalty = 0;  // OpenAI: minus this times the token's count in the window
+  float presence_penalty = 0;   // OpenAI: minus this once if the token is in the window
+  std::vector<std::pair<int32_t, float>> logit_bias;  // added to the logits first
   uint64_t seed = 0xFFFFFFFF;  // 0xFFFFFFFF: random
 };
 

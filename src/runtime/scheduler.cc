@@ -12,12 +12,19 @@ namespace {
 constexpr double kRateWindowS = 5;  // tokens/s figures cover the last few seconds
 }
 
-bool BatchRequest::wait(std::string& text, std::chrono::milliseconds timeout) {
+bool BatchRequest::wait(std::vector<BatchEvent>& events, std::chrono::milliseconds timeout) {
   std::unique_lock<std::mutex> l(mu_);
-  cv_.wait_for(l, timeout, [&] { return done_ || !text_.empty(); });
-  text += text_;
-  text_.clear();
+  cv_.wait_for(l, timeout, [&] { return done_ || !events_.empty(); });
+  for (auto& e : events_) events.push_back(std::move(e));
+  events_.clear();
   return done_;
+}
+
+bool BatchRequest::wait(std::string& text, std::chrono::milliseconds timeout) {
+  std::vector<BatchEvent> events;
+  const bool done = wait(events, timeout);
+  for (const auto& e : events) text += e.text;
+  return done;
 }
 
 void BatchRequest::cancel() { cancel_ = true; }
@@ -92,11 +99,22 @@ Scheduler::Stats Scheduler::stats() const {
   return s;
 }
 
-// Ends a request: the last text, the result, the error; wakes its owner.
-void Scheduler::complete(BatchRequest& r, GenerateResult res, std::exception_ptr err, const std::string& rest) {
+// Hands what a token added to the request's owner.
+void Scheduler::post(BatchRequest& r, const Generation::Next& x) {
+  if (!x.any()) return;
   {
     std::lock_guard<std::mutex> l(r.mu_);
-    r.text_ += rest;
+    r.events_.push_back({x.text, x.reasoning, x.tool_calls, x.logprob ? std::optional<TokenLogprob>(*x.logprob) : std::nullopt});
+  }
+  r.cv_.notify_all();
+}
+
+// Ends a request: what was held back, the result, the error; wakes its owner.
+void Scheduler::complete(BatchRequest& r, GenerateResult res, std::exception_ptr err, const Generation::Next& rest) {
+  {
+    std::lock_guard<std::mutex> l(r.mu_);
+    if (rest.any())
+      r.events_.push_back({rest.text, rest.reasoning, rest.tool_calls, std::nullopt});
     r.result_ = std::move(res);
     r.error_ = err;
     r.done_ = true;
@@ -107,7 +125,7 @@ void Scheduler::complete(BatchRequest& r, GenerateResult res, std::exception_ptr
 void Scheduler::finish(Active& a, std::exception_ptr err) {
   BatchRequest& r = *a.req;
   const bool cancelled = a.gen->result().finish_reason == "cancelled";
-  const std::string rest = err || cancelled ? std::string() : a.gen->finish();
+  const Generation::Next rest = err || cancelled ? Generation::Next{} : a.gen->finish_parts();
   n_active_--;  // before the owner wakes: its place is free for the next submit()
   GenerateResult res = std::move(a.gen->result());
   if (err) {
@@ -198,7 +216,7 @@ void Scheduler::run_step() {
       n_active_--;
       GenerateResult res;
       res.finish_reason = "cancelled";
-      complete(*r, std::move(res), nullptr, "");
+      complete(*r, std::move(res), nullptr, {});
       continue;
     }
     admit(std::move(r));
@@ -248,13 +266,7 @@ void Scheduler::run_step() {
     const size_t before = a.gen->result().tokens.size();
     const Generation::Next x = a.gen->next(logits.subspan(j * V, V));
     generated += static_cast<int64_t>(a.gen->result().tokens.size() - before);
-    if (!x.text.empty()) {
-      {
-        std::lock_guard<std::mutex> l(a.req->mu_);
-        a.req->text_ += x.text;
-      }
-      a.req->cv_.notify_all();
-    }
+    post(*a.req, x);
     if (x.done) ended.push_back(who[j]);
   }
   {
@@ -293,7 +305,7 @@ void Scheduler::loop() {
   for (auto& r : waiting_) {
     GenerateResult res;
     res.finish_reason = "cancelled";
-    complete(*r, std::move(res), nullptr, "");
+    complete(*r, std::move(res), nullptr, {});
   }
   waiting_.clear();
 }

@@ -15,6 +15,7 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -33,11 +34,21 @@ struct SchedulerOptions {
   int max_queue = 64;     // requests waiting for admission beyond the free places; submit() refuses more
 };
 
+// What one token of a request added (Generation::Next, owned): content text, thought
+// text, completed tool calls, the token's log-probability.
+struct BatchEvent {
+  std::string text, reasoning;
+  std::vector<ParsedToolCall> tool_calls;
+  std::optional<TokenLogprob> logprob;
+};
+
 // One request in the scheduler. The scheduler thread writes; the owner waits and reads.
 class BatchRequest {
  public:
-  // Waits up to `timeout` for news: appends new text to `text`; true once finished
-  // (then result()/error() are final and no more text comes).
+  // Waits up to `timeout` for news: appends the new events; true once finished (then
+  // result()/error() are final and no more events come).
+  bool wait(std::vector<BatchEvent>& events, std::chrono::milliseconds timeout);
+  // The same keeping only the content text.
   bool wait(std::string& text, std::chrono::milliseconds timeout);
   // The sequence leaves the batch before the next step (client gone, deadline, shutdown);
   // wait() then reports it finished with finish_reason "cancelled".
@@ -52,7 +63,7 @@ class BatchRequest {
   friend class Scheduler;
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  std::string text_;
+  std::vector<BatchEvent> events_;
   bool done_ = false;
   std::atomic<bool> cancel_{false};
   std::atomic<double> queued_s_{-1};
@@ -99,7 +110,8 @@ class Scheduler {
   void loop();
   void admit(std::shared_ptr<BatchRequest> r);
   void finish(Active& a, std::exception_ptr err);
-  static void complete(BatchRequest& r, GenerateResult res, std::exception_ptr err, const std::string& rest);
+  static void complete(BatchRequest& r, GenerateResult res, std::exception_ptr err, const Generation::Next& rest);
+  static void post(BatchRequest& r, const Generation::Next& x);
   void run_step();
 
   Session& session_;

@@ -2,7 +2,11 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cmath>
+#include <cstdlib>
+#include <optional>
 #include <set>
 
 #include "util/error.h"
@@ -119,6 +123,108 @@ std::vector<int32_t> token_ids(const json& arr, const RequestContext& ctx, const
   return ids;
 }
 
+// Thinking, tools, tool_choice and response_format of a chat request.
+void parse_chat_features(const json& b, const RequestContext& ctx, CompletionRequest& r) {
+  // Thinking: reasoning_effort, or chat_template_kwargs.enable_thinking (vLLM, llama.cpp).
+  std::optional<bool> think;
+  if (const json* e = field(b, "reasoning_effort")) {
+    static const std::set<std::string> on{"low", "medium", "high"}, off{"none", "minimal"};
+    if (!e->is_string() || (!on.count(e->get<std::string>()) && !off.count(e->get<std::string>())))
+      api_fail(400, fmt::format("'reasoning_effort' must be one of none, minimal, low, medium, high; got {}", e->dump()),
+               "reasoning_effort");
+    think = on.count(e->get<std::string>()) > 0;
+  }
+  if (const json* k = field(b, "chat_template_kwargs")) {
+    if (!k->is_object()) wrong_type("chat_template_kwargs", "an object", *k);
+    if (auto t = boolean(*k, "enable_thinking", "chat_template_kwargs.enable_thinking")) think = *t;
+  }
+  r.thinking = ctx.reasoning == "off" ? false : think.value_or(ctx.reasoning == "on");
+
+  if (const json* t = field(b, "tools")) {
+    if (!t->is_array()) wrong_type("tools", "an array of tools", *t);
+    if (t->size() > 128) api_fail(400, fmt::format("'tools' has {} entries; at most 128 are allowed", t->size()), "tools");
+    std::set<std::string> names;
+    for (size_t i = 0; i < t->size(); ++i) {
+      const json& tool = (*t)[i];
+      const std::string at = fmt::format("tools[{}]", i);
+      if (!tool.is_object()) wrong_type(at, "an object", tool);
+      const json* type = field(tool, "type");
+      if (!type || *type != "function") api_fail(400, fmt::format("'{}.type' must be \"function\"", at), "tools");
+      const json* fn = field(tool, "function");
+      if (!fn || !fn->is_object()) wrong_type(at + ".function", "an object", fn ? *fn : json(nullptr));
+      const json* name = field(*fn, "name");
+      if (!name || !name->is_string()) wrong_type(at + ".function.name", "a string", name ? *name : json(nullptr));
+      const std::string n = name->get<std::string>();
+      const bool ok = !n.empty() && n.size() <= 64 &&
+                      std::all_of(n.begin(), n.end(), [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.'; });
+      if (!ok) api_fail(400, fmt::format("'{}.function.name' is '{}'; names are 1-64 of a-z, A-Z, 0-9, _, -, .", at, n), "tools");
+      if (!names.insert(n).second) api_fail(400, fmt::format("'{}.function.name' '{}' is declared twice", at, n), "tools");
+      if (const json* d = field(*fn, "description"); d && !d->is_string()) wrong_type(at + ".function.description", "a string", *d);
+      if (const json* p = field(*fn, "parameters"); p && !p->is_object()) wrong_type(at + ".function.parameters", "an object", *p);
+    }
+    r.tools = *t;
+  }
+  if (const json* c = field(b, "tool_choice")) {
+    if (c->is_string()) {
+      r.tool_choice = c->get<std::string>();
+      if (r.tool_choice != "none" && r.tool_choice != "auto" && r.tool_choice != "required")
+        api_fail(400, fmt::format("'tool_choice' must be none, auto, required or a function object; got '{}'", r.tool_choice), "tool_choice");
+    } else if (c->is_object()) {
+      const json* fn = field(*c, "function");
+      const json* name = fn && fn->is_object() ? field(*fn, "name") : nullptr;
+      if (!name || !name->is_string()) api_fail(400, "'tool_choice.function.name' must be a string", "tool_choice");
+      r.tool_choice = name->get<std::string>();
+      bool found = false;
+      for (const auto& t : r.tools) found |= t["function"]["name"] == r.tool_choice;
+      if (!found) api_fail(400, fmt::format("'tool_choice' names '{}', which is not in 'tools'", r.tool_choice), "tool_choice");
+    } else {
+      wrong_type("tool_choice", "a string or an object", *c);
+    }
+    if (r.tool_choice != "none" && r.tool_choice != "auto" && r.tools.empty())
+      api_fail(400, "'tool_choice' requires 'tools'", "tool_choice");
+  }
+  if (r.tool_choice == "none") r.tools = json::array();
+  boolean(b, "parallel_tool_calls", "parallel_tool_calls");  // accepted; several calls per turn are allowed
+
+  auto need_trie = [&](const char* param) {
+    if (!ctx.trie) api_fail(400, "constrained decoding is not available on this server", param);
+  };
+  if (r.tool_choice != "none" && r.tool_choice != "auto") {
+    need_trie("tool_choice");
+    try {
+      r.grammar = std::make_shared<Grammar>(tool_call_grammar(*ctx.tok, r.tools, r.tool_choice == "required" ? "" : r.tool_choice));
+    } catch (const Error& e) {
+      api_fail(400, e.what(), "tool_choice");
+    }
+    r.grammar_kind = "tools";
+  }
+  if (const json* f = field(b, "response_format")) {
+    if (!f->is_object()) wrong_type("response_format", "an object", *f);
+    const json* type = field(*f, "type");
+    if (!type || !type->is_string()) api_fail(400, "'response_format.type' must be text, json_object or json_schema", "response_format");
+    const std::string t = type->get<std::string>();
+    if (t == "text") return;
+    json schema;  // null: any JSON object
+    if (t == "json_schema") {
+      const json* js = field(*f, "json_schema");
+      if (!js || !js->is_object()) api_fail(400, "'response_format.json_schema' must be an object with a 'schema'", "response_format");
+      const json* sc = field(*js, "schema");
+      if (!sc || !sc->is_object()) api_fail(400, "'response_format.json_schema.schema' must be an object", "response_format");
+      schema = *sc;
+    } else if (t != "json_object") {
+      api_fail(400, fmt::format("'response_format.type' must be text, json_object or json_schema; got '{}'", t), "response_format");
+    }
+    if (r.grammar) api_fail(400, "'response_format' cannot be combined with tool_choice required or a named tool", "response_format");
+    need_trie("response_format");
+    try {
+      r.grammar = std::make_shared<Grammar>(json_schema_grammar(schema));
+    } catch (const Error& e) {
+      api_fail(400, fmt::format("response_format: {}", e.what()), "response_format");
+    }
+    r.grammar_kind = "json";
+  }
+}
+
 }  // namespace
 
 CompletionRequest parse_completion_request(std::string_view body, bool chat, const RequestContext& ctx) {
@@ -140,8 +246,6 @@ CompletionRequest parse_completion_request(std::string_view body, bool chat, con
   }
   if (auto n = integer(b, "n", 1, 1); n && *n != 1) api_fail(400, "only n = 1 is supported", "n");
   if (const json* u = field(b, "user"); u && !u->is_string()) wrong_type("user", "a string", *u);
-  number(b, "presence_penalty", -2, 2);   // accepted for compatibility, not applied
-  number(b, "frequency_penalty", -2, 2);  // likewise
 
   CompletionRequest r;
   auto& sp = r.gen.sampling;
@@ -151,9 +255,43 @@ CompletionRequest parse_completion_request(std::string_view body, bool chat, con
   sp.min_p = static_cast<float>(number(b, "min_p", 0.0, 1.0).value_or(0.0));
   sp.top_k = static_cast<int>(integer(b, "top_k", 0, 1'000'000).value_or(0));
   sp.repeat_penalty = static_cast<float>(number(b, "repeat_penalty", 0.0, 10.0).value_or(1.0));
+  if (auto rp = number(b, "repetition_penalty", 0.0, 10.0)) sp.repeat_penalty = static_cast<float>(*rp);  // vLLM's name
+  if (!(sp.repeat_penalty > 0)) api_fail(400, "the repetition penalty must be > 0 (1 is off)", "repeat_penalty");
+  sp.presence_penalty = static_cast<float>(number(b, "presence_penalty", -2, 2).value_or(0.0));
+  sp.frequency_penalty = static_cast<float>(number(b, "frequency_penalty", -2, 2).value_or(0.0));
+  if (auto n = integer(b, "repeat_last_n", -1, 1'000'000)) sp.repeat_last_n = static_cast<int>(*n);
+  if (const json* lb = field(b, "logit_bias")) {
+    if (!lb->is_object()) wrong_type("logit_bias", "an object mapping token ids to biases", *lb);
+    if (lb->size() > 1024) api_fail(400, fmt::format("'logit_bias' has {} entries; at most 1024 are allowed", lb->size()), "logit_bias");
+    for (const auto& [k, v] : lb->items()) {
+      char* end = nullptr;
+      const long id = std::strtol(k.c_str(), &end, 10);
+      if (k.empty() || end != k.c_str() + k.size() || id < 0 || id >= ctx.vocab)
+        api_fail(400, fmt::format("'logit_bias' key '{}' must be a token id in [0, {})", k, ctx.vocab), "logit_bias");
+      if (!v.is_number()) wrong_type(fmt::format("logit_bias.{}", k), "a number", v);
+      const double x = v.get<double>();
+      if (!(x >= -100 && x <= 100)) api_fail(400, fmt::format("'logit_bias.{}' = {} is out of range [-100, 100]", k, x), "logit_bias");
+      sp.logit_bias.push_back({static_cast<int32_t>(id), static_cast<float>(x)});
+    }
+  }
   if (auto s = integer(b, "seed", INT64_MIN, INT64_MAX)) sp.seed = static_cast<uint64_t>(*s);
+  // Scores. Chat: logprobs (boolean) + top_logprobs; completions: logprobs (the number of
+  // alternatives) + echo.
+  r.chat = chat;
+  if (chat) {
+    r.logprobs = boolean(b, "logprobs", "logprobs").value_or(false);
+    if (auto t = integer(b, "top_logprobs", 0, 20)) {
+      if (!r.logprobs) api_fail(400, "'top_logprobs' needs 'logprobs': true", "top_logprobs");
+      r.top_logprobs = static_cast<int>(*t);
+    }
+  } else {
+    if (const json* lp = field(b, "logprobs"); lp && lp->is_boolean()) r.logprobs = lp->get<bool>();
+    else if (auto n = integer(b, "logprobs", 0, 20)) { r.logprobs = true; r.top_logprobs = static_cast<int>(*n); }
+    r.echo = boolean(b, "echo", "echo").value_or(false);
+  }
   const char* max_key = field(b, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
-  r.gen.max_tokens = static_cast<int>(integer(b, max_key, 1, ctx.max_tokens_limit).value_or(chat ? 256 : 16));
+  // max_tokens 0 with echo: score the prompt only (lm-eval's loglikelihood requests).
+  r.gen.max_tokens = static_cast<int>(integer(b, max_key, r.echo ? 0 : 1, ctx.max_tokens_limit).value_or(chat ? 256 : 16));
   if (const json* s = field(b, "stop")) {
     const char* what = "a string or an array of up to 4 strings";
     if (s->is_string()) r.gen.stop_strings.push_back(s->get<std::string>());
@@ -193,6 +331,49 @@ CompletionRequest parse_completion_request(std::string_view body, bool chat, con
         api_fail(400, fmt::format("'{}.role' is '{}'; expected system, developer, user, assistant or tool", at, cm.role),
                  "messages");
       if (const json* name = field(m, "name"); name && !name->is_string()) wrong_type(at + ".name", "a string", *name);
+      if (const json* name = field(m, "name")) cm.name = name->get<std::string>();
+      for (const char* k : {"reasoning_content", "reasoning"})
+        if (const json* rc = field(m, k)) {
+          if (!rc->is_string()) wrong_type(at + "." + k, "a string", *rc);
+          cm.reasoning = rc->get<std::string>();
+        }
+      if (const json* id = field(m, "tool_call_id")) {
+        if (!id->is_string()) wrong_type(at + ".tool_call_id", "a string", *id);
+        cm.tool_call_id = id->get<std::string>();
+      }
+      if (const json* tc = field(m, "tool_calls")) {
+        if (!tc->is_array()) wrong_type(at + ".tool_calls", "an array", *tc);
+        if (cm.role != "assistant") api_fail(400, fmt::format("'{}.tool_calls' is only allowed on assistant messages", at), "messages");
+        for (size_t k = 0; k < tc->size(); ++k) {
+          const json& c = (*tc)[k];
+          const std::string cat = fmt::format("{}.tool_calls[{}]", at, k);
+          if (!c.is_object()) wrong_type(cat, "an object", c);
+          const json* fn = field(c, "function");
+          if (!fn || !fn->is_object()) wrong_type(cat + ".function", "an object", fn ? *fn : json(nullptr));
+          const json* fname = field(*fn, "name");
+          if (!fname || !fname->is_string()) wrong_type(cat + ".function.name", "a string", fname ? *fname : json(nullptr));
+          ChatToolCall call;
+          call.name = fname->get<std::string>();
+          if (const json* id = field(c, "id")) {
+            if (!id->is_string()) wrong_type(cat + ".id", "a string", *id);
+            call.id = id->get<std::string>();
+          }
+          if (const json* args = field(*fn, "arguments")) {
+            if (args->is_object()) call.arguments = *args;
+            else if (!args->is_string()) wrong_type(cat + ".function.arguments", "a JSON string", *args);
+            else {
+              try {
+                call.arguments = parse_json_strict(args->get<std::string>(), cat + ".function.arguments");
+              } catch (const Error& e) {
+                api_fail(400, e.what(), "messages");
+              }
+              if (!call.arguments.is_object())
+                api_fail(400, fmt::format("'{}.function.arguments' must encode a JSON object", cat), "messages");
+            }
+          }
+          cm.tool_calls.push_back(std::move(call));
+        }
+      }
       if (const json* c = field(m, "content")) {
         if (c->is_string()) cm.content = c->get<std::string>();
         else if (c->is_array()) {
@@ -215,15 +396,24 @@ CompletionRequest parse_completion_request(std::string_view body, bool chat, con
     }
     ChatTemplateOptions co;
     co.empty_thought_channel = ctx.empty_thought_channel;
+    parse_chat_features(b, ctx, r);
+    co.enable_thinking = r.thinking;
+    co.tools = r.tools;
     // Message content is plain text: special-token text in it cannot forge a turn.
     r.prompt = encode_chat(*ctx.tok, list, co);
   } else {
+    for (const char* k : {"tools", "tool_choice", "response_format", "reasoning_effort", "chat_template_kwargs"})
+      if (field(b, k)) api_fail(400, fmt::format("'{}' is a chat field: use /v1/chat/completions", k), k);
     const json* p = field(b, "prompt");
     if (!p) api_fail(400, "'prompt' is required", "prompt");
     const char* what = "a string, an array of one string, or an array of token ids";
     if (p->is_string()) r.prompt = ctx.tok->encode(p->get_ref<const std::string&>(), true);
     else if (p->is_array() && p->size() == 1 && (*p)[0].is_string()) r.prompt = ctx.tok->encode((*p)[0].get_ref<const std::string&>(), true);
     else if (p->is_array() && !p->empty() && (*p)[0].is_number()) r.prompt = token_ids(*p, ctx, "prompt");
+    // A batch of one token-id list (lm-eval-harness's local-completions sends [[ids]]).
+    else if (p->is_array() && p->size() == 1 && (*p)[0].is_array() && !(*p)[0].empty()) r.prompt = token_ids((*p)[0], ctx, "prompt[0]");
+    else if (p->is_array() && p->size() > 1 && ((*p)[0].is_array() || (*p)[0].is_string()))
+      api_fail(400, fmt::format("'prompt' holds {} prompts; send one per request", p->size()), "prompt");
     else if (p->is_array() && p->empty()) api_fail(400, "'prompt' must not be empty", "prompt");
     else wrong_type("prompt", what, *p);
   }
@@ -232,6 +422,15 @@ CompletionRequest parse_completion_request(std::string_view body, bool chat, con
     api_fail(400, fmt::format("the prompt has {} tokens; this server's context is {} tokens", r.prompt.size(), ctx.ctx_limit),
              chat ? "messages" : "prompt", "context_length_exceeded");
   r.gen.max_tokens = static_cast<int>(std::min<int64_t>(r.gen.max_tokens, ctx.ctx_limit - static_cast<int64_t>(r.prompt.size())));
+  r.gen.parse_chat = chat;
+  r.gen.grammar = r.grammar;
+  r.gen.trie = ctx.trie;
+  r.gen.logprobs = r.logprobs ? r.top_logprobs : -1;
+  if (const json* d = field(b, "g4_debug_output")) {
+    if (!ctx.allow_inject) api_fail(400, "'g4_debug_output' is for tests: start g4 serve with --debug-inject", "g4_debug_output");
+    if (!d->is_string()) wrong_type("g4_debug_output", "a string", *d);
+    r.gen.forced = ctx.tok->encode(d->get<std::string>(), false, true);
+  }
   return r;
 }
 

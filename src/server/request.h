@@ -3,10 +3,12 @@
 // whole path is fuzzed (fuzz/fuzz_request.cc).
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "runtime/constraint.h"
 #include "runtime/generate.h"
 #include "tokenizer/tokenizer.h"
 
@@ -30,12 +32,25 @@ struct RequestContext {
   SamplingParams defaults;
   std::vector<int32_t> eog;          // end-of-generation ids
   bool empty_thought_channel = false;
+  std::string reasoning = "auto";    // --reasoning: on (default on), off (never), auto (the request decides; off)
+  std::shared_ptr<const TokenTrie> trie;  // for constrained decoding; null: response_format/tool_choice are refused
+  bool allow_inject = false;         // testing (--debug-inject): honour "g4_debug_output"
 };
 
 struct CompletionRequest {
   std::vector<int32_t> prompt;
   GenerateOptions gen;
   bool stream = false, include_usage = false;
+  // Chat: thinking, tools, structured output.
+  bool chat = false, thinking = false;
+  json tools = json::array();          // rendered in the system turn (empty when tool_choice is "none")
+  std::string tool_choice = "auto";    // none, auto, required, or the named function
+  std::shared_ptr<const Grammar> grammar;  // response_format json_*, tool_choice required/named
+  std::string grammar_kind;            // "json" or "tools": what the grammar produces
+  // Scores: log-probabilities of the sampled tokens and the top alternatives.
+  bool logprobs = false;
+  int top_logprobs = 0;
+  bool echo = false;                   // completions: the prompt comes back first (with its logprobs)
 };
 
 // Parses a /v1/completions (chat = false) or /v1/chat/completions body. Throws ApiError

@@ -196,13 +196,18 @@ class Server {
     svr.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) { res.set_content(metrics_text(), "text/plain; version=0.0.4"); });
     svr.Get("/props", [this](const httplib::Request&, httplib::Response& res) {
       if (!ready(res)) return;
-      res.set_content(props().dump(), "application/json");
+      res.set_content(props().dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
     });
     svr.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
       if (!ready(res)) return;
-      json m{{"id", ctx_.model_id}, {"object", "model"}, {"created", created_}, {"owned_by", "g4"}};
+      // context_length (OpenRouter, LM Studio), max_model_len (vLLM), meta (llama-server).
+      json m{{"id", ctx_.model_id}, {"object", "model"}, {"created", created_}, {"owned_by", "g4"},
+             {"context_length", ctx_.ctx_limit}, {"max_model_len", ctx_.ctx_limit},
+             {"meta", {{"n_ctx_train", model_->spec.max_ctx}, {"n_vocab", ctx_.vocab}}}};
       res.set_content(json{{"object", "list"}, {"data", json::array({m})}}.dump(), "application/json");
     });
+    svr.Post("/tokenize", [this](const httplib::Request& req, httplib::Response& res) { tokenize(req, res); });
+    svr.Post("/detokenize", [this](const httplib::Request& req, httplib::Response& res) { detokenize(req, res); });
     svr.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) { handle(req, res, false); });
     svr.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) { handle(req, res, true); });
 
@@ -349,6 +354,9 @@ class Server {
       ctx_.defaults = model_sampling_defaults(*model_);
       ctx_.eog = tok_->eog_ids(model_->spec.eos_ids);
       ctx_.empty_thought_channel = model_->spec.ple_dim == 0;
+      ctx_.reasoning = opt_.reasoning;
+      ctx_.allow_inject = opt_.debug_inject;
+      ctx_.trie = std::make_shared<TokenTrie>(*tok_);  // once: every constrained request walks it
       created_ = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
       // One session for every request: the scheduler batches them into its forward steps.
       ForwardOptions fo{parse_precision(opt_.precision)};
@@ -372,6 +380,63 @@ class Server {
       load_error_ = e.what();
       stop_http();
     }
+  }
+
+  // The small JSON endpoints: a body parsed strictly, errors in OpenAI's shape.
+  json small_body(const httplib::Request& req, httplib::Response& res) {
+    if (!ready(res)) return nullptr;
+    try {
+      if (const size_t at = invalid_utf8_offset(req.body); at != std::string::npos)
+        api_fail(400, fmt::format("the request body is not valid UTF-8 at offset {}", at));
+      json b = parse_json_strict(req.body, "request body");
+      if (!b.is_object()) api_fail(400, "the request body must be a JSON object");
+      return b;
+    } catch (const ApiError& e) {
+      res.status = e.status;
+      res.set_content(api_error_body(e), "application/json");
+    } catch (const Error& e) {
+      res.status = 400;
+      res.set_content(api_error_body({400, e.what(), "invalid_request_error", "", ""}), "application/json");
+    }
+    return nullptr;
+  }
+  static void bad(httplib::Response& res, const std::string& msg, const std::string& param) {
+    res.status = 400;
+    res.set_content(api_error_body({400, msg, "invalid_request_error", param, ""}), "application/json");
+  }
+
+  // llama-server's shape: {"content", "add_special", "parse_special", "with_pieces"} -> {"tokens"}.
+  void tokenize(const httplib::Request& req, httplib::Response& res) {
+    const json b = small_body(req, res);
+    if (b.is_null()) return;
+    auto c = b.find("content");
+    if (c == b.end() || !c->is_string()) return bad(res, "'content' must be a string", "content");
+    auto flag = [&](const char* k, bool dflt) {
+      auto it = b.find(k);
+      return it == b.end() || !it->is_boolean() ? dflt : it->get<bool>();
+    };
+    const auto ids = tok_->encode(c->get<std::string>(), flag("add_special", false), flag("parse_special", true));
+    json toks = json::array();
+    for (int32_t id : ids) {
+      if (flag("with_pieces", false)) toks.push_back({{"id", id}, {"piece", tok_->token_text(id)}});
+      else toks.push_back(id);
+    }
+    res.set_content(json{{"tokens", toks}}.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
+  }
+
+  void detokenize(const httplib::Request& req, httplib::Response& res) {
+    const json b = small_body(req, res);
+    if (b.is_null()) return;
+    auto t = b.find("tokens");
+    if (t == b.end() || !t->is_array()) return bad(res, "'tokens' must be an array of token ids", "tokens");
+    std::vector<int32_t> ids;
+    for (size_t i = 0; i < t->size(); ++i) {
+      const json& x = (*t)[i];
+      if (!x.is_number_integer() || x.get<int64_t>() < 0 || x.get<int64_t>() >= ctx_.vocab)
+        return bad(res, fmt::format("'tokens[{}]' must be a token id in [0, {})", i, ctx_.vocab), "tokens");
+      ids.push_back(static_cast<int32_t>(x.get<int64_t>()));
+    }
+    res.set_content(json{{"content", tok_->decode(ids)}}.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
   }
 
   bool ready(httplib::Response& res) {
@@ -476,38 +541,119 @@ class Server {
     return q;
   }
 
-  // Follows a queued request to its end, reporting text pieces to `on_piece` (false:
-  // stop) from this connection's thread, so a slow client never holds up the batch. Sets
-  // `why` when it stopped because the client left, the deadline passed or the server stops.
+  // Follows a queued request to its end, reporting each token's event (text, thoughts,
+  // tool calls, logprob) to `on_event` (false: stop) from this connection's thread, so a
+  // slow client never holds up the batch. Sets `why` when it stopped because the client
+  // left, the deadline passed or the server stops.
   GenerateResult run_generation(BatchRequest& q, Clock::time_point deadline, Cancel& why,
-                                const std::function<bool(const std::string&)>& on_piece) {
+                                const std::function<bool(const BatchEvent&)>& on_event) {
     struct CancelOnExit {  // an exception (or a gone client) takes the sequence out of the batch
       BatchRequest& q;
       ~CancelOnExit() { q.cancel(); }
     } guard{q};
     int pieces = 0;
-    std::string text;
+    std::vector<BatchEvent> events;
     for (bool done = false; !done;) {
-      done = q.wait(text, std::chrono::milliseconds(50));
+      done = q.wait(events, std::chrono::milliseconds(50));
       if (tl_log.queue_s < 0 && q.queued_s() >= 0) tl_log.queue_s = q.queued_s();
-      if (!text.empty()) {
-        if (pieces++ == 0) tl_log.ttft_s = since(tl_log.t0);
-        if (opt_.debug_fail_after > 0 && pieces >= opt_.debug_fail_after)
-          throw std::runtime_error(fmt::format("injected failure after {} pieces (--debug-fail-after)", pieces));
-        std::string piece;
-        piece.swap(text);
-        if (on_piece && !on_piece(piece)) why = Cancel::ClientGone;
+      for (const BatchEvent& e : events) {
+        if (!e.text.empty() || !e.reasoning.empty() || !e.tool_calls.empty()) {
+          if (pieces++ == 0) tl_log.ttft_s = since(tl_log.t0);
+          if (opt_.debug_fail_after > 0 && pieces >= opt_.debug_fail_after)
+            throw std::runtime_error(fmt::format("injected failure after {} pieces (--debug-fail-after)", pieces));
+        }
+        if (why == Cancel::None && on_event && !on_event(e)) why = Cancel::ClientGone;
       }
+      events.clear();
       if (!done && why == Cancel::None) why = cancelled(deadline);
       if (!done && why != Cancel::None) {
         q.cancel();
-        while (!q.wait(text, std::chrono::milliseconds(50))) {}
+        while (!q.wait(events, std::chrono::milliseconds(50))) events.clear();
         break;
       }
     }
     if (q.error()) std::rethrow_exception(q.error());
     if (why == Cancel::None && q.result().finish_reason == "cancelled") why = Cancel::Shutdown;  // the scheduler stopped
+    // A malformed tool call went back as text; the operator hears about it.
+    for (const auto& w : q.result().warnings) std::fprintf(stderr, "g4 serve: %s: warning: %s\n", tl_log.id.c_str(), w.c_str());
     return q.result();
+  }
+
+  // /v1/completions with echo + logprobs: the prompt's own log-probabilities, position by
+  // position (what lm-eval-harness's loglikelihood requests read). Evaluated from scratch
+  // on a scoring session of its own (the batch's session belongs to the scheduler's
+  // thread), one request at a time, in steps of 64 tokens, so at most 64 x vocab logits
+  // are held at once.
+  std::vector<TokenLogprob> prompt_logprobs(const CompletionRequest& r) {
+    std::lock_guard<std::mutex> l(score_mu_);
+    if (!score_session_) {
+      ForwardOptions fo{parse_precision(opt_.precision)};
+      fo.n_batch = 64;
+      score_session_ = std::make_unique<Session>(*model_, fo);
+    }
+    Session& s = *score_session_;
+    s.reset();
+    std::vector<TokenLogprob> out;
+    const size_t n = r.prompt.size(), V = static_cast<size_t>(ctx_.vocab);
+    std::vector<float> prev;  // logits of the token before the current step
+    for (size_t at = 0; at < n; at += 64) {
+      const size_t len = std::min<size_t>(64, n - at);
+      EvalRequest er;
+      er.logits_from = 0;
+      const EvalOutput o = s.eval(std::span(r.prompt).subspan(at, len), er);
+      for (size_t k = 0; k < len; ++k) {
+        if (at + k > 0) out.push_back(token_logprob(prev, r.prompt[at + k], r.top_logprobs));
+        prev.assign(o.logits.begin() + static_cast<std::ptrdiff_t>(k * V), o.logits.begin() + static_cast<std::ptrdiff_t>((k + 1) * V));
+      }
+    }
+    return out;
+  }
+
+  void echo_logprobs(const CompletionRequest& r, json& lp, size_t& offset) {
+    const auto scores = prompt_logprobs(r);
+    for (size_t i = 0; i < r.prompt.size(); ++i) add_completion_logprob(lp, i ? &scores[i - 1] : nullptr, r.prompt[i], offset);
+  }
+
+  // OpenAI's logprob shapes: chat {"content": [{token, logprob, bytes, top_logprobs}]};
+  // completions {"tokens", "token_logprobs", "top_logprobs", "text_offset"}.
+  json chat_logprob(const TokenLogprob& lp) const {
+    auto entry = [&](int32_t id, float v) {
+      const std::string t = tok_->token_text(id);
+      return json{{"token", t}, {"logprob", v}, {"bytes", std::vector<int>(t.begin(), t.end())}};
+    };
+    json e = entry(lp.id, lp.logprob);
+    for (auto& b : e["bytes"]) b = static_cast<uint8_t>(b.get<int>());
+    json top = json::array();
+    for (const auto& [id, v] : lp.top) {
+      json t = entry(id, v);
+      for (auto& b : t["bytes"]) b = static_cast<uint8_t>(b.get<int>());
+      top.push_back(t);
+    }
+    e["top_logprobs"] = top;
+    return e;
+  }
+  void add_completion_logprob(json& lp, const TokenLogprob* x, int32_t id, size_t& offset) const {
+    const std::string t = tok_->token_text(id);
+    lp["tokens"].push_back(t);
+    lp["text_offset"].push_back(offset);
+    offset += t.size();
+    if (!x) {
+      lp["token_logprobs"].push_back(nullptr);
+      lp["top_logprobs"].push_back(nullptr);
+      return;
+    }
+    lp["token_logprobs"].push_back(x->logprob);
+    json top = json::object();
+    for (const auto& [tid, v] : x->top) top[tok_->token_text(tid)] = v;
+    lp["top_logprobs"].push_back(top);
+  }
+  static json empty_completion_logprobs() {
+    return json{{"tokens", json::array()}, {"token_logprobs", json::array()}, {"top_logprobs", json::array()}, {"text_offset", json::array()}};
+  }
+  std::string call_id() { return fmt::format("call_{:x}{:06x}", created_, completion_seq_++); }
+  json tool_call_json(const ParsedToolCall& c, const std::string& id) const {
+    return json{{"id", id}, {"type", "function"},
+                {"function", {{"name", c.name}, {"arguments", c.arguments.dump(-1, ' ', false, json::error_handler_t::replace)}}}};
   }
 
   void handle(const httplib::Request& req, httplib::Response& res, bool chat) {
@@ -538,12 +684,18 @@ class Server {
     const int64_t created = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
     auto usage = [](int64_t p, int64_t c) { return json{{"prompt_tokens", p}, {"completion_tokens", c}, {"total_tokens", p + c}}; };
     const int64_t pt = static_cast<int64_t>(r.prompt.size());
+    // echo: the prompt's text (and, with logprobs, its scores) comes first.
+    const std::string echo_text = r.echo ? tok_->decode(r.prompt, true) : "";
 
     if (!r.stream) {
       Cancel why = Cancel::None;
       GenerateResult g;
+      json lp = empty_completion_logprobs();
+      size_t offset = 0;
       try {
-        g = run_generation(*submit(r), deadline, why, nullptr);
+        if (r.echo && r.logprobs) echo_logprobs(r, lp, offset);
+        if (r.gen.max_tokens > 0) g = run_generation(*submit(r), deadline, why, nullptr);
+        else g.finish_reason = "length";
       } catch (const ApiError& e) {
         fail_with(e);
         return;
@@ -567,8 +719,26 @@ class Server {
       }
       tl_log.finish = g.finish_reason;
       json choice{{"index", 0}, {"finish_reason", g.finish_reason}, {"logprobs", nullptr}};
-      if (chat) choice["message"] = {{"role", "assistant"}, {"content", g.text}};
-      else choice["text"] = g.text;
+      if (chat) {
+        json msg{{"role", "assistant"}, {"content", g.text.empty() && !g.tool_calls.empty() ? json(nullptr) : json(g.text)}};
+        if (!g.reasoning.empty()) msg["reasoning_content"] = g.reasoning;
+        if (!g.tool_calls.empty()) {
+          msg["tool_calls"] = json::array();
+          for (const auto& c : g.tool_calls) msg["tool_calls"].push_back(tool_call_json(c, call_id()));
+        }
+        choice["message"] = msg;
+        if (r.logprobs) {
+          json content = json::array();
+          for (const auto& x : g.logprobs) content.push_back(chat_logprob(x));
+          choice["logprobs"] = {{"content", content}, {"refusal", nullptr}};
+        }
+      } else {
+        choice["text"] = echo_text + g.text;
+        if (r.logprobs) {
+          for (size_t i = 0; i < g.logprobs.size(); ++i) add_completion_logprob(lp, &g.logprobs[i], g.logprobs[i].id, offset);
+          choice["logprobs"] = lp;
+        }
+      }
       json out{{"id", id}, {"object", chat ? "chat.completion" : "text_completion"}, {"created", created},
                {"model", ctx_.model_id}, {"choices", json::array({choice})}, {"usage", usage(pt, ct)}};
       res.set_content(out.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
@@ -579,7 +749,7 @@ class Server {
     // Streaming: queued before the header goes out, so a full queue is still a plain 429.
     std::shared_ptr<BatchRequest> queued;
     try {
-      queued = submit(r);
+      if (r.gen.max_tokens > 0) queued = submit(r);
     } catch (const ApiError& e) {
       fail_with(e);
       return;
@@ -588,9 +758,11 @@ class Server {
       return;
     }
     // Should httplib never call the provider (the connection broke), the sequence still leaves.
-    std::shared_ptr<void> cancel_if_dropped(nullptr, [queued](void*) { queued->cancel(); });
+    std::shared_ptr<void> cancel_if_dropped(nullptr, [queued](void*) {
+      if (queued) queued->cancel();
+    });
     res.set_header("Cache-Control", "no-cache");
-    auto provider = [this, r, id, created, chat, endpoint, t0, deadline, pt, usage, queued, cancel_if_dropped](httplib::DataSink& sink) {
+    auto provider = [this, r, id, created, chat, endpoint, t0, deadline, pt, usage, queued, cancel_if_dropped, echo_text](httplib::DataSink& sink) {
       auto send_line = [&sink](const std::string& line) { return sink.is_writable() && sink.write(line.data(), line.size()); };
       auto send = [&](const json& j) { return send_line("data: " + j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n"); };
       auto chunk = [&](const json& delta_or_text, const json& finish) {
@@ -614,13 +786,63 @@ class Server {
       Cancel why = Cancel::None;
       bool alive = !chat || send(chunk(json{{"role", "assistant"}, {"content", ""}}, nullptr));
       GenerateResult g;
+      int calls = 0;
+      size_t offset = 0;
+      // Logprobs of tokens that produced no text yet (held back, inside a tool call) ride
+      // on the next chunk.
+      std::vector<TokenLogprob> pending;
+      auto attach = [&](json& c) {
+        if (!r.logprobs || pending.empty()) return;
+        json& choice = c["choices"][0];
+        if (chat) {
+          json content = json::array();
+          for (const auto& x : pending) content.push_back(chat_logprob(x));
+          choice["logprobs"] = {{"content", content}, {"refusal", nullptr}};
+        } else {
+          json lp = empty_completion_logprobs();
+          for (const auto& x : pending) add_completion_logprob(lp, &x, x.id, offset);
+          choice["logprobs"] = lp;
+        }
+        pending.clear();
+      };
       try {
-        if (alive)
-          g = run_generation(*queued, deadline, why, [&](const std::string& piece) {
-            return alive = send(chunk(chat ? json{{"content", piece}} : json(piece), nullptr));
+        if (alive && r.echo) {
+          json lp = empty_completion_logprobs();
+          if (r.logprobs) echo_logprobs(r, lp, offset);
+          json c = chunk(json(echo_text), nullptr);
+          if (r.logprobs) c["choices"][0]["logprobs"] = lp;
+          alive = send(c);
+        }
+        if (alive && r.gen.max_tokens > 0)
+          g = run_generation(*queued, deadline, why, [&](const BatchEvent& e) {
+            if (e.logprob) pending.push_back(*e.logprob);
+            if (!chat) {
+              if (e.text.empty()) return true;
+              json c = chunk(json(e.text), nullptr);
+              attach(c);
+              return alive = send(c);
+            }
+            if (!e.reasoning.empty()) {
+              json c = chunk(json{{"reasoning_content", e.reasoning}}, nullptr);
+              attach(c);
+              if (!(alive = send(c))) return false;
+            }
+            if (!e.text.empty()) {
+              json c = chunk(json{{"content", e.text}}, nullptr);
+              attach(c);
+              if (!(alive = send(c))) return false;
+            }
+            for (const auto& call : e.tool_calls) {
+              json tc = tool_call_json(call, call_id());
+              tc["index"] = calls++;
+              json c = chunk(json{{"tool_calls", json::array({tc})}}, nullptr);
+              attach(c);
+              if (!(alive = send(c))) return false;
+            }
+            return true;
           });
-        else
-          queued->cancel();
+        else if (r.gen.max_tokens == 0) g.finish_reason = "length";
+        if (queued && (!alive || r.gen.max_tokens == 0)) queued->cancel();
       } catch (const std::exception& e) {
         return send_error(500, fmt::format("generation failed: {}", e.what()), "server_error", "generation_failed");
       }
@@ -639,6 +861,7 @@ class Server {
       }
       tl_log.finish = g.finish_reason;
       json last = chunk(chat ? json::object() : json(""), g.finish_reason);
+      attach(last);
       if (r.include_usage) last["usage"] = usage(pt, ct);
       send(last);
       send_line("data: [DONE]\n\n");
@@ -705,6 +928,7 @@ class Server {
   json props() const {
     const SamplingParams& d = ctx_.defaults;
     const SchedulerOptions& so = scheduler_->options();
+    const bool tools = tok_->find("<|tool_call>") >= 0 && tok_->find("<|\"|>") >= 0;
     return json{{"model", ctx_.model_id},
                 {"model_path", ctx_.model_path},
                 {"total_slots", opt_.parallel},
@@ -717,6 +941,14 @@ class Server {
                 {"precision", opt_.precision},
                 {"backend", session_->backend_name()},
                 {"request_timeout_s", opt_.request_timeout_s},
+                {"n_ctx_train", model_->spec.max_ctx},
+                {"n_vocab", ctx_.vocab},
+                {"chat_template", "gemma4 (built-in renderer: turns, system, thinking, tools, tool calls and responses)"},
+                {"chat_template_caps", {{"supports_tools", tools}, {"supports_tool_calls", tools},
+                                        {"supports_thinking", tok_->find("<|think|>") >= 0}, {"supports_system_role", true}}},
+                {"reasoning", opt_.reasoning},
+                {"bos_token", tok_->piece(tok_->bos_id())},
+                {"eog_token_ids", ctx_.eog},
                 {"default_generation_settings",
                  {{"temperature", d.temp}, {"top_k", d.top_k}, {"top_p", d.top_p}, {"min_p", d.min_p},
                   {"repeat_penalty", d.repeat_penalty}, {"repeat_last_n", d.repeat_last_n}}}};
@@ -733,6 +965,8 @@ class Server {
   int64_t created_ = 0;
   std::unique_ptr<Session> session_;      // one KV cache per sequence inside
   std::unique_ptr<Scheduler> scheduler_;  // declared after what it uses: destroyed first
+  std::mutex score_mu_;                   // echo + logprobs: one prompt scored at a time
+  std::unique_ptr<Session> score_session_;
   Metrics metrics_;
   std::atomic<uint64_t> request_seq_{0}, completion_seq_{0};
   // Connections, the watchdog and the drain.

@@ -32,8 +32,10 @@ struct ServeOptions {
   int request_timeout_s = 600;    // a completion request's deadline, queueing included
   int shutdown_timeout_s = 30;    // SIGTERM/SIGINT: in-flight requests get this long, then are cancelled
   std::string log_format = "text";  // one line per request: text or json
+  std::string reasoning = "auto";   // thinking: on (default on), off (never), auto (requests decide; default off)
   int load_delay_ms = 0;          // testing: keep /health at 503 for this long
   int debug_fail_after = 0;       // testing: throw inside generation after this many text pieces
+  bool debug_inject = false;      // testing: a request's "g4_debug_output" replaces the model's output
 };
 
 // Blocks until the server stops (SIGINT/SIGTERM: drains, then returns). Throws g4::Error

@@ -1,4 +1,5 @@
 #include "tokenizer/tokenizer.h"
+#include "tokenizer/gemma4_format.h"
 
 #include <fmt/format.h>
 
@@ -631,32 +632,75 @@ std::string strip_thought_channels(std::string s) {
 }  // namespace
 
 namespace {
-// The template as a sequence of pieces: emit(text, control). Control pieces are the
-// special tokens the template itself inserts; everything else (role names, newlines,
-// message content) is plain text.
-template <typename Emit>
-void render_chat_parts(std::span<const ChatMessage> messages, const ChatTemplateOptions& opt, Emit emit) {
+// The official Gemma 4 template (protocols.md §d.2, §f) as a sequence of pieces:
+// emit(text, control). Control pieces are the special tokens the template itself inserts;
+// everything else (role names, newlines, message content, tool arguments) is plain text.
+void render_chat_parts(std::span<const ChatMessage> messages, const ChatTemplateOptions& opt, const ChatEmit& emit) {
   emit("<bos>", true);
   size_t first = 0;
   const bool has_system = !messages.empty() && (messages[0].role == "system" || messages[0].role == "developer");
-  if (opt.enable_thinking || has_system) {
+  const bool tools = opt.tools.is_array() && !opt.tools.empty();
+  enum class Prev { None, Think, Tool, ToolCall, ToolResponse } prev = Prev::None;
+  if (opt.enable_thinking || tools || has_system) {
     emit("<|turn>", true);
     emit("system\n", false);
-    if (opt.enable_thinking) { emit("<|think|>", true); emit("\n", false); }
+    if (opt.enable_thinking) { emit("<|think|>", true); emit("\n", false); prev = Prev::Think; }
     if (has_system) { emit(trim(messages[0].content), false); first = 1; }
+    for (const auto& t : tools ? opt.tools : json::array()) {
+      emit("<|tool>", true);
+      gemma_tool_declaration(t, emit);
+      emit("<tool|>", true);
+      prev = Prev::Tool;
+    }
     emit("<turn|>", true);
     emit("\n", false);
   }
+  size_t last_user = SIZE_MAX;
+  for (size_t i = first; i < messages.size(); ++i)
+    if (messages[i].role == "user") last_user = i;
   for (size_t i = first; i < messages.size(); ++i) {
     const auto& m = messages[i];
+    if (m.role == "tool") continue;  // rendered inside the assistant turn that called it
+    prev = Prev::None;
     const bool assistant = m.role == "assistant" || m.role == "model";
-    emit("<|turn>", true);
-    emit((assistant ? std::string("model") : m.role) + "\n", false);
+    // An assistant message right after another (tool messages between) continues its turn.
+    size_t j = i;
+    while (j > first && messages[j - 1].role == "tool") --j;
+    const bool continues = assistant && j > first && messages[j - 1].role == "assistant";
+    if (!continues) {
+      emit("<|turn>", true);
+      emit((assistant ? std::string("model") : m.role) + "\n", false);
+    }
+    if (!m.reasoning.empty() && (last_user == SIZE_MAX || i > last_user) && !m.tool_calls.empty()) {
+      emit("<|channel>", true);
+      emit("thought\n", false);
+      emit(m.reasoning, false);
+      emit("\n", false);
+      emit("<channel|>", true);
+    }
+    for (const auto& c : m.tool_calls) {
+      emit("<|tool_call>", true);
+      gemma_tool_call(c.name, c.arguments, emit);
+      emit("<tool_call|>", true);
+      prev = Prev::ToolCall;
+    }
+    bool responses = false;
+    if (!m.tool_calls.empty())
+      for (size_t k = i + 1; k < messages.size() && messages[k].role == "tool"; ++k) {
+        std::string name = messages[k].name.empty() ? "unknown" : messages[k].name;
+        for (const auto& c : m.tool_calls)
+          if (!c.id.empty() && c.id == messages[k].tool_call_id) name = c.name;
+        emit("<|tool_response>", true);
+        gemma_tool_response(name, json(messages[k].content), emit);
+        emit("<tool_response|>", true);
+        responses = true;
+        prev = Prev::ToolResponse;
+      }
     emit(assistant ? trim(strip_thought_channels(m.content)) : trim(m.content), false);
-    emit("<turn|>", true);
-    emit("\n", false);
+    if (prev == Prev::ToolCall && !responses) emit("<|tool_response>", true);
+    else if (!(responses && m.content.empty())) { emit("<turn|>", true); emit("\n", false); }
   }
-  if (opt.add_generation_prompt) {
+  if (opt.add_generation_prompt && prev != Prev::ToolResponse && prev != Prev::ToolCall) {
     emit("<|turn>", true);
     emit("model\n", false);
     if (opt.empty_thought_channel && !opt.enable_thinking) {

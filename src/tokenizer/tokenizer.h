@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "formats/gguf.h"
+#include "util/json.h"
 
 namespace g4 {
 
@@ -98,9 +99,17 @@ class Tokenizer {
 };
 
 // Gemma 4 chat template (protocols.md §d.2), rendered without a Jinja engine.
+struct ChatToolCall {
+  std::string id, name;
+  json arguments = json::object();  // an object (OpenAI sends it as a JSON string; parsed by the caller)
+};
 struct ChatMessage {
+  ChatMessage(std::string r = "", std::string c = "") : role(std::move(r)), content(std::move(c)) {}
   std::string role;  // system, developer, user, assistant (rendered "model"), tool
   std::string content;
+  std::string reasoning;                // assistant: reasoning_content (kept only on tool-calling turns after the last user turn)
+  std::vector<ChatToolCall> tool_calls; // assistant
+  std::string tool_call_id, name;       // tool: which call this answers (its function name is looked up by id)
 };
 struct ChatTemplateOptions {
   bool add_generation_prompt = true;
@@ -108,6 +117,7 @@ struct ChatTemplateOptions {
   // Large-model template (31B, 26B-A4B, 12B): an empty thought channel after the
   // generation prompt when thinking is off. The E2B/E4B template does not add it.
   bool empty_thought_channel = false;
+  json tools = json::array();  // OpenAI tool objects, declared in the system turn
 };
 std::string render_chat(std::span<const ChatMessage> messages, const ChatTemplateOptions& opt);
 // The same conversation as token ids, BOS first. Control tokens come only from the template;

@@ -40,10 +40,27 @@ ok "$(code $url/v1/nothing)" 404 "unknown route -> 404"; ok "$(isjson)" yes "  w
 ok "$(code -X POST $url/v1/completions -d '{"prompt": "ok", "max_tokens": 2}')" 200 "still serving after the bad requests"
 rm -f /tmp/g4body.$$
 echo "curl: $passes passed, $fails failed"
-if [ ! -d "$HERE/node_modules/openai" ]; then
-  (cd "$HERE" && npm install --no-audit --no-fund --loglevel=error) || { echo "FAIL npm install of the openai client"; exit 1; }
+if [ ! -d "$HERE/node_modules/openai" ] || [ ! -d "$HERE/node_modules/ai" ]; then
+  (cd "$HERE" && npm ci --no-audit --no-fund --loglevel=error) || { echo "FAIL npm install of the openai client"; exit 1; }
 fi
 node "$HERE/openai_client.mjs" "$PORT" "$G4" "$MODEL" "$GOLD"
 node_rc=$?
 kill -0 $PID 2>/dev/null || { echo "FAIL the server died"; exit 1; }
-[ $fails -eq 0 ] && [ $node_rc -eq 0 ]
+
+# Issue 16: tools, thinking, structured output and logprobs on brown-mini-tools (brown-mini
+# with Gemma 4's full special-token set), with the openai client and the Vercel AI SDK.
+MODEL2=$HERE/../fixtures/brown-mini-tools
+PORT2=$((PORT + 1))
+LOG2=$(mktemp)
+"$G4" serve -m "$MODEL2" --port "$PORT2" --parallel 2 --precision f64 --debug-inject >"$LOG2" 2>&1 &
+PID2=$!
+trap 'kill $PID $PID2 2>/dev/null; wait $PID $PID2 2>/dev/null; rm -f "$LOG" "$LOG2"' EXIT
+for _ in $(seq 1 100); do
+  [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$PORT2/health)" = 200 ] && break
+  sleep 0.1
+done
+node "$HERE/tools_client.mjs" "$PORT2" "$G4" "$MODEL2"
+tools_rc=$?
+kill -0 $PID2 2>/dev/null || { echo "FAIL the tools server died"; tools_rc=1; }
+if grep -q "malformed tool call" "$LOG2"; then echo "ok   the malformed call is a warning in the log"; else echo "FAIL no warning logged for the malformed call"; tools_rc=1; fi
+[ $fails -eq 0 ] && [ $node_rc -eq 0 ] && [ $tools_rc -eq 0 ]
