@@ -749,7 +749,7 @@ TEST(Serve, SigtermDrainsInFlightRequestsAndExitsZero) {
     auto r = c.Post("/v1/completions", R"({"prompt":"The jury","max_tokens":150,"ignore_eos":true,"stream":true})", kJson);
     if (r) streamed = r->body;
   });
-  for (int i = 0; i < 200 && s.metric("g4_slots_busy") != "1"; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  for (int i = 0; i < 3000 && s.metric("g4_slots_busy") != "1"; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   ::kill(s.pid, SIGTERM);
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   EXPECT_LT(connect_to(s.port), 0);  // no longer accepting
@@ -766,7 +766,7 @@ TEST(Serve, SigtermDrainsInFlightRequestsAndExitsZero) {
     auto r = c.Post("/v1/completions", R"({"prompt":"The jury","max_tokens":3000,"ignore_eos":true,"stream":true})", kJson);
     if (r) cut = r->body;
   });
-  for (int i = 0; i < 200 && s2.metric("g4_slots_busy") != "1"; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  for (int i = 0; i < 3000 && s2.metric("g4_slots_busy") != "1"; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   ::kill(s2.pid, SIGTERM);
   const auto t0 = Clock::now();
   EXPECT_EQ(s2.wait_exit(30), 0);
