@@ -1,0 +1,84 @@
+// The IQ, ternary and MXFP4 types (issue 20): g4's decoders against llama.cpp's own
+// dequantization, bit for bit. tests/fixtures/iq holds llama-quantize's bytes of two brown-mini
+// tensors per type, random.gguf 64 blocks of random bytes per type (every codebook entry and sign
+// pattern), and expected.json the f32 bits llama.cpp's to_float made of them (FNV-1a 64 of every
+// value, and the first 64); scripts/make-iq-fixtures.sh made them.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "formats/gguf.h"
+#include "kernels/dequant.h"
+
+namespace g4 {
+namespace {
+
+const char* kIqTypes[] = {"IQ4_NL", "IQ4_XS", "MXFP4", "IQ3_XXS", "IQ3_S", "IQ2_XXS",
+                          "IQ2_XS", "IQ2_S",  "IQ1_S", "IQ1_M",   "TQ1_0", "TQ2_0"};
+
+nlohmann::json expected() {
+  std::ifstream f(std::string(G4_FIXTURES) + "/iq/expected.json");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return nlohmann::json::parse(ss.str());
+}
+
+uint64_t fnv1a64(const void* p, size_t n) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (size_t i = 0; i < n; ++i) h = (h ^ static_cast<const uint8_t*>(p)[i]) * 0x100000001b3ull;
+  return h;
+}
+
+TEST(IqTypes, DequantizationIsBitExactWithLlamaCpp) {
+  const nlohmann::json exp = expected();
+  int tensors = 0;
+  std::vector<std::string> files = {"random.gguf"};
+  for (const char* type : kIqTypes) files.push_back(std::string("brown-mini-") + type + ".gguf");
+  for (const std::string& file : files) {
+    const GgufFile g = read_gguf(std::string(G4_FIXTURES) + "/iq/" + file);
+    ASSERT_TRUE(exp.contains(file)) << file;
+    ASSERT_EQ(g.tensors.size(), exp[file].size()) << file;
+    for (const TensorView& t : g.tensors) {
+      const auto& e = exp[file][t.name];
+      const std::string type(dtype_name(t.dtype));
+      ASSERT_EQ(e["type"].get<int>(), static_cast<int>(t.dtype)) << file << " " << t.name;
+      if (file != "random.gguf") ASSERT_EQ(file, "brown-mini-" + type + ".gguf") << t.name;
+      ASSERT_TRUE(dequant_supported(t.dtype)) << type;
+      const int64_t n = t.numel();
+      ASSERT_EQ(n, e["n"].get<int64_t>());
+      std::vector<float> y(static_cast<size_t>(n));
+      dequant_row(t.dtype, t.data, n, y.data());  // the whole tensor as one row: blocks do not straddle rows
+      int head_diff = 0;
+      const auto& head = e["head"];
+      for (size_t i = 0; i < head.size(); ++i) {
+        uint32_t bits;
+        std::memcpy(&bits, &y[i], 4);
+        if (bits != head[i].get<uint32_t>()) {
+          if (head_diff++ < 3) {
+            const uint32_t want = head[i].get<uint32_t>();
+            float w;
+            std::memcpy(&w, &want, 4);
+            ADD_FAILURE() << type << " " << t.name << " element " << i << ": g4 " << y[i] << ", llama.cpp " << w;
+          }
+        }
+      }
+      char hash[17];
+      std::snprintf(hash, sizeof hash, "%016llx", static_cast<unsigned long long>(fnv1a64(y.data(), y.size() * 4)));
+      std::printf("%-8s %-24s %7lld values, FNV-1a %s (llama.cpp %s)\n", type.c_str(), t.name.c_str(), static_cast<long long>(n),
+                  hash, e["fnv1a64"].get<std::string>().c_str());
+      EXPECT_EQ(hash, e["fnv1a64"].get<std::string>()) << type << " " << t.name;
+      EXPECT_EQ(head_diff, 0);
+      ++tensors;
+    }
+  }
+  EXPECT_EQ(tensors, 24 + 12);
+}
+
+}  // namespace
+}  // namespace g4
