@@ -37,4 +37,7 @@ python3 "$here/scripts/iq_fixtures.py" random "$out/random.gguf" IQ4_NL IQ4_XS M
   IQ1_S IQ1_M TQ1_0 TQ2_0
 files+=("$out/random.gguf")
 pyrun "$here/scripts/iq_fixtures.py" expect "$out/expected.json" "${files[@]}"
-ls -la "$out"
+# A split GGUF as llama.cpp writes it (one tensor per part), for tests/test_split.cc.
+mkdir -p "$out/split"
+"$peer/run" llama-gguf-split --split --split-max-tensors 1 "$out/brown-mini-IQ4_NL.gguf" "$out/split/brown-mini-IQ4_NL" > /dev/null
+ls -la "$out" "$out/split"

@@ -264,7 +264,7 @@ VerifyReport quantize_model(const Model& src, const std::string& out_path, const
   GgufWriter w;
   if (src.gguf) {
     for (const auto& [k, v] : src.gguf->kv)
-      if (k != gk::kAlignment) w.set(k, v);
+      if (k != gk::kAlignment && k.rfind("split.", 0) != 0) w.set(k, v);  // a split source's keys are its own
   } else {
     w.set_str(gk::kName, std::filesystem::path(src.path).filename().string());
     write_gemma4_metadata(w, src.spec);
@@ -287,9 +287,28 @@ VerifyReport quantize_model(const Model& src, const std::string& out_path, const
       return bytes;
     });
   }
+  VerifyReport rep;
+  if (opt.split_max_bytes > 0) {
+    // OUT.gguf -> OUT-00001-of-0000N.gguf ...; written as OUT.tmp-0000i-of-0000N.gguf until verified.
+    std::string prefix = out_path;
+    if (prefix.size() > 5 && prefix.ends_with(".gguf")) prefix.resize(prefix.size() - 5);
+    const auto tmps = w.write_split(prefix + ".tmp", opt.split_max_bytes, opt.on_tensor);
+    if (opt.verify) {
+      rep = verify_against_source(src, tmps.front());
+      if (!rep.passed()) {
+        for (const auto& t : tmps) std::filesystem::remove(t);
+        return rep;
+      }
+    }
+    const int n = static_cast<int>(tmps.size());
+    for (int i = 0; i < n; ++i) {
+      rep.files.push_back(gguf_split_path(prefix, i + 1, n));
+      std::filesystem::rename(tmps[static_cast<size_t>(i)], rep.files.back());
+    }
+    return rep;
+  }
   const std::string tmp = out_path + ".tmp";
   w.write(tmp, opt.on_tensor);
-  VerifyReport rep;
   if (opt.verify) {
     rep = verify_against_source(src, tmp);
     if (!rep.passed()) {
@@ -298,6 +317,7 @@ VerifyReport quantize_model(const Model& src, const std::string& out_path, const
     }
   }
   std::filesystem::rename(tmp, out_path);
+  rep.files = {out_path};
   return rep;
 }
 
