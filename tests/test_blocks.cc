@@ -162,7 +162,8 @@ TEST(Blocks, SimdDecodersMatchTheScalarDecodersBitForBit) {
   std::mt19937 rng(24);
   int64_t compared = 0;
   for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::Q2_K, DType::Q3_K, DType::Q4_K,
-                  DType::Q5_K, DType::Q6_K}) {
+                  DType::Q5_K, DType::Q6_K, DType::IQ4_NL, DType::IQ4_XS, DType::MXFP4, DType::IQ2_XXS, DType::IQ2_XS,
+                  DType::IQ2_S, DType::IQ3_XXS, DType::IQ3_S, DType::IQ1_S, DType::IQ1_M, DType::TQ1_0, DType::TQ2_0}) {
     visit_block_type(t, [&](auto proto) {
       using B = decltype(proto);
       constexpr int64_t kBlocks = kN / B::kElems;

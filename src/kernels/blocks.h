@@ -569,4 +569,144 @@ inline void decode(const block_tq2_0& b, float* y) {
       for (int m = 0; m < 32; ++m) *y++ = static_cast<float>(((b.qs[j + m] >> (2 * l)) & 3) - 1) * d;
 }
 
+// ---- The same blocks as int8 values and a scale per 16 elements (q[i] * s[i / 16] is the decoder's
+// value, bit for bit: tests/test_blocks.cc), for the integer kernels (fast*.cc's unpack_row). The
+// IQ1 values are 8 * (grid + delta) with the scale / 8. ----
+
+inline void unpack(const block_iq4_nl& b, int8_t* q, float* s) {
+  s[0] = s[1] = load_f16(b.d);
+  for (int j = 0; j < 16; ++j) {
+    q[j] = kvalues_iq4nl[b.qs[j] & 0xf];
+    q[j + 16] = kvalues_iq4nl[b.qs[j] >> 4];
+  }
+}
+inline void unpack(const block_iq4_xs& b, int8_t* q, float* s) {
+  const float d = load_f16(b.d);
+  for (int ib = 0; ib < QK_K / 32; ++ib) {
+    s[2 * ib] = s[2 * ib + 1] = d * static_cast<float>(iq4_xs_scale(b, ib) - 32);
+    for (int j = 0; j < 16; ++j) {
+      q[32 * ib + j] = kvalues_iq4nl[b.qs[16 * ib + j] & 0xf];
+      q[32 * ib + j + 16] = kvalues_iq4nl[b.qs[16 * ib + j] >> 4];
+    }
+  }
+}
+inline void unpack(const block_mxfp4& b, int8_t* q, float* s) {
+  s[0] = s[1] = e8m0_to_fp32_half(b.e);
+  for (int j = 0; j < 16; ++j) {
+    q[j] = kvalues_mxfp4[b.qs[j] & 0xf];
+    q[j + 16] = kvalues_mxfp4[b.qs[j] >> 4];
+  }
+}
+inline int8_t signed_grid(uint8_t g, uint8_t signs, int j) { return static_cast<int8_t>((signs >> j) & 1 ? -g : g); }
+inline void unpack(const block_iq2_xxs& b, int8_t* q, float* s) {
+  const float d = load_f16(b.d);
+  for (int ib = 0; ib < QK_K / 32; ++ib) {
+    const uint8_t* qs = b.qs + 8 * ib;
+    const uint32_t aux = load_u32(qs + 4);
+    s[2 * ib] = s[2 * ib + 1] = d * (0.5f + static_cast<float>(aux >> 28)) * 0.25f;
+    for (int l = 0; l < 4; ++l)
+      for (int j = 0; j < 8; ++j) q[32 * ib + 8 * l + j] = signed_grid(iq2xxs_grid[qs[l]][j], ksigns_iq2xs[(aux >> 7 * l) & 127], j);
+  }
+}
+inline void unpack(const block_iq2_xs& b, int8_t* q, float* s) {
+  const float d = load_f16(b.d);
+  for (int ib = 0; ib < QK_K / 32; ++ib) {
+    s[2 * ib] = d * (0.5f + static_cast<float>(b.scales[ib] & 0xf)) * 0.25f;
+    s[2 * ib + 1] = d * (0.5f + static_cast<float>(b.scales[ib] >> 4)) * 0.25f;
+    for (int l = 0; l < 4; ++l) {
+      const uint16_t v = load_u16(b.qs + 2 * (4 * ib + l));
+      for (int j = 0; j < 8; ++j) q[32 * ib + 8 * l + j] = signed_grid(iq2xs_grid[v & 511][j], ksigns_iq2xs[v >> 9], j);
+    }
+  }
+}
+inline void unpack(const block_iq2_s& b, int8_t* q, float* s) {
+  const float d = load_f16(b.d);
+  const uint8_t* signs = b.qs + QK_K / 8;
+  for (int ib = 0; ib < QK_K / 32; ++ib) {
+    s[2 * ib] = d * (0.5f + static_cast<float>(b.scales[ib] & 0xf)) * 0.25f;
+    s[2 * ib + 1] = d * (0.5f + static_cast<float>(b.scales[ib] >> 4)) * 0.25f;
+    for (int l = 0; l < 4; ++l) {
+      const uint8_t* grid = iq2s_grid[b.qs[4 * ib + l] | ((b.qh[ib] << (8 - 2 * l)) & 0x300)];
+      for (int j = 0; j < 8; ++j) q[32 * ib + 8 * l + j] = signed_grid(grid[j], signs[4 * ib + l], j);
+    }
+  }
+}
+inline void unpack(const block_iq3_xxs& b, int8_t* q, float* s) {
+  const float d = load_f16(b.d);
+  for (int ib = 0; ib < QK_K / 32; ++ib) {
+    const uint32_t aux = load_u32(b.qs + QK_K / 4 + 4 * ib);
+    s[2 * ib] = s[2 * ib + 1] = d * (0.5f + static_cast<float>(aux >> 28)) * 0.5f;
+    const uint8_t* qs = b.qs + 8 * ib;
+    for (int l = 0; l < 4; ++l) {
+      const uint8_t signs = ksigns_iq2xs[(aux >> 7 * l) & 127];
+      for (int j = 0; j < 4; ++j) {
+        q[32 * ib + 8 * l + j] = signed_grid(iq3xxs_grid[qs[2 * l]][j], signs, j);
+        q[32 * ib + 8 * l + j + 4] = signed_grid(iq3xxs_grid[qs[2 * l + 1]][j], signs, j + 4);
+      }
+    }
+  }
+}
+inline void unpack(const block_iq3_s& b, int8_t* q, float* s) {
+  const float d = load_f16(b.d);
+  for (int ib = 0; ib < QK_K / 32; ++ib) {
+    s[2 * ib] = s[2 * ib + 1] = d * static_cast<float>(1 + 2 * ((b.scales[ib / 2] >> 4 * (ib % 2)) & 0xf));
+    const uint8_t* qs = b.qs + 8 * ib;
+    const uint8_t* signs = b.signs + 4 * ib;
+    const int qh = b.qh[ib];
+    for (int l = 0; l < 4; ++l) {
+      const uint8_t* g1 = iq3s_grid[qs[2 * l] | ((qh << (8 - 2 * l)) & 256)];
+      const uint8_t* g2 = iq3s_grid[qs[2 * l + 1] | ((qh << (7 - 2 * l)) & 256)];
+      for (int j = 0; j < 4; ++j) {
+        q[32 * ib + 8 * l + j] = signed_grid(g1[j], signs[l], j);
+        q[32 * ib + 8 * l + j + 4] = signed_grid(g2[j], signs[l], j + 4);
+      }
+    }
+  }
+}
+inline void unpack(const block_iq1_s& b, int8_t* q, float* s) {
+  const float d = load_f16(b.d);
+  for (int ib = 0; ib < QK_K / 32; ++ib) {
+    const uint16_t qh = load_u16(b.qh + 2 * ib);
+    s[2 * ib] = s[2 * ib + 1] = d * static_cast<float>(2 * ((qh >> 12) & 7) + 1) * 0.125f;
+    const int delta = qh & 0x8000 ? -1 : 1;
+    for (int l = 0; l < 4; ++l) {
+      const int8_t* grid = iq1s_grid[b.qs[4 * ib + l] | (((qh >> 3 * l) & 7) << 8)];
+      for (int j = 0; j < 8; ++j) q[32 * ib + 8 * l + j] = static_cast<int8_t>(8 * grid[j] + delta);
+    }
+  }
+}
+inline void unpack(const block_iq1_m& b, int8_t* q, float* s) {
+  const float d = iq1_m_scale(b);
+  for (int ib = 0; ib < QK_K / 32; ++ib) {
+    const uint16_t sc = load_u16(b.scales + 2 * (ib / 2));
+    s[2 * ib] = d * static_cast<float>(2 * ((sc >> (6 * (ib % 2) + 0)) & 0x7) + 1) * 0.125f;
+    s[2 * ib + 1] = d * static_cast<float>(2 * ((sc >> (6 * (ib % 2) + 3)) & 0x7) + 1) * 0.125f;
+    for (int l = 0; l < 4; ++l) {
+      const uint8_t h = b.qh[2 * ib + l / 2] >> (4 * (l % 2));
+      const int8_t* grid = iq1s_grid[b.qs[4 * ib + l] | ((h & 7) << 8)];
+      const int delta = h & 0x08 ? -1 : 1;
+      for (int j = 0; j < 8; ++j) q[32 * ib + 8 * l + j] = static_cast<int8_t>(8 * grid[j] + delta);
+    }
+  }
+}
+inline void unpack(const block_tq1_0& b, int8_t* q, float* s) {
+  for (int g = 0; g < 16; ++g) s[g] = load_f16(b.d);
+  for (int n = 0; n < 5; ++n)
+    for (int m = 0; m < 32; ++m) *q++ = static_cast<int8_t>(tq1_trit(b.qs[m], n));
+  for (int n = 0; n < 5; ++n)
+    for (int m = 0; m < 16; ++m) *q++ = static_cast<int8_t>(tq1_trit(b.qs[32 + m], n));
+  for (int n = 0; n < 4; ++n)
+    for (int j = 0; j < 4; ++j) *q++ = static_cast<int8_t>(tq1_trit(b.qh[j], n));
+}
+inline void unpack(const block_tq2_0& b, int8_t* q, float* s) {
+  for (int g = 0; g < 16; ++g) s[g] = load_f16(b.d);
+  for (int j = 0; j < QK_K / 4; j += 32)
+    for (int l = 0; l < 4; ++l)
+      for (int m = 0; m < 32; ++m) *q++ = static_cast<int8_t>(((b.qs[j + m] >> (2 * l)) & 3) - 1);
+}
+
+// True for the layouts above (the types unpack_row takes from here).
+template <class B>
+constexpr bool has_int_unpack = requires(const B& b, int8_t* q, float* s) { unpack(b, q, s); };
+
 }  // namespace g4::blocks
