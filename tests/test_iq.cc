@@ -14,7 +14,12 @@
 #include <vector>
 
 #include "formats/gguf.h"
+#include "formats/gguf_keys.h"
+#include "formats/gguf_writer.h"
 #include "kernels/dequant.h"
+#include "model/model.h"
+#include "test_util.h"
+#include "tools/forensics.h"
 
 namespace g4 {
 namespace {
@@ -78,6 +83,51 @@ TEST(IqTypes, DequantizationIsBitExactWithLlamaCpp) {
     }
   }
   EXPECT_EQ(tensors, 24 + 12);
+}
+
+// brown-mini Q8_0 with blk.0.attn_q and blk.0.ffn_down replaced by llama-quantize's `type` bytes
+// (a "dynamic" mix), optionally damaged: every grid-index byte randomized.
+std::string mixed_model(const test::ScratchDir& d, const std::string& type, bool damage) {
+  const GgufFile base = read_gguf(test::fixture("gguf/brown-mini-Q8_0.gguf"));
+  const GgufFile iq = read_gguf(test::fixture("iq/brown-mini-" + type + ".gguf"));
+  GgufWriter w;
+  for (const auto& [k, v] : base.kv)
+    if (k != gk::kAlignment) w.set(k, v);
+  for (const auto& t : base.tensors) {
+    const TensorView* src = &t;
+    for (const auto& r : iq.tensors)
+      if (r.name == t.name) src = &r;
+    w.add_tensor(t.name, src->dtype, src->shape, [src, damage, &t] {
+      std::vector<uint8_t> b(src->data, src->data + src->nbytes);
+      if (damage && src != &t) {
+        uint32_t x = 12345;
+        const auto bb = dtype_info(src->dtype).block_bytes;
+        for (size_t i = 0; i < b.size(); ++i)
+          if (i % bb >= 2 && i % bb < 2 + 64) b[i] = static_cast<uint8_t>((x = x * 1664525u + 1013904223u) >> 24);  // qs
+      }
+      return b;
+    });
+  }
+  const std::string path = d.str(type + (damage ? "-damaged" : "") + ".gguf");
+  w.write(path);
+  return path;
+}
+
+TEST(IqTypes, ForensicsKnowsEachTypesExpectedError) {
+  test::ScratchDir d;
+  const Model ref = load_model(test::model_dir("brown-mini"));
+  for (const std::string type : {"IQ1_S", "IQ2_XS", "IQ3_XXS", "MXFP4"}) {
+    for (const bool damage : {false, true}) {
+      const Model art = load_model(mixed_model(d, type, damage));
+      const ForensicsReport r = run_forensics(art, ref);
+      for (const auto& f : r.tensors) {
+        if (f.name != "blk.0.attn_q.weight" && f.name != "blk.0.ffn_down.weight") continue;
+        std::printf("%-8s %-8s %-22s error %.4f, explained %.4f: %s\n", type.c_str(), damage ? "damaged" : "healthy",
+                    f.name.c_str(), f.rel_rms, f.explained, f.flagged ? "flagged" : "clean");
+        EXPECT_EQ(f.flagged, damage) << type << " " << f.name << ": error " << f.rel_rms << ", explained " << f.explained;
+      }
+    }
+  }
 }
 
 }  // namespace
