@@ -17,7 +17,9 @@
 #include "formats/gguf_keys.h"
 #include "formats/gguf_writer.h"
 #include "kernels/dequant.h"
+#include "kernels/quantize.h"
 #include "model/model.h"
+#include "tools/quantize.h"
 #include "test_util.h"
 #include "tools/forensics.h"
 
@@ -83,6 +85,33 @@ TEST(IqTypes, DequantizationIsBitExactWithLlamaCpp) {
     }
   }
   EXPECT_EQ(tensors, 24 + 12);
+}
+
+// g4's IQ4_NL and IQ4_XS writer against llama-quantize's bytes (no importance matrix) from the same
+// bf16 weights.
+TEST(IqTypes, Iq4WriterIsByteIdenticalToLlamaQuantize) {
+  const GgufFile bf16 = read_gguf(test::fixture("gguf/brown-mini-bf16.gguf"));
+  int checked = 0;
+  for (const std::string type : {"IQ4_NL", "IQ4_XS"}) {
+    const GgufFile lc = read_gguf(test::fixture("iq/brown-mini-" + type + ".gguf"));
+    for (const auto& t : lc.tensors) {
+      const TensorView* src = nullptr;
+      for (const auto& b : bf16.tensors)
+        if (b.name == t.name) src = &b;
+      ASSERT_NE(src, nullptr) << t.name;
+      const auto x = dequantize_all(*src);
+      const int64_t cols = t.shape.back();
+      const auto mine = quantize_rows(t.dtype, x.data(), static_cast<int64_t>(x.size()) / cols, cols);
+      ASSERT_EQ(mine.size(), static_cast<size_t>(t.nbytes));
+      int64_t diff = 0;
+      for (size_t i = 0; i < mine.size(); ++i) diff += mine[i] != t.data[i];
+      std::printf("%s %s: %lld of %zu bytes differ from llama-quantize\n", type.c_str(), t.name.c_str(),
+                  static_cast<long long>(diff), mine.size());
+      EXPECT_EQ(diff, 0) << type << " " << t.name;
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, 4);
 }
 
 // brown-mini Q8_0 with blk.0.attn_q and blk.0.ffn_down replaced by llama-quantize's `type` bytes

@@ -39,7 +39,7 @@ void register_quantize(CLI::App& app) {
     int threads = 0;
   };
   auto o = std::make_shared<Opts>();
-  auto* cmd = app.add_subcommand("quantize", "Write a GGUF (F32/F16/BF16/Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K/Q6_K) and verify it tensor by tensor");
+  auto* cmd = app.add_subcommand("quantize", "Write a GGUF (F32/F16/BF16/Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K/Q6_K/IQ4_NL/IQ4_XS) and verify it tensor by tensor");
   cmd->add_option("-m,--model", o->in, "source: HF checkpoint directory or GGUF")->required();
   cmd->add_option("-o,--out", o->out, "output .gguf")->required();
   auto* t = cmd->add_option("--type", o->type, "one type for every quantizable tensor");

@@ -42,6 +42,7 @@ DType fit_row(DType t, int64_t cols) {
     case DType::Q4_K: return fit_row(DType::Q5_0, cols);
     case DType::Q5_K: return fit_row(DType::Q5_1, cols);
     case DType::Q6_K: return fit_row(DType::Q8_0, cols);
+    case DType::IQ4_XS: return fit_row(DType::IQ4_NL, cols);
     default: return DType::F16;
   }
 }
@@ -66,6 +67,8 @@ uint32_t file_type_of(const QuantizeOptions& opt) {
     case DType::Q5_K: return 16;
     case DType::Q6_K: return 18;
     case DType::BF16: return 32;
+    case DType::IQ4_NL: return 25;
+    case DType::IQ4_XS: return 30;
     default: return 0;
   }
 }
@@ -175,7 +178,7 @@ DType parse_dtype(const std::string& s) {
       if (!quantize_supported(i->type)) fail("type {} can be read but not written by g4 quantize", s);
       return i->type;
     }
-  fail("unknown type '{}' (use F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)", s);
+  fail("unknown type '{}' (use F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS)", s);
 }
 
 TensorTypeOverride parse_override(const std::string& spec) {
