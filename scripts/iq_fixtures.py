@@ -142,6 +142,22 @@ def main():
         ds = b"synthetic"
         out += struct.pack("<i", 1) + struct.pack("<i", len(ds)) + ds
         open(sys.argv[3], "wb").write(out)
+    elif cmd == "imatrix-gguf":
+        # The same importance matrix in llama-imatrix's GGUF format: NAME.in_sum2 [n_in, 1] and
+        # NAME.counts [1], with counts 4 and sums 4x the .dat values (exact: the means are the same floats).
+        b = open(sys.argv[2], "rb").read()
+        pos = 0
+        n = struct.unpack_from("<i", b, pos)[0]; pos += 4
+        ts = []
+        for _ in range(n):
+            ln = struct.unpack_from("<i", b, pos)[0]; pos += 4
+            name = b[pos:pos + ln].decode(); pos += ln
+            ncall, nval = struct.unpack_from("<ii", b, pos); pos += 8
+            vals = struct.unpack_from(f"<{nval}f", b, pos); pos += 4 * nval
+            sums = struct.pack(f"<{nval}f", *[v / ncall * 4 for v in vals])
+            ts.append({"name": name + ".in_sum2", "dims": [nval, 1], "type": 0, "data": sums})
+            ts.append({"name": name + ".counts", "dims": [1, 1], "type": 0, "data": struct.pack("<f", 4.0)})
+        write_gguf(sys.argv[3], ts, {"general.type": "imatrix"})
     elif cmd == "random":
         # random.gguf: per type, 64 blocks of random bytes (every grid entry and sign pattern is
         # likely hit), the f16 scale set to a random value in [-2, 2) (IQ1_M: its packed scale;

@@ -37,6 +37,15 @@ python3 "$here/scripts/iq_fixtures.py" random "$out/random.gguf" IQ4_NL IQ4_XS M
   IQ1_S IQ1_M TQ1_0 TQ2_0
 files+=("$out/random.gguf")
 pyrun "$here/scripts/iq_fixtures.py" expect "$out/expected.json" "${files[@]}"
+# IQ4_NL/IQ4_XS with the synthetic importance matrix, for g4's --imatrix path; the matrix itself in
+# both of llama.cpp's formats (legacy .dat, and GGUF).
+cp "$work/synth.dat" "$out/synth-imatrix.dat"
+python3 "$here/scripts/iq_fixtures.py" imatrix-gguf "$out/synth-imatrix.dat" "$out/synth-imatrix.gguf"
+for t in IQ4_NL IQ4_XS; do
+  "$peer/run" llama-quantize --pure --imatrix "$work/synth.dat" "$src" "$work/brown-mini-$t-imatrix.gguf" $t 2 > "$work/$t-imatrix.log" 2>&1
+  python3 "$here/scripts/iq_fixtures.py" subset "$work/brown-mini-$t-imatrix.gguf" "$out/brown-mini-$t-imatrix.gguf" $t \
+    blk.0.attn_q.weight blk.0.ffn_down.weight
+done
 # A split GGUF as llama.cpp writes it (one tensor per part), for tests/test_split.cc.
 mkdir -p "$out/split"
 "$peer/run" llama-gguf-split --split --split-max-tensors 1 "$out/brown-mini-IQ4_NL.gguf" "$out/split/brown-mini-IQ4_NL" > /dev/null

@@ -5,6 +5,7 @@
 // value, and the first 64); scripts/make-iq-fixtures.sh made them.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -19,9 +20,11 @@
 #include "kernels/dequant.h"
 #include "kernels/quantize.h"
 #include "model/model.h"
+#include "tools/imatrix.h"
 #include "tools/quantize.h"
 #include "test_util.h"
 #include "tools/forensics.h"
+#include "util/error.h"
 
 namespace g4 {
 namespace {
@@ -87,31 +90,63 @@ TEST(IqTypes, DequantizationIsBitExactWithLlamaCpp) {
   EXPECT_EQ(tensors, 24 + 12);
 }
 
-// g4's IQ4_NL and IQ4_XS writer against llama-quantize's bytes (no importance matrix) from the same
-// bf16 weights.
+// g4's IQ4_NL and IQ4_XS writer against llama-quantize's bytes from the same bf16 weights, without
+// and with an importance matrix (read from llama.cpp's legacy .dat and from its GGUF format).
 TEST(IqTypes, Iq4WriterIsByteIdenticalToLlamaQuantize) {
   const GgufFile bf16 = read_gguf(test::fixture("gguf/brown-mini-bf16.gguf"));
+  const Imatrix dat = read_imatrix(test::fixture("iq/synth-imatrix.dat"));
+  const Imatrix gguf = read_imatrix(test::fixture("iq/synth-imatrix.gguf"));
+  ASSERT_EQ(dat.size(), 53u);
+  ASSERT_EQ(gguf.size(), dat.size());
+  double worst = 0;
+  for (const auto& [name, v] : dat)
+    for (size_t i = 0; i < v.size(); ++i) worst = std::max(worst, std::abs(double(gguf.at(name)[i]) - v[i]) / v[i]);
+  std::printf("imatrix: %zu entries; GGUF and .dat formats differ by %.2e (relative)\n", dat.size(), worst);
+  EXPECT_EQ(worst, 0.0);
   int checked = 0;
-  for (const std::string type : {"IQ4_NL", "IQ4_XS"}) {
-    const GgufFile lc = read_gguf(test::fixture("iq/brown-mini-" + type + ".gguf"));
-    for (const auto& t : lc.tensors) {
-      const TensorView* src = nullptr;
-      for (const auto& b : bf16.tensors)
-        if (b.name == t.name) src = &b;
-      ASSERT_NE(src, nullptr) << t.name;
-      const auto x = dequantize_all(*src);
-      const int64_t cols = t.shape.back();
-      const auto mine = quantize_rows(t.dtype, x.data(), static_cast<int64_t>(x.size()) / cols, cols);
-      ASSERT_EQ(mine.size(), static_cast<size_t>(t.nbytes));
-      int64_t diff = 0;
-      for (size_t i = 0; i < mine.size(); ++i) diff += mine[i] != t.data[i];
-      std::printf("%s %s: %lld of %zu bytes differ from llama-quantize\n", type.c_str(), t.name.c_str(),
-                  static_cast<long long>(diff), mine.size());
-      EXPECT_EQ(diff, 0) << type << " " << t.name;
-      ++checked;
+  for (const std::string type : {"IQ4_NL", "IQ4_XS"})
+    for (const Imatrix* im : {static_cast<const Imatrix*>(nullptr), &dat, &gguf}) {
+      const GgufFile lc = read_gguf(test::fixture("iq/brown-mini-" + type + (im ? "-imatrix" : "") + ".gguf"));
+      for (const auto& t : lc.tensors) {
+        const TensorView* src = nullptr;
+        for (const auto& b : bf16.tensors)
+          if (b.name == t.name) src = &b;
+        ASSERT_NE(src, nullptr) << t.name;
+        const auto x = dequantize_all(*src);
+        const int64_t cols = t.shape.back();
+        const auto mine = quantize_rows(t.dtype, x.data(), static_cast<int64_t>(x.size()) / cols, cols,
+                                        im ? im->at(t.name).data() : nullptr);
+        ASSERT_EQ(mine.size(), static_cast<size_t>(t.nbytes));
+        int64_t diff = 0;
+        for (size_t i = 0; i < mine.size(); ++i) diff += mine[i] != t.data[i];
+        std::printf("%s %s, imatrix %s: %lld of %zu bytes differ from llama-quantize\n", type.c_str(), t.name.c_str(),
+                    im == nullptr ? "none" : im == &dat ? ".dat" : "GGUF", static_cast<long long>(diff), mine.size());
+        EXPECT_EQ(diff, 0) << type << " " << t.name;
+        ++checked;
+      }
     }
+  EXPECT_EQ(checked, 12);
+}
+
+TEST(IqTypes, MalformedImatrixIsAnError) {
+  test::ScratchDir d;
+  const std::string bad = d.str("bad.dat");
+  {
+    std::ofstream f(bad, std::ios::binary);
+    const int32_t n = 1, len = 5, ncall = 1, nval = 1000000;
+    f.write(reinterpret_cast<const char*>(&n), 4);
+    f.write(reinterpret_cast<const char*>(&len), 4);
+    f.write("abcde", 5);
+    f.write(reinterpret_cast<const char*>(&ncall), 4);
+    f.write(reinterpret_cast<const char*>(&nval), 4);
   }
-  EXPECT_EQ(checked, 4);
+  try {
+    read_imatrix(bad);
+    FAIL() << "a truncated imatrix must not load";
+  } catch (const Error& e) {
+    std::printf("%s\n", e.what());
+    EXPECT_NE(std::string(e.what()).find("'abcde'"), std::string::npos) << e.what();
+  }
 }
 
 // brown-mini Q8_0 with blk.0.attn_q and blk.0.ffn_down replaced by llama-quantize's `type` bytes

@@ -33,7 +33,7 @@ uint64_t parse_byte_size(const std::string& s, const char* flag) {
 
 void register_quantize(CLI::App& app) {
   struct Opts {
-    std::string in, out, type, recipe, split_max_size;
+    std::string in, out, type, recipe, split_max_size, imatrix;
     std::vector<std::string> overrides;
     bool no_verify = false, lenient = false;
     int threads = 0;
@@ -47,6 +47,8 @@ void register_quantize(CLI::App& app) {
   t->excludes(r);
   cmd->add_option("--tensor-type", o->overrides, "REGEX=TYPE for tensors whose GGUF name matches (repeatable)");
   cmd->add_flag("--no-verify", o->no_verify, "skip the verify gate");
+  cmd->add_option("--imatrix", o->imatrix,
+                  "importance matrix (llama-imatrix's GGUF or legacy .dat), used for the types that take one (IQ4_NL, IQ4_XS)");
   cmd->add_option("--split-max-size", o->split_max_size,
                   "write a split GGUF, OUT-00001-of-0000N.gguf ..., parts of at most this much tensor data (N, NK, NM or NG)");
   cmd->add_flag("--lenient", o->lenient, "load the source despite tensors that contradict its config");
@@ -59,6 +61,11 @@ void register_quantize(CLI::App& app) {
     qo.recipe = o->recipe;
     for (const auto& s : o->overrides) qo.overrides.push_back(parse_override(s));
     qo.verify = !o->no_verify;
+    Imatrix im;
+    if (!o->imatrix.empty()) {
+      im = read_imatrix(o->imatrix);
+      qo.imatrix = &im;
+    }
     if (!o->split_max_size.empty()) qo.split_max_bytes = parse_byte_size(o->split_max_size, "--split-max-size");
     qo.on_tensor = Progress::callback("quantize");
     VerifyReport rep = quantize_model(src, o->out, qo);

@@ -262,6 +262,32 @@ std::vector<float> quantize_round_trip(const std::vector<float>& x, DType t, con
   return dequantize_all(tv);
 }
 
+namespace {
+
+// A tensor's bytes, with its importance-matrix entry where the type takes one (one row of
+// weights per matrix: a 3-D expert tensor has one per expert, llama-quantize's layout).
+std::vector<uint8_t> quantize_with_imatrix(const PlannedTensor& p, const std::vector<float>& x, const QuantizeOptions& opt) {
+  const int64_t cols = p.shape.back(), rows = static_cast<int64_t>(x.size()) / cols;
+  const std::vector<float>* e = nullptr;
+  if (opt.imatrix && quantize_takes_imatrix(p.type))
+    if (const auto it = opt.imatrix->find(p.name); it != opt.imatrix->end()) e = &it->second;
+  if (!e) return quantize_rows(p.type, x.data(), rows, cols);
+  const int64_t n_mat = p.shape.size() == 3 ? p.shape[0] : 1;
+  if (static_cast<int64_t>(e->size()) != cols * n_mat)
+    fail("imatrix entry '{}' has {} values; the tensor {} needs {} ({} per matrix)", p.name, e->size(), shape_to_string(p.shape),
+         cols * n_mat, cols);
+  if (n_mat == 1) return quantize_rows(p.type, x.data(), rows, cols, e->data());
+  std::vector<uint8_t> out;
+  const int64_t per = rows / n_mat;
+  for (int64_t m = 0; m < n_mat; ++m) {
+    const auto part = quantize_rows(p.type, x.data() + m * per * cols, per, cols, e->data() + m * cols);
+    out.insert(out.end(), part.begin(), part.end());
+  }
+  return out;
+}
+
+}  // namespace
+
 VerifyReport quantize_model(const Model& src, const std::string& out_path, const QuantizeOptions& opt) {
   const auto plan = plan_quantization(src, opt);
   GgufWriter w;
@@ -283,8 +309,7 @@ VerifyReport quantize_model(const Model& src, const std::string& out_path, const
       } else {
         auto x = dequantize_all(*p.source);
         if (opt.edit_source_for_test) opt.edit_source_for_test(p.name, x);
-        const int64_t cols = p.shape.back();
-        bytes = quantize_rows(p.type, x.data(), static_cast<int64_t>(x.size()) / cols, cols);
+        bytes = quantize_with_imatrix(p, x, opt);
       }
       if (opt.mutate_for_test) opt.mutate_for_test(p.name, bytes);
       return bytes;

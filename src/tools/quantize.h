@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "model/model.h"
+#include "tools/imatrix.h"
 
 namespace g4 {
 
@@ -22,6 +23,7 @@ struct QuantizeOptions {
   std::string recipe;         // --recipe: q8_0, q4_0, q4_k_m, mixed-8-4
   std::vector<TensorTypeOverride> overrides;
   bool verify = true;
+  const Imatrix* imatrix = nullptr;  // --imatrix: used for the types that take one (IQ4_NL, IQ4_XS)
   uint64_t split_max_bytes = 0;  // --split-max-size: > 0 writes OUT-00001-of-0000N.gguf ... parts of at most this much
   std::function<void(size_t, size_t)> on_tensor;  // progress
   // Test hooks: alter a tensor's bytes after quantization (to prove the gate works), or
