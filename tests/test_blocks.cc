@@ -69,6 +69,14 @@ void set_f16(uint8_t* field, uint16_t v) {
   std::memcpy(field, &v, 2);
 }
 
+// The block scale: an f16 d where the layout has one (MXFP4 has an E8M0 exponent, set to the f16's
+// high byte; IQ1_M spreads its f16 over the scale words, which the quants' random bytes cover).
+template <class B>
+void set_d(B& b, uint16_t v) {
+  if constexpr (requires { b.d; }) set_f16<B>(b.d, v);
+  if constexpr (requires { b.e; }) b.e = static_cast<uint8_t>(v >> 8);
+}
+
 template <class B>
 void set_min(B& b, uint16_t v) {
   if constexpr (requires { b.dmin; }) set_f16<B>(b.dmin, v);
@@ -101,18 +109,18 @@ void make_block(B& b, int c, std::mt19937& rng) {
   std::uniform_real_distribution<float> u(-0.1f, 0.1f);
   const uint16_t small = f32_to_f16(u(rng)), small_min = f32_to_f16(u(rng));
   if (c != 1) {  // sane scales unless the case says otherwise
-    set_f16<B>(b.d, small);
+    set_d(b, small);
     set_min(b, small_min);
   }
   switch (c) {
-    case 2: set_f16<B>(b.d, 0x0000); break;
-    case 3: set_f16<B>(b.d, 0x8000); break;
-    case 4: set_f16<B>(b.d, 0x7c00); break;
-    case 5: set_f16<B>(b.d, 0xfc00); break;
-    case 6: set_f16<B>(b.d, rng() % 2 ? 0x7e00 : 0x7d01); break;  // quiet and signalling
+    case 2: set_d(b, 0x0000); break;
+    case 3: set_d(b, 0x8000); break;
+    case 4: set_d(b, 0x7c00); break;
+    case 5: set_d(b, 0xfc00); break;
+    case 6: set_d(b, rng() % 2 ? 0x7e00 : 0x7d01); break;  // quiet and signalling
     case 7: set_min(b, rng() % 2 ? 0x7c00 : 0xfe00); break;
-    case 8: set_f16<B>(b.d, static_cast<uint16_t>(1 + rng() % 0x3ff)); break;
-    case 9: set_f16<B>(b.d, 0x7bff); break;
+    case 8: set_d(b, static_cast<uint16_t>(1 + rng() % 0x3ff)); break;
+    case 9: set_d(b, 0x7bff); break;
     case 10: fill_quants(b, 0x00); break;
     case 11: fill_quants(b, 0xff); break;
     case 12: fill_scales(b, 0xff); break;
@@ -154,7 +162,8 @@ TEST(Blocks, SimdDecodersMatchTheScalarDecodersBitForBit) {
   std::mt19937 rng(24);
   int64_t compared = 0;
   for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::Q2_K, DType::Q3_K, DType::Q4_K,
-                  DType::Q5_K, DType::Q6_K}) {
+                  DType::Q5_K, DType::Q6_K, DType::IQ4_NL, DType::IQ4_XS, DType::MXFP4, DType::IQ2_XXS, DType::IQ2_XS,
+                  DType::IQ2_S, DType::IQ3_XXS, DType::IQ3_S, DType::IQ1_S, DType::IQ1_M, DType::TQ1_0, DType::TQ2_0}) {
     visit_block_type(t, [&](auto proto) {
       using B = decltype(proto);
       constexpr int64_t kBlocks = kN / B::kElems;

@@ -36,6 +36,29 @@ std::vector<uint8_t> random_k_blocks(DType t, int64_t rows, int64_t cols, std::m
   return bytes;
 }
 
+// The IQ, ternary and MXFP4 types: random blocks with a sane scale (f16 0.0078; MXFP4 exponent
+// 2^-8; IQ1_M's f16 spread over the top nibbles of its scale words).
+std::vector<uint8_t> random_iq_blocks(DType t, int64_t rows, int64_t cols, std::mt19937& rng) {
+  const auto& info = dtype_info(t);
+  const int64_t bb = info.block_bytes;
+  std::vector<uint8_t> bytes(static_cast<size_t>(rows * cols / info.block_elems * bb));
+  for (auto& b : bytes) b = static_cast<uint8_t>(rng());
+  const uint16_t small = 0x2000;
+  for (size_t o = 0; o < bytes.size(); o += static_cast<size_t>(bb)) {
+    uint8_t* blk = &bytes[o];
+    if (t == DType::MXFP4) {
+      blk[0] = 120;
+    } else if (t == DType::IQ1_M) {
+      for (int w = 0; w < 4; ++w) blk[48 + 2 * w + 1] = static_cast<uint8_t>((blk[48 + 2 * w + 1] & 0x0f) | (((small >> (4 * w)) & 0xf) << 4));
+    } else if (t == DType::TQ1_0 || t == DType::TQ2_0) {
+      std::memcpy(blk + bb - 2, &small, 2);
+    } else {
+      std::memcpy(blk, &small, 2);
+    }
+  }
+  return bytes;
+}
+
 TEST(FastKernels, EveryTypeMatchesTheReferenceMatmul) {
   std::mt19937 rng(3);
   std::normal_distribution<float> n(0, 1);
@@ -47,8 +70,13 @@ TEST(FastKernels, EveryTypeMatchesTheReferenceMatmul) {
     fast_force_isa(isa);
     double worst = 0, worst_float = 0;
     for (DType t : {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1,
-                    DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
-      auto bytes = t == DType::Q2_K || t == DType::Q3_K ? random_k_blocks(t, out, in, rng) : quantize_rows(t, w.data(), out, in);
+                    DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::IQ4_NL, DType::IQ4_XS,
+                    DType::MXFP4, DType::IQ2_XXS, DType::IQ2_XS, DType::IQ2_S, DType::IQ3_XXS, DType::IQ3_S, DType::IQ1_S,
+                    DType::IQ1_M, DType::TQ1_0, DType::TQ2_0}) {
+      const bool iq = static_cast<int>(t) >= static_cast<int>(DType::IQ2_XXS) && t != DType::BF16;
+      auto bytes = t == DType::Q2_K || t == DType::Q3_K ? random_k_blocks(t, out, in, rng)
+                   : iq                                 ? random_iq_blocks(t, out, in, rng)
+                                                        : quantize_rows(t, w.data(), out, in);
       TensorView tv;
       tv.name = "w";
       tv.dtype = t;

@@ -1,6 +1,8 @@
 #include "formats/gguf.h"
 
 #include <cstring>
+#include <filesystem>
+#include <regex>
 #include <set>
 
 #include "util/error.h"
@@ -130,7 +132,64 @@ std::optional<bool> GgufFile::get_bool(const std::string& key) const {
   return v->i != 0;
 }
 
-GgufFile read_gguf(const std::string& path) { return read_gguf(MappedFile::open(path)); }
+std::string gguf_split_path(const std::string& prefix, int i, int n) { return fmt::format("{}-{:05d}-of-{:05d}.gguf", prefix, i, n); }
+
+namespace {
+
+// split.no / split.count of a file, or nullopt when it is not a split part.
+std::optional<std::pair<int64_t, int64_t>> split_of(const GgufFile& g) {
+  const auto count = g.get_int(gk::kSplitCount);
+  if (!count) return std::nullopt;
+  const auto no = g.get_int(gk::kSplitNo);
+  if (!no) fail("{}: has {} but no {}; the split file is damaged", g.path, gk::kSplitCount, gk::kSplitNo);
+  if (*count < 1 || *count > 99999 || *no < 0 || *no >= *count)
+    fail("{}: {} = {} of {} = {} is impossible", g.path, gk::kSplitNo, *no, gk::kSplitCount, *count);
+  return std::make_pair(*no, *count);
+}
+
+}  // namespace
+
+GgufFile read_gguf(const std::string& path) {
+  GgufFile g = read_gguf(MappedFile::open(path));
+  g.parts = {path};
+  const auto split = split_of(g);
+  if (!split || split->second == 1) return g;
+  const auto [no, count] = *split;
+  // NAME-0000i-of-0000N.gguf: the only naming llama.cpp writes and reads.
+  static const std::regex re(R"((.*)-(\d{5})-of-(\d{5})\.gguf)");
+  std::smatch m;
+  if (!std::regex_match(path, m, re) || std::stoll(m[2].str()) != no + 1 || std::stoll(m[3].str()) != count)
+    fail("{}: part {} of a {}-part split GGUF, but the name is not NAME-{:05d}-of-{:05d}.gguf, so the other parts cannot be "
+         "found; rename the parts as llama-gguf-split names them",
+         path, no + 1, count, no + 1, count);
+  const std::string prefix = m[1].str();
+  if (no != 0)
+    fail("{}: part {} of a {}-part split GGUF; open the first part, {}", path, no + 1, count, gguf_split_path(prefix, 1, count));
+  std::set<std::string> names;
+  for (const auto& t : g.tensors) names.insert(t.name);
+  for (int64_t i = 1; i < count; ++i) {
+    const std::string part = gguf_split_path(prefix, static_cast<int>(i + 1), static_cast<int>(count));
+    if (!std::filesystem::exists(part))
+      fail("{}: part {} of this {}-part split GGUF is missing: {} does not exist", path, i + 1, count, part);
+    GgufFile p = read_gguf(MappedFile::open(part));
+    const auto ps = split_of(p);
+    if (!ps) fail("{}: expected part {} of {}, but it has no {} key; it is not a split part", part, i + 1, count, gk::kSplitCount);
+    if (ps->second != count || ps->first != i)
+      fail("{}: expected part {} of {}, but its metadata says part {} of {} ({}, {}); the parts come from different splits",
+           part, i + 1, count, ps->first + 1, ps->second, gk::kSplitNo, gk::kSplitCount);
+    if (p.alignment != g.alignment)
+      fail("{}: alignment {} differs from the first part's {}", part, p.alignment, g.alignment);
+    for (auto& t : p.tensors) {
+      if (!names.insert(t.name).second) fail("{}: tensor '{}' is also in an earlier part of the split", part, t.name);
+      g.tensors.push_back(std::move(t));
+    }
+    g.parts.push_back(part);
+  }
+  if (const auto total = g.get_int(gk::kSplitTensorsCount); total && *total != static_cast<int64_t>(g.tensors.size()))
+    fail("{}: {} = {} but the {} parts hold {} tensors; a part is truncated or from another split", path,
+         gk::kSplitTensorsCount, *total, count, g.tensors.size());
+  return g;
+}
 
 GgufFile read_gguf(std::shared_ptr<MappedFile> file) {
   const std::string& path = file->path();

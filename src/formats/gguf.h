@@ -45,6 +45,7 @@ struct GgufFile {
   std::vector<std::pair<std::string, GgufValue>> kv;  // file order
   std::map<std::string, size_t> kv_index;
   std::vector<TensorView> tensors;  // shape = reversed ne (PyTorch order)
+  std::vector<std::string> parts;   // a split GGUF's files, first to last (each tensor maps its own)
 
   const GgufValue* find(const std::string& key) const;
   // Typed getters: nullopt when absent; g4::Error naming the key on a wrong type.
@@ -54,7 +55,14 @@ struct GgufFile {
   std::optional<bool> get_bool(const std::string& key) const;
 };
 
+// A path to the first file of a split GGUF (NAME-00001-of-0000N.gguf, split.count > 1) reads every
+// part: metadata from the first, the tensors of all, each part memory-mapped; a missing part, a
+// part of another split or a duplicate tensor is an error naming the part.
 GgufFile read_gguf(const std::string& path);
+// One file as it is (a split part's own tensors only).
 GgufFile read_gguf(std::shared_ptr<MappedFile> file);
+
+// "NAME-0000i-of-0000N.gguf" for part i (1-based) of n, llama.cpp's split naming.
+std::string gguf_split_path(const std::string& prefix, int i, int n);
 
 }  // namespace g4

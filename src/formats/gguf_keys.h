@@ -48,6 +48,10 @@ inline constexpr const char* kAlignment = "general.alignment";
 inline constexpr const char* kFileType = "general.file_type";
 inline constexpr const char* kName = "general.name";
 inline constexpr const char* kQuantizationVersion = "general.quantization_version";
+// Split files (llama.cpp's gguf-split): NAME-00001-of-0000N.gguf ... each with these keys.
+inline constexpr const char* kSplitNo = "split.no";
+inline constexpr const char* kSplitCount = "split.count";
+inline constexpr const char* kSplitTensorsCount = "split.tensors.count";
 // Sizes and switches that GGUF files carry in tensors rather than keys are read from the
 // tensors named in model/catalog.h (tensor_name(GlobalTensor::Embed), ...).
 }  // namespace gk

@@ -1,4 +1,5 @@
 #include "formats/gguf_writer.h"
+#include "formats/gguf_keys.h"
 
 #include <cstring>
 #include <filesystem>
@@ -100,12 +101,55 @@ void GgufWriter::add_tensor(const std::string& name, DType type, const std::vect
 }
 
 void GgufWriter::write(const std::string& path, const std::function<void(size_t, size_t)>& on_tensor) const {
+  write_part(path, kv_, 0, tensors_.size(), on_tensor);
+}
+
+std::vector<std::string> GgufWriter::write_split(const std::string& prefix, uint64_t max_bytes,
+                                                 const std::function<void(size_t, size_t)>& on_tensor) const {
+  // Parts in tensor order, each at most max_bytes of tensor data (a larger tensor gets a part to
+  // itself), as llama-gguf-split --split-max-size cuts them.
+  std::vector<size_t> starts = {0};
+  uint64_t in_part = 0;
+  for (size_t i = 0; i < tensors_.size(); ++i) {
+    const uint64_t sz = (tensors_[i].nbytes + kAlign - 1) / kAlign * kAlign;
+    if (in_part > 0 && in_part + sz > max_bytes) {
+      starts.push_back(i);
+      in_part = 0;
+    }
+    in_part += sz;
+  }
+  const int n = static_cast<int>(starts.size());
+  if (n > 99999) fail("GGUF writer: {} parts of at most {} bytes; the split naming allows 99999", n, max_bytes);
+  std::vector<std::string> paths;
+  for (int p = 0; p < n; ++p) {
+    // The first part carries every key; the others only the split keys (llama.cpp's layout).
+    std::vector<std::pair<std::string, GgufValue>> kv = p == 0 ? kv_ : std::vector<std::pair<std::string, GgufValue>>{};
+    GgufValue no, count, total;
+    no.type = count.type = GgufType::UINT16;
+    no.i = p;
+    count.i = n;
+    total.type = GgufType::INT32;
+    total.i = static_cast<int64_t>(tensors_.size());
+    kv.emplace_back(gk::kSplitNo, no);
+    kv.emplace_back(gk::kSplitCount, count);
+    kv.emplace_back(gk::kSplitTensorsCount, total);
+    const size_t first = starts[p], last = p + 1 < n ? starts[p + 1] : tensors_.size();
+    paths.push_back(gguf_split_path(prefix, p + 1, n));
+    write_part(paths.back(), kv, first, last, [&](size_t i, size_t) {
+      if (on_tensor) on_tensor(first + i, tensors_.size());
+    });
+  }
+  return paths;
+}
+
+void GgufWriter::write_part(const std::string& path, const std::vector<std::pair<std::string, GgufValue>>& kvs, size_t first,
+                            size_t last, const std::function<void(size_t, size_t)>& on_tensor) const {
   std::string h;
   h += "GGUF";
   put<uint32_t>(h, 3);
-  put<int64_t>(h, static_cast<int64_t>(tensors_.size()));
-  put<int64_t>(h, static_cast<int64_t>(kv_.size()));
-  for (const auto& [key, v] : kv_) {
+  put<int64_t>(h, static_cast<int64_t>(last - first));
+  put<int64_t>(h, static_cast<int64_t>(kvs.size()));
+  for (const auto& [key, v] : kvs) {
     put_str(h, key);
     put<int32_t>(h, static_cast<int32_t>(v.type));
     if (v.type == GgufType::ARRAY) {
@@ -119,7 +163,8 @@ void GgufWriter::write(const std::string& path, const std::function<void(size_t,
     }
   }
   uint64_t offset = 0;
-  for (const auto& t : tensors_) {
+  for (size_t i = first; i < last; ++i) {
+    const auto& t = tensors_[i];
     put_str(h, t.name);
     put<uint32_t>(h, static_cast<uint32_t>(t.shape.size()));
     for (auto it = t.shape.rbegin(); it != t.shape.rend(); ++it) put<int64_t>(h, *it);  // ne: fastest first
@@ -133,7 +178,7 @@ void GgufWriter::write(const std::string& path, const std::function<void(size_t,
   if (!out) fail("cannot write '{}'", path);
   out.write(h.data(), static_cast<std::streamsize>(h.size()));
   const char zeros[kAlign] = {};
-  for (size_t i = 0; i < tensors_.size(); ++i) {
+  for (size_t i = first; i < last; ++i) {
     const auto& t = tensors_[i];
     const std::vector<uint8_t> bytes = t.produce();
     if (bytes.size() != t.nbytes)
@@ -141,7 +186,7 @@ void GgufWriter::write(const std::string& path, const std::function<void(size_t,
            shape_to_string(t.shape), t.nbytes);
     out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
     out.write(zeros, static_cast<std::streamsize>((kAlign - bytes.size() % kAlign) % kAlign));
-    if (on_tensor) on_tensor(i + 1, tensors_.size());
+    if (on_tensor) on_tensor(i - first + 1, last - first);
   }
   out.close();
   if (!out) {

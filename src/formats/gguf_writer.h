@@ -30,8 +30,15 @@ class GgufWriter {
   // Writes `path` (callers that verify first write to a temporary name and rename).
   // on_tensor(i, n) reports progress.
   void write(const std::string& path, const std::function<void(size_t, size_t)>& on_tensor = nullptr) const;
+  // Writes a split GGUF, PREFIX-00001-of-0000N.gguf ...: parts of at most max_bytes of tensor data
+  // (llama-gguf-split's layout: every key in the first part, split.no/count/tensors.count in all).
+  // Returns the paths, first to last.
+  std::vector<std::string> write_split(const std::string& prefix, uint64_t max_bytes,
+                                       const std::function<void(size_t, size_t)>& on_tensor = nullptr) const;
 
  private:
+  void write_part(const std::string& path, const std::vector<std::pair<std::string, GgufValue>>& kv, size_t first,
+                  size_t last, const std::function<void(size_t, size_t)>& on_tensor) const;
   struct Tensor {
     std::string name;
     DType type;

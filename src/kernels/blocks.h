@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "formats/dtype.h"
+#include "kernels/iq_tables.h"
 #include "util/half.h"
 
 namespace g4::blocks {
@@ -104,6 +105,100 @@ static_assert(sizeof(block_q4_k) == 144 && offsetof(block_q4_k, scales) == 4 && 
 static_assert(sizeof(block_q5_k) == 176 && offsetof(block_q5_k, qh) == 16 && offsetof(block_q5_k, qs) == 48);
 static_assert(sizeof(block_q6_k) == 210 && offsetof(block_q6_k, qh) == 128 && offsetof(block_q6_k, scales) == 192 &&
               offsetof(block_q6_k, d) == 208);
+// ---- The IQ, ternary and MXFP4 layouts (llama.cpp's ggml-common.h; codebooks in iq_tables.h). ----
+
+constexpr int QK4_NL = 32;
+constexpr int QK_MXFP4 = 32;
+
+struct block_iq4_nl {
+  static constexpr DType kType = DType::IQ4_NL;
+  static constexpr int kElems = QK4_NL;
+  uint8_t d[2];
+  uint8_t qs[QK4_NL / 2];  // indices into kvalues_iq4nl: low nibble = elements 0..15, high = 16..31
+};
+struct block_iq4_xs {
+  static constexpr DType kType = DType::IQ4_XS;
+  static constexpr int kElems = QK_K;
+  uint8_t d[2];
+  uint8_t scales_h[2];           // u16: bits 2j, 2j+1 = high 2 bits of the 6-bit scale of block j
+  uint8_t scales_l[QK_K / 64];   // low 4 bits of the scales, two per byte
+  uint8_t qs[QK_K / 2];          // per 32: 16 bytes of nibbles as IQ4_NL
+};
+struct block_mxfp4 {
+  static constexpr DType kType = DType::MXFP4;
+  static constexpr int kElems = QK_MXFP4;
+  uint8_t e;                     // E8M0 shared exponent
+  uint8_t qs[QK_MXFP4 / 2];      // E2M1 codes: low nibble = elements 0..15, high = 16..31
+};
+struct block_iq2_xxs {
+  static constexpr DType kType = DType::IQ2_XXS;
+  static constexpr int kElems = QK_K;
+  uint8_t d[2];
+  uint8_t qs[QK_K / 4];  // per 32: 4 grid indices (bytes), then a u32 of 4 x 7 sign bits and a 4-bit scale
+};
+struct block_iq2_xs {
+  static constexpr DType kType = DType::IQ2_XS;
+  static constexpr int kElems = QK_K;
+  uint8_t d[2];
+  uint8_t qs[QK_K / 4];      // u16 per 8 elements: 9-bit grid index, 7-bit sign index
+  uint8_t scales[QK_K / 32];  // two 4-bit scales per 32 (one per 16)
+};
+struct block_iq2_s {
+  static constexpr DType kType = DType::IQ2_S;
+  static constexpr int kElems = QK_K;
+  uint8_t d[2];
+  uint8_t qs[QK_K / 4];       // low 8 bits of the 10-bit grid indices (QK_K/8 bytes), then sign bytes
+  uint8_t qh[QK_K / 32];      // high 2 bits of the indices, 4 per 32
+  uint8_t scales[QK_K / 32];  // two 4-bit scales per 32
+};
+struct block_iq3_xxs {
+  static constexpr DType kType = DType::IQ3_XXS;
+  static constexpr int kElems = QK_K;
+  uint8_t d[2];
+  uint8_t qs[3 * QK_K / 8];  // 64 grid indices, then per 32 a u32 of 4 x 7 sign bits and a 4-bit scale
+};
+struct block_iq3_s {
+  static constexpr DType kType = DType::IQ3_S;
+  static constexpr int kElems = QK_K;
+  uint8_t d[2];
+  uint8_t qs[QK_K / 4];      // low 8 bits of the 9-bit grid indices
+  uint8_t qh[QK_K / 32];     // ninth bits
+  uint8_t signs[QK_K / 8];   // one sign bit per element
+  uint8_t scales[QK_K / 64];  // 4-bit scales, one per 32
+};
+struct block_iq1_s {
+  static constexpr DType kType = DType::IQ1_S;
+  static constexpr int kElems = QK_K;
+  uint8_t d[2];
+  uint8_t qs[QK_K / 8];   // low 8 bits of the 11-bit grid indices
+  uint8_t qh[QK_K / 16];  // u16 per 32: 4 x 3 index bits, a 3-bit scale, the delta sign
+};
+struct block_iq1_m {
+  static constexpr DType kType = DType::IQ1_M;
+  static constexpr int kElems = QK_K;
+  uint8_t qs[QK_K / 8];       // low 8 bits of the grid indices
+  uint8_t qh[QK_K / 16];      // per 8: 3 index bits and the delta sign
+  uint8_t scales[QK_K / 32];  // 4 u16: 3-bit scales per 16, and the f16 super-scale in the top nibbles
+};
+struct block_tq1_0 {
+  static constexpr DType kType = DType::TQ1_0;
+  static constexpr int kElems = QK_K;
+  uint8_t qs[(QK_K - 4 * QK_K / 64) / 5];  // 5 trits per byte (base-3 fixed point)
+  uint8_t qh[QK_K / 64];                    // 4 trits per byte
+  uint8_t d[2];
+};
+struct block_tq2_0 {
+  static constexpr DType kType = DType::TQ2_0;
+  static constexpr int kElems = QK_K;
+  uint8_t qs[QK_K / 4];  // 2-bit values q, element = (q - 1) * d
+  uint8_t d[2];
+};
+
+static_assert(sizeof(block_iq4_nl) == 18 && sizeof(block_iq4_xs) == 136 && offsetof(block_iq4_xs, qs) == 8);
+static_assert(sizeof(block_mxfp4) == 17 && sizeof(block_iq2_xxs) == 66 && sizeof(block_iq2_xs) == 74);
+static_assert(sizeof(block_iq2_s) == 82 && sizeof(block_iq3_xxs) == 98 && sizeof(block_iq3_s) == 110);
+static_assert(sizeof(block_iq1_s) == 50 && sizeof(block_iq1_m) == 56 && sizeof(block_tq1_0) == 54 &&
+              sizeof(block_tq2_0) == 66);
 static_assert(alignof(block_q4_k) == 1 && alignof(block_q6_k) == 1, "blocks sit at any byte offset of a file");
 
 // Calls f(B{}) with the block struct B of type t; false if t is not a block type here.
@@ -120,6 +215,18 @@ bool visit_block_type(DType t, F&& f) {
     case DType::Q4_K: f(block_q4_k{}); return true;
     case DType::Q5_K: f(block_q5_k{}); return true;
     case DType::Q6_K: f(block_q6_k{}); return true;
+    case DType::IQ4_NL: f(block_iq4_nl{}); return true;
+    case DType::IQ4_XS: f(block_iq4_xs{}); return true;
+    case DType::MXFP4: f(block_mxfp4{}); return true;
+    case DType::IQ2_XXS: f(block_iq2_xxs{}); return true;
+    case DType::IQ2_XS: f(block_iq2_xs{}); return true;
+    case DType::IQ2_S: f(block_iq2_s{}); return true;
+    case DType::IQ3_XXS: f(block_iq3_xxs{}); return true;
+    case DType::IQ3_S: f(block_iq3_s{}); return true;
+    case DType::IQ1_S: f(block_iq1_s{}); return true;
+    case DType::IQ1_M: f(block_iq1_m{}); return true;
+    case DType::TQ1_0: f(block_tq1_0{}); return true;
+    case DType::TQ2_0: f(block_tq2_0{}); return true;
     default: return false;
   }
 }
@@ -274,5 +381,332 @@ inline void decode(const block_q6_k& b, float* y) {
         y[128 * n + 32 * i + l] = d * static_cast<float>(b.scales[8 * n + is + 2 * i]) * static_cast<float>(q6_k_value(b, n, i, l));
     }
 }
+
+// ---- IQ, ternary and MXFP4 decoders: llama.cpp's dequantize_row_* (ggml-quants.c), operation
+// for operation, so the f32 results are the same bits (tests/test_iq.cc). ----
+
+inline uint16_t load_u16(const uint8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+inline uint32_t load_u32(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+inline float sign_of(uint8_t signs, int j) { return (signs >> j) & 1 ? -1.0f : 1.0f; }
+
+// The 6-bit scale of 32-block ib of an IQ4_XS block (unsigned; the effective scale is ls - 32).
+inline int iq4_xs_scale(const block_iq4_xs& b, int ib) {
+  return ((b.scales_l[ib / 2] >> 4 * (ib % 2)) & 0xf) | (((load_u16(b.scales_h) >> 2 * ib) & 3) << 4);
+}
+// E8M0 exponent e as 2^(e - 128): half the block scale, because kvalues_mxfp4 are doubled
+// (llama.cpp's ggml_e8m0_to_fp32_half; e < 2 gives an f32 subnormal).
+inline float e8m0_to_fp32_half(uint8_t e) {
+  const uint32_t bits = e < 2 ? 0x00200000u << e : static_cast<uint32_t>(e - 1) << 23;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+// IQ1_M's f16 super-scale, spread over the top nibbles of its 4 scale words.
+inline float iq1_m_scale(const block_iq1_m& b) {
+  const uint16_t s0 = load_u16(b.scales), s1 = load_u16(b.scales + 2), s2 = load_u16(b.scales + 4), s3 = load_u16(b.scales + 6);
+  const uint16_t h = static_cast<uint16_t>((s0 >> 12) | ((s1 >> 8) & 0x00f0) | ((s2 >> 4) & 0x0f00) | (s3 & 0xf000));
+  uint8_t raw[2];
+  std::memcpy(raw, &h, 2);
+  return load_f16(raw);
+}
+constexpr float IQ1_DELTA = 0.125f;
+
+inline void decode(const block_iq4_nl& b, float* y) {
+  const float d = load_f16(b.d);
+  for (int j = 0; j < 16; ++j) {
+    y[j] = d * static_cast<float>(kvalues_iq4nl[b.qs[j] & 0xf]);
+    y[j + 16] = d * static_cast<float>(kvalues_iq4nl[b.qs[j] >> 4]);
+  }
+}
+inline void decode(const block_iq4_xs& b, float* y) {
+  const float d = load_f16(b.d);
+  for (int ib = 0; ib < QK_K / 32; ++ib) {
+    const float dl = d * static_cast<float>(iq4_xs_scale(b, ib) - 32);
+    const uint8_t* qs = b.qs + 16 * ib;
+    for (int j = 0; j < 16; ++j) {
+      y[32 * ib + j] = dl * static_cast<float>(kvalues_iq4nl[qs[j] & 0xf]);
+      y[32 * ib + j + 16] = dl * static_cast<float>(kvalues_iq4nl[qs[j] >> 4]);
+    }
+  }
+}
+inline void decode(const block_mxfp4& b, float* y) {
+  const float d = e8m0_to_fp32_half(b.e);
+  for (int j = 0; j < 16; ++j) {
+    y[j] = static_cast<float>(kvalues_mxfp4[b.qs[j] & 0xf]) * d;
+    y[j + 16] = static_cast<float>(kvalues_mxfp4[b.qs[j] >> 4]) * d;
+  }
+}
+inline void decode(const block_iq2_xxs& b, float* y) {
+  const float d = load_f16(b.d);
+  for (int ib = 0; ib < QK_K / 32; ++ib) {
+    const uint8_t* q = b.qs + 8 * ib;
+    const uint32_t aux = load_u32(q + 4);
+    const float db = d * (0.5f + static_cast<float>(aux >> 28)) * 0.25f;
+    for (int l = 0; l < 4; ++l) {
+      const uint8_t* grid = iq2xxs_grid[q[l]];
+      const uint8_t signs = ksigns_iq2xs[(aux >> 7 * l) & 127];
+      for (int j = 0; j < 8; ++j) y[32 * ib + 8 * l + j] = db * static_cast<float>(grid[j]) * sign_of(signs, j);
+    }
+  }
+}
+inline void decode(const block_iq2_xs& b, float* y) {
+  const float d = load_f16(b.d);
+  for (int ib = 0; ib < QK_K / 32; ++ib) {
+    const float db[2] = {d * (0.5f + static_cast<float>(b.scales[ib] & 0xf)) * 0.25f,
+                         d * (0.5f + static_cast<float>(b.scales[ib] >> 4)) * 0.25f};
+    for (int l = 0; l < 4; ++l) {
+      const uint16_t q = load_u16(b.qs + 2 * (4 * ib + l));
+      const uint8_t* grid = iq2xs_grid[q & 511];
+      const uint8_t signs = ksigns_iq2xs[q >> 9];
+      for (int j = 0; j < 8; ++j) y[32 * ib + 8 * l + j] = db[l / 2] * static_cast<float>(grid[j]) * sign_of(signs, j);
+    }
+  }
+}
+inline void decode(const block_iq2_s& b, float* y) {
+  const float d = load_f16(b.d);
+  const uint8_t* signs = b.qs + QK_K / 8;
+  for (int ib = 0; ib < QK_K / 32; ++ib) {
+    const float db[2] = {d * (0.5f + static_cast<float>(b.scales[ib] & 0xf)) * 0.25f,
+                         d * (0.5f + static_cast<float>(b.scales[ib] >> 4)) * 0.25f};
+    for (int l = 0; l < 4; ++l) {
+      const uint8_t* grid = iq2s_grid[b.qs[4 * ib + l] | ((b.qh[ib] << (8 - 2 * l)) & 0x300)];
+      const uint8_t s = signs[4 * ib + l];
+      for (int j = 0; j < 8; ++j) y[32 * ib + 8 * l + j] = db[l / 2] * static_cast<float>(grid[j]) * sign_of(s, j);
+    }
+  }
+}
+inline void decode(const block_iq3_xxs& b, float* y) {
+  const float d = load_f16(b.d);
+  const uint8_t* scales_and_signs = b.qs + QK_K / 4;
+  for (int ib = 0; ib < QK_K / 32; ++ib) {
+    const uint32_t aux = load_u32(scales_and_signs + 4 * ib);
+    const float db = d * (0.5f + static_cast<float>(aux >> 28)) * 0.5f;
+    const uint8_t* qs = b.qs + 8 * ib;
+    for (int l = 0; l < 4; ++l) {
+      const uint8_t signs = ksigns_iq2xs[(aux >> 7 * l) & 127];
+      const uint8_t* g1 = iq3xxs_grid[qs[2 * l]];
+      const uint8_t* g2 = iq3xxs_grid[qs[2 * l + 1]];
+      for (int j = 0; j < 4; ++j) {
+        y[32 * ib + 8 * l + j] = db * static_cast<float>(g1[j]) * sign_of(signs, j);
+        y[32 * ib + 8 * l + j + 4] = db * static_cast<float>(g2[j]) * sign_of(signs, j + 4);
+      }
+    }
+  }
+}
+inline void decode(const block_iq3_s& b, float* y) {
+  const float d = load_f16(b.d);
+  for (int ib = 0; ib < QK_K / 32; ++ib) {
+    const float db = d * static_cast<float>(1 + 2 * ((b.scales[ib / 2] >> 4 * (ib % 2)) & 0xf));
+    const uint8_t* qs = b.qs + 8 * ib;
+    const uint8_t* signs = b.signs + 4 * ib;
+    const int qh = b.qh[ib];
+    for (int l = 0; l < 4; ++l) {
+      const uint8_t* g1 = iq3s_grid[qs[2 * l] | ((qh << (8 - 2 * l)) & 256)];
+      const uint8_t* g2 = iq3s_grid[qs[2 * l + 1] | ((qh << (7 - 2 * l)) & 256)];
+      for (int j = 0; j < 4; ++j) {
+        y[32 * ib + 8 * l + j] = db * static_cast<float>(g1[j]) * sign_of(signs[l], j);
+        y[32 * ib + 8 * l + j + 4] = db * static_cast<float>(g2[j]) * sign_of(signs[l], j + 4);
+      }
+    }
+  }
+}
+inline void decode(const block_iq1_s& b, float* y) {
+  const float d = load_f16(b.d);
+  for (int ib = 0; ib < QK_K / 32; ++ib) {
+    const uint16_t qh = load_u16(b.qh + 2 * ib);
+    const float dl = d * static_cast<float>(2 * ((qh >> 12) & 7) + 1);
+    const float delta = qh & 0x8000 ? -IQ1_DELTA : IQ1_DELTA;
+    for (int l = 0; l < 4; ++l) {
+      const int8_t* grid = iq1s_grid[b.qs[4 * ib + l] | (((qh >> 3 * l) & 7) << 8)];
+      for (int j = 0; j < 8; ++j) y[32 * ib + 8 * l + j] = dl * (static_cast<float>(grid[j]) + delta);
+    }
+  }
+}
+inline void decode(const block_iq1_m& b, float* y) {
+  const float d = iq1_m_scale(b);
+  for (int ib = 0; ib < QK_K / 32; ++ib) {
+    const uint16_t sc = load_u16(b.scales + 2 * (ib / 2));
+    const float dl[2] = {d * static_cast<float>(2 * ((sc >> (6 * (ib % 2) + 0)) & 0x7) + 1),
+                         d * static_cast<float>(2 * ((sc >> (6 * (ib % 2) + 3)) & 0x7) + 1)};
+    const uint8_t* qs = b.qs + 4 * ib;
+    const uint8_t* qh = b.qh + 2 * ib;
+    for (int l = 0; l < 4; ++l) {
+      const uint8_t h = qh[l / 2] >> (4 * (l % 2));  // 3 index bits, then the delta sign (bit 3)
+      const int8_t* grid = iq1s_grid[qs[l] | ((h & 7) << 8)];
+      const float delta = h & 0x08 ? -IQ1_DELTA : IQ1_DELTA;
+      for (int j = 0; j < 8; ++j) y[32 * ib + 8 * l + j] = dl[l / 2] * (static_cast<float>(grid[j]) + delta);
+    }
+  }
+}
+// A trit of TQ1_0: byte q holds trits in base-3 fixed point; trit n is the top of q * 3^n.
+inline int tq1_trit(uint8_t q, int n) {
+  static constexpr uint8_t pow3[5] = {1, 3, 9, 27, 81};
+  const uint8_t v = static_cast<uint8_t>(q * pow3[n]);
+  return ((static_cast<uint16_t>(v) * 3) >> 8) - 1;
+}
+inline void decode(const block_tq1_0& b, float* y) {
+  const float d = load_f16(b.d);
+  // 32 bytes x 5 trits (elements 0..159), 16 bytes x 5 (160..239), qh 4 bytes x 4 (240..255).
+  for (int n = 0; n < 5; ++n)
+    for (int m = 0; m < 32; ++m) *y++ = static_cast<float>(tq1_trit(b.qs[m], n)) * d;
+  for (int n = 0; n < 5; ++n)
+    for (int m = 0; m < 16; ++m) *y++ = static_cast<float>(tq1_trit(b.qs[32 + m], n)) * d;
+  for (int n = 0; n < 4; ++n)
+    for (int j = 0; j < 4; ++j) *y++ = static_cast<float>(tq1_trit(b.qh[j], n)) * d;
+}
+inline void decode(const block_tq2_0& b, float* y) {
+  const float d = load_f16(b.d);
+  for (int j = 0; j < QK_K / 4; j += 32)
+    for (int l = 0; l < 4; ++l)
+      for (int m = 0; m < 32; ++m) *y++ = static_cast<float>(((b.qs[j + m] >> (2 * l)) & 3) - 1) * d;
+}
+
+// ---- The same blocks as int8 values and a scale per 16 elements (q[i] * s[i / 16] is the decoder's
+// value, bit for bit: tests/test_blocks.cc), for the integer kernels (fast*.cc's unpack_row). The
+// IQ1 values are 8 * (grid + delta) with the scale / 8. ----
+
+inline void unpack(const block_iq4_nl& b, int8_t* q, float* s) {
+  s[0] = s[1] = load_f16(b.d);
+  for (int j = 0; j < 16; ++j) {
+    q[j] = kvalues_iq4nl[b.qs[j] & 0xf];
+    q[j + 16] = kvalues_iq4nl[b.qs[j] >> 4];
+  }
+}
+inline void unpack(const block_iq4_xs& b, int8_t* q, float* s) {
+  const float d = load_f16(b.d);
+  for (int ib = 0; ib < QK_K / 32; ++ib) {
+    s[2 * ib] = s[2 * ib + 1] = d * static_cast<float>(iq4_xs_scale(b, ib) - 32);
+    for (int j = 0; j < 16; ++j) {
+      q[32 * ib + j] = kvalues_iq4nl[b.qs[16 * ib + j] & 0xf];
+      q[32 * ib + j + 16] = kvalues_iq4nl[b.qs[16 * ib + j] >> 4];
+    }
+  }
+}
+inline void unpack(const block_mxfp4& b, int8_t* q, float* s) {
+  s[0] = s[1] = e8m0_to_fp32_half(b.e);
+  for (int j = 0; j < 16; ++j) {
+    q[j] = kvalues_mxfp4[b.qs[j] & 0xf];
+    q[j + 16] = kvalues_mxfp4[b.qs[j] >> 4];
+  }
+}
+inline int8_t signed_grid(uint8_t g, uint8_t signs, int j) { return static_cast<int8_t>((signs >> j) & 1 ? -g : g); }
+inline void unpack(const block_iq2_xxs& b, int8_t* q, float* s) {
+  const float d = load_f16(b.d);
+  for (int ib = 0; ib < QK_K / 32; ++ib) {
+    const uint8_t* qs = b.qs + 8 * ib;
+    const uint32_t aux = load_u32(qs + 4);
+    s[2 * ib] = s[2 * ib + 1] = d * (0.5f + static_cast<float>(aux >> 28)) * 0.25f;
+    for (int l = 0; l < 4; ++l)
+      for (int j = 0; j < 8; ++j) q[32 * ib + 8 * l + j] = signed_grid(iq2xxs_grid[qs[l]][j], ksigns_iq2xs[(aux >> 7 * l) & 127], j);
+  }
+}
+inline void unpack(const block_iq2_xs& b, int8_t* q, float* s) {
+  const float d = load_f16(b.d);
+  for (int ib = 0; ib < QK_K / 32; ++ib) {
+    s[2 * ib] = d * (0.5f + static_cast<float>(b.scales[ib] & 0xf)) * 0.25f;
+    s[2 * ib + 1] = d * (0.5f + static_cast<float>(b.scales[ib] >> 4)) * 0.25f;
+    for (int l = 0; l < 4; ++l) {
+      const uint16_t v = load_u16(b.qs + 2 * (4 * ib + l));
+      for (int j = 0; j < 8; ++j) q[32 * ib + 8 * l + j] = signed_grid(iq2xs_grid[v & 511][j], ksigns_iq2xs[v >> 9], j);
+    }
+  }
+}
+inline void unpack(const block_iq2_s& b, int8_t* q, float* s) {
+  const float d = load_f16(b.d);
+  const uint8_t* signs = b.qs + QK_K / 8;
+  for (int ib = 0; ib < QK_K / 32; ++ib) {
+    s[2 * ib] = d * (0.5f + static_cast<float>(b.scales[ib] & 0xf)) * 0.25f;
+    s[2 * ib + 1] = d * (0.5f + static_cast<float>(b.scales[ib] >> 4)) * 0.25f;
+    for (int l = 0; l < 4; ++l) {
+      const uint8_t* grid = iq2s_grid[b.qs[4 * ib + l] | ((b.qh[ib] << (8 - 2 * l)) & 0x300)];
+      for (int j = 0; j < 8; ++j) q[32 * ib + 8 * l + j] = signed_grid(grid[j], signs[4 * ib + l], j);
+    }
+  }
+}
+inline void unpack(const block_iq3_xxs& b, int8_t* q, float* s) {
+  const float d = load_f16(b.d);
+  for (int ib = 0; ib < QK_K / 32; ++ib) {
+    const uint32_t aux = load_u32(b.qs + QK_K / 4 + 4 * ib);
+    s[2 * ib] = s[2 * ib + 1] = d * (0.5f + static_cast<float>(aux >> 28)) * 0.5f;
+    const uint8_t* qs = b.qs + 8 * ib;
+    for (int l = 0; l < 4; ++l) {
+      const uint8_t signs = ksigns_iq2xs[(aux >> 7 * l) & 127];
+      for (int j = 0; j < 4; ++j) {
+        q[32 * ib + 8 * l + j] = signed_grid(iq3xxs_grid[qs[2 * l]][j], signs, j);
+        q[32 * ib + 8 * l + j + 4] = signed_grid(iq3xxs_grid[qs[2 * l + 1]][j], signs, j + 4);
+      }
+    }
+  }
+}
+inline void unpack(const block_iq3_s& b, int8_t* q, float* s) {
+  const float d = load_f16(b.d);
+  for (int ib = 0; ib < QK_K / 32; ++ib) {
+    s[2 * ib] = s[2 * ib + 1] = d * static_cast<float>(1 + 2 * ((b.scales[ib / 2] >> 4 * (ib % 2)) & 0xf));
+    const uint8_t* qs = b.qs + 8 * ib;
+    const uint8_t* signs = b.signs + 4 * ib;
+    const int qh = b.qh[ib];
+    for (int l = 0; l < 4; ++l) {
+      const uint8_t* g1 = iq3s_grid[qs[2 * l] | ((qh << (8 - 2 * l)) & 256)];
+      const uint8_t* g2 = iq3s_grid[qs[2 * l + 1] | ((qh << (7 - 2 * l)) & 256)];
+      for (int j = 0; j < 4; ++j) {
+        q[32 * ib + 8 * l + j] = signed_grid(g1[j], signs[l], j);
+        q[32 * ib + 8 * l + j + 4] = signed_grid(g2[j], signs[l], j + 4);
+      }
+    }
+  }
+}
+inline void unpack(const block_iq1_s& b, int8_t* q, float* s) {
+  const float d = load_f16(b.d);
+  for (int ib = 0; ib < QK_K / 32; ++ib) {
+    const uint16_t qh = load_u16(b.qh + 2 * ib);
+    s[2 * ib] = s[2 * ib + 1] = d * static_cast<float>(2 * ((qh >> 12) & 7) + 1) * 0.125f;
+    const int delta = qh & 0x8000 ? -1 : 1;
+    for (int l = 0; l < 4; ++l) {
+      const int8_t* grid = iq1s_grid[b.qs[4 * ib + l] | (((qh >> 3 * l) & 7) << 8)];
+      for (int j = 0; j < 8; ++j) q[32 * ib + 8 * l + j] = static_cast<int8_t>(8 * grid[j] + delta);
+    }
+  }
+}
+inline void unpack(const block_iq1_m& b, int8_t* q, float* s) {
+  const float d = iq1_m_scale(b);
+  for (int ib = 0; ib < QK_K / 32; ++ib) {
+    const uint16_t sc = load_u16(b.scales + 2 * (ib / 2));
+    s[2 * ib] = d * static_cast<float>(2 * ((sc >> (6 * (ib % 2) + 0)) & 0x7) + 1) * 0.125f;
+    s[2 * ib + 1] = d * static_cast<float>(2 * ((sc >> (6 * (ib % 2) + 3)) & 0x7) + 1) * 0.125f;
+    for (int l = 0; l < 4; ++l) {
+      const uint8_t h = b.qh[2 * ib + l / 2] >> (4 * (l % 2));
+      const int8_t* grid = iq1s_grid[b.qs[4 * ib + l] | ((h & 7) << 8)];
+      const int delta = h & 0x08 ? -1 : 1;
+      for (int j = 0; j < 8; ++j) q[32 * ib + 8 * l + j] = static_cast<int8_t>(8 * grid[j] + delta);
+    }
+  }
+}
+inline void unpack(const block_tq1_0& b, int8_t* q, float* s) {
+  for (int g = 0; g < 16; ++g) s[g] = load_f16(b.d);
+  for (int n = 0; n < 5; ++n)
+    for (int m = 0; m < 32; ++m) *q++ = static_cast<int8_t>(tq1_trit(b.qs[m], n));
+  for (int n = 0; n < 5; ++n)
+    for (int m = 0; m < 16; ++m) *q++ = static_cast<int8_t>(tq1_trit(b.qs[32 + m], n));
+  for (int n = 0; n < 4; ++n)
+    for (int j = 0; j < 4; ++j) *q++ = static_cast<int8_t>(tq1_trit(b.qh[j], n));
+}
+inline void unpack(const block_tq2_0& b, int8_t* q, float* s) {
+  for (int g = 0; g < 16; ++g) s[g] = load_f16(b.d);
+  for (int j = 0; j < QK_K / 4; j += 32)
+    for (int l = 0; l < 4; ++l)
+      for (int m = 0; m < 32; ++m) *q++ = static_cast<int8_t>(((b.qs[j + m] >> (2 * l)) & 3) - 1);
+}
+
+// True for the layouts above (the types unpack_row takes from here).
+template <class B>
+constexpr bool has_int_unpack = requires(const B& b, int8_t* q, float* s) { unpack(b, q, s); };
 
 }  // namespace g4::blocks

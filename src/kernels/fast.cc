@@ -134,6 +134,16 @@ void unpack_row(DType t, const uint8_t* src, int64_t cols, UnpackedRow& u) {
       return;
     default: break;
   }
+  // The IQ, ternary and MXFP4 types: blocks.h's integer unpackers.
+  bool done = false;
+  visit_block_type(t, [&](auto proto) {
+    using B = decltype(proto);
+    if constexpr (has_int_unpack<B>) {
+      for (int64_t b = 0; b < cols / B::kElems; ++b) unpack(*block_at<B>(src, b), q + b * B::kElems, s + b * B::kElems / 16);
+      done = true;
+    }
+  });
+  if (done) return;
   // K-quants: re-express each 256 block as int8 * per-16 scale + offset where the format
   // allows it exactly.
   for (int64_t b = 0; b < cols / QK_K; ++b) {

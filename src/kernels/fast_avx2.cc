@@ -74,6 +74,49 @@ struct BlockQ8_0 {
   }
 };
 
+// IQ4_NL, MXFP4 (a 16-entry codebook per nibble: one vpshufb per 16 bytes) and IQ4_XS (the same
+// codebook as IQ4_NL, a 6-bit scale per 32 in a 256-block). Signed values (wide: IQ4's reach -127).
+G4_AVX2 inline __m256i decode_nibbles_lut(const uint8_t* qs, const int8_t* lut) {
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs)), mask = _mm_set1_epi8(0x0f);
+  const __m128i table = _mm_loadu_si128(reinterpret_cast<const __m128i*>(lut));
+  return _mm256_setr_m128i(_mm_shuffle_epi8(table, _mm_and_si128(raw, mask)),
+                           _mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16(raw, 4), mask)));
+}
+
+struct BlockIQ4_NL {
+  static constexpr DType kType = DType::IQ4_NL;
+  static constexpr bool kMin = false, kWide = true;
+  static constexpr int kZeroPoint = 0, kBytes = sizeof(block_iq4_nl);
+  G4_AVX2 static __m256i decode(const uint8_t* row, int64_t b, float& s, float&) {
+    const block_iq4_nl& p = *block_at<block_iq4_nl>(row, b);
+    s = half_at(p.d);
+    return decode_nibbles_lut(p.qs, kvalues_iq4nl);
+  }
+};
+
+struct BlockMXFP4 {
+  static constexpr DType kType = DType::MXFP4;
+  static constexpr bool kMin = false, kWide = true;
+  static constexpr int kZeroPoint = 0, kBytes = sizeof(block_mxfp4);
+  G4_AVX2 static __m256i decode(const uint8_t* row, int64_t b, float& s, float&) {
+    const block_mxfp4& p = *block_at<block_mxfp4>(row, b);
+    s = e8m0_to_fp32_half(p.e);
+    return decode_nibbles_lut(p.qs, kvalues_mxfp4);
+  }
+};
+
+struct BlockIQ4_XS {
+  static constexpr DType kType = DType::IQ4_XS;
+  static constexpr bool kMin = false, kWide = true;
+  static constexpr int kZeroPoint = 0, kBytes = sizeof(block_iq4_xs) / 8;
+  G4_AVX2 static __m256i decode(const uint8_t* row, int64_t b, float& s, float&) {
+    const block_iq4_xs& p = *block_at<block_iq4_xs>(row, b / 8);
+    const int j = static_cast<int>(b % 8);
+    s = half_at(p.d) * static_cast<float>(iq4_xs_scale(p, j) - 32);
+    return decode_nibbles_lut(p.qs + 16 * j, kvalues_iq4nl);
+  }
+};
+
 // Q4_K and Q5_K: unsigned 4/5-bit values, a 6-bit scale and minimum per 32 (Q5_K: the
 // fifth bit of element l of block j is bit j of qh[l]).
 template <bool kFive>
@@ -186,6 +229,9 @@ FusedDot fused_dot(DType t) {
     case DType::Q4_K: return dot_blocks<BlockQK<false>>;
     case DType::Q5_K: return dot_blocks<BlockQK<true>>;
     case DType::Q6_K: return dot_q6_k;
+    case DType::IQ4_NL: return dot_blocks<BlockIQ4_NL>;
+    case DType::IQ4_XS: return dot_blocks<BlockIQ4_XS>;
+    case DType::MXFP4: return dot_blocks<BlockMXFP4>;
     default: return nullptr;
   }
 }
@@ -205,8 +251,12 @@ constexpr int zero_point(DType t) {
 static_assert(BlockQ4_0::kZeroPoint == zero_point(DType::Q4_0) && BlockQK<false>::kZeroPoint == zero_point(DType::Q4_K) &&
               BlockQK<true>::kZeroPoint == zero_point(DType::Q5_K) && BlockQ8_0::kZeroPoint == zero_point(DType::Q8_0));
 
-// Full int8 range: |w| * 127 * 2 would saturate vpmaddubsw's int16 pair sums as uint8.
-constexpr bool is_wide(DType t) { return t == DType::Q8_0 || t == DType::Q2_K || t == DType::Q3_K; }
+// Full int8 range: |w| * 127 * 2 would saturate vpmaddubsw's int16 pair sums as uint8. The IQ,
+// ternary and MXFP4 types are signed codebook values without a zero point: the same path.
+constexpr bool is_wide(DType t) {
+  return t == DType::Q8_0 || t == DType::Q2_K || t == DType::Q3_K ||
+         (is_quantized(t) && !has_min(t) && zero_point(t) == 0 && t != DType::Q4_1 && t != DType::Q5_1);
+}
 
 // Slices (4 weights per row) whose int16 pair sums can be added before widening to int32:
 // each pair sum is at most 2 * 127 * max(q + zp).
@@ -292,6 +342,9 @@ BuildPanel fused_panel(DType t) {
     case DType::Q8_0: return build_panel_fused<BlockQ8_0>;
     case DType::Q4_K: return build_panel_fused<BlockQK<false>>;
     case DType::Q5_K: return build_panel_fused<BlockQK<true>>;
+    case DType::IQ4_NL: return build_panel_fused<BlockIQ4_NL>;
+    case DType::IQ4_XS: return build_panel_fused<BlockIQ4_XS>;
+    case DType::MXFP4: return build_panel_fused<BlockMXFP4>;
     default: return nullptr;
   }
 }
@@ -360,7 +413,9 @@ PanelTile panel_tile_for(DType t) {
     case DType::Q6_K: return panel_tile<16, false, false, int16_group(DType::Q6_K)>;
     case DType::Q8_0: return panel_tile<32, false, true, 1>;
     case DType::Q2_K: case DType::Q3_K: return panel_tile<16, false, true, 1>;
-    default: return nullptr;
+    default:  // the IQ, ternary and MXFP4 types: signed values, scales per 16 or 32
+      if (!is_quantized(t)) return nullptr;
+      return scale_block(t) == 16 ? panel_tile<16, false, true, 1> : panel_tile<32, false, true, 1>;
   }
 }
 
@@ -489,6 +544,9 @@ bool decode_row_avx2(DType t, const uint8_t* row, int64_t n, float* y) {
     case DType::Q4_K: decode_blocks_as_floats<BlockQK<false>>(row, n, y); return true;
     case DType::Q5_K: decode_blocks_as_floats<BlockQK<true>>(row, n, y); return true;
     case DType::Q6_K: decode_q6_k_as_floats(row, n, y); return true;
+    case DType::IQ4_NL: decode_blocks_as_floats<BlockIQ4_NL>(row, n, y); return true;
+    case DType::IQ4_XS: decode_blocks_as_floats<BlockIQ4_XS>(row, n, y); return true;
+    case DType::MXFP4: decode_blocks_as_floats<BlockMXFP4>(row, n, y); return true;
     default: return false;
   }
 }

@@ -28,7 +28,10 @@ __attribute__((target("avx2,fma"))) inline float hsum256(__m256 v) {
 constexpr bool is_quantized(DType t) {
   switch (t) {
     case DType::Q4_0: case DType::Q4_1: case DType::Q5_0: case DType::Q5_1: case DType::Q8_0:
-    case DType::Q2_K: case DType::Q3_K: case DType::Q4_K: case DType::Q5_K: case DType::Q6_K: return true;
+    case DType::Q2_K: case DType::Q3_K: case DType::Q4_K: case DType::Q5_K: case DType::Q6_K:
+    case DType::IQ4_NL: case DType::IQ4_XS: case DType::MXFP4: case DType::IQ2_XXS: case DType::IQ2_XS:
+    case DType::IQ2_S: case DType::IQ3_XXS: case DType::IQ3_S: case DType::IQ1_S: case DType::IQ1_M:
+    case DType::TQ1_0: case DType::TQ2_0: return true;
     default: return false;
   }
 }
@@ -37,7 +40,12 @@ constexpr bool is_quantized(DType t) {
 constexpr bool has_min(DType t) { return t == DType::Q4_1 || t == DType::Q5_1 || t == DType::Q4_K || t == DType::Q5_K; }
 
 // The scale granularity: per 16 for the types with 16-element scales, per 32 otherwise.
-constexpr int scale_block(DType t) { return t == DType::Q6_K || t == DType::Q2_K || t == DType::Q3_K ? 16 : 32; }
+constexpr int scale_block(DType t) {
+  switch (t) {
+    case DType::Q6_K: case DType::Q2_K: case DType::Q3_K: case DType::IQ2_XS: case DType::IQ2_S: case DType::IQ1_M: return 16;
+    default: return 32;
+  }
+}
 
 // One row of weights unpacked: int8 values in blocks of 32, and per 16 elements a
 // scale s and an offset c, so that w = s * q + c (c is the same for both halves of a block).

@@ -297,6 +297,143 @@ void q6_k(const float* x, uint8_t* out) {
     }
 }
 
+// ---- IQ4_NL / IQ4_XS: llama.cpp's quantize_row_iq4_nl_impl (ggml-quants.c), operation for
+// operation, without an importance matrix (weights x^2), ntry = 7. ----
+
+// The index of the codebook value nearest to x (ties to the upper one, as best_index_int8).
+int best_index_int8(int n, const int8_t* val, float x) {
+  if (x <= val[0]) return 0;
+  if (x >= val[n - 1]) return n - 1;
+  int ml = 0, mu = n - 1;
+  while (mu - ml > 1) {
+    const int mav = (ml + mu) / 2;
+    if (x < val[mav]) mu = mav;
+    else ml = mav;
+  }
+  return x - val[mu - 1] < val[mu] - x ? mu - 1 : mu;
+}
+
+// One super-block of `super` elements in blocks of 32: per block the scale search, then (IQ4_XS)
+// the 6-bit block scales under one f16 super-scale. Writes d, the nibbles and (IQ4_XS) the scales.
+void iq4_impl(int super, const float* x, const float* quant_weights, uint8_t* dh, uint8_t* q4, uint8_t* scales_h,
+              uint8_t* scales_l) {
+  constexpr int kBlock = 32, kTry = 7;
+  constexpr float kGroupMaxEps = 1e-15f;
+  const int8_t* values = blocks::kvalues_iq4nl;
+  float scales[blocks::QK_K / 32], weight[32];
+  uint8_t L[blocks::QK_K];
+  float sigma2 = 0;
+  for (int j = 0; j < super; ++j) sigma2 += x[j] * x[j];
+  sigma2 *= 2.f / static_cast<float>(super);
+  std::memset(q4, 0, static_cast<size_t>(super / 2));
+  store_f16(dh, 0.0f);
+  float max_scale = 0, amax_scale = 0;
+  for (int ib = 0; ib < super / kBlock; ++ib) {
+    const float* xb = x + ib * kBlock;
+    uint8_t* Lb = L + ib * kBlock;
+    if (quant_weights) {
+      const float* qw = quant_weights + ib * kBlock;
+      for (int j = 0; j < kBlock; ++j) weight[j] = qw[j] * std::sqrt(sigma2 + xb[j] * xb[j]);
+    } else {
+      for (int j = 0; j < kBlock; ++j) weight[j] = xb[j] * xb[j];
+    }
+    float amax = 0, max = 0;
+    for (int j = 0; j < kBlock; ++j) {
+      const float ax = std::fabs(xb[j]);
+      if (ax > amax) {
+        amax = ax;
+        max = xb[j];
+      }
+    }
+    if (amax < kGroupMaxEps) {
+      scales[ib] = 0;
+      continue;
+    }
+    float d = -max / values[0];
+    float id = 1 / d;
+    float sumqx = 0, sumq2 = 0;
+    for (int j = 0; j < kBlock; ++j) {
+      const float al = id * xb[j];
+      const int l = best_index_int8(16, values, al);
+      Lb[j] = static_cast<uint8_t>(l);
+      const float q = values[l], w = weight[j];
+      sumqx += w * q * xb[j];
+      sumq2 += w * q * q;
+    }
+    d = sumqx / sumq2;
+    float best = d * sumqx;
+    for (int itry = -kTry; itry <= kTry; ++itry) {
+      id = (static_cast<float>(itry) + values[0]) / max;
+      sumqx = sumq2 = 0;
+      for (int j = 0; j < kBlock; ++j) {
+        const float al = id * xb[j];
+        const int l = best_index_int8(16, values, al);
+        const float q = values[l], w = weight[j];
+        sumqx += w * q * xb[j];
+        sumq2 += w * q * q;
+      }
+      if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
+        d = sumqx / sumq2;
+        best = d * sumqx;
+      }
+    }
+    scales[ib] = d;
+    const float abs_d = std::fabs(d);
+    if (abs_d > amax_scale) {
+      amax_scale = abs_d;
+      max_scale = d;
+    }
+  }
+  if (super / kBlock > 1) {
+    uint16_t sh = 0;
+    const float d = -max_scale / 32;
+    store_f16(dh, d);
+    const float id = d ? 1 / d : 0.f;
+    for (int ib = 0; ib < super / kBlock; ++ib) {
+      int l = nearest_int(id * scales[ib]);
+      l = std::max(-32, std::min(31, l));
+      const float dl = d * static_cast<float>(l);
+      const float idl = dl ? 1 / dl : 0.f;
+      uint8_t* Lb = L + ib * kBlock;
+      const float* xb = x + ib * kBlock;
+      for (int j = 0; j < kBlock; ++j) Lb[j] = static_cast<uint8_t>(best_index_int8(16, values, idl * xb[j]));
+      l += 32;
+      const uint8_t l_l = static_cast<uint8_t>(l & 0xf), l_h = static_cast<uint8_t>(l >> 4);
+      if (ib % 2 == 0) scales_l[ib / 2] = l_l;
+      else scales_l[ib / 2] |= static_cast<uint8_t>(l_l << 4);
+      sh = static_cast<uint16_t>(sh | (l_h << 2 * (ib % 16)));
+    }
+    std::memcpy(scales_h, &sh, 2);
+  } else {
+    store_f16(dh, scales[0]);
+    const float id = scales[0] ? 1 / scales[0] : 0;
+    for (int j = 0; j < super; ++j) L[j] = static_cast<uint8_t>(best_index_int8(16, values, id * x[j]));
+  }
+  for (int i = 0; i < super / 32; ++i)
+    for (int j = 0; j < 16; ++j) q4[16 * i + j] = static_cast<uint8_t>(L[32 * i + j] | (L[32 * i + 16 + j] << 4));
+}
+
+void iq4_nl(const float* x, const float* qw, uint8_t* out) {
+  auto& b = *reinterpret_cast<blocks::block_iq4_nl*>(out);
+  iq4_impl(32, x, qw, b.d, b.qs, nullptr, nullptr);
+}
+void iq4_xs(const float* x, const float* qw, uint8_t* out) {
+  auto& b = *reinterpret_cast<blocks::block_iq4_xs*>(out);
+  iq4_impl(blocks::QK_K, x, qw, b.d, b.qs, b.scales_h, b.scales_l);
+}
+void iq4_nl_plain(const float* x, uint8_t* out) { iq4_nl(x, nullptr, out); }
+void iq4_xs_plain(const float* x, uint8_t* out) { iq4_xs(x, nullptr, out); }
+
+// The types whose quantizer takes an importance matrix (per-column weights of a row).
+using BlockQW = void (*)(const float*, const float*, uint8_t*);
+BlockQW weighted_quantizer(DType t) {
+  switch (t) {
+    case DType::IQ4_NL: return iq4_nl;
+    case DType::IQ4_XS: return iq4_xs;
+    default: return nullptr;
+  }
+}
+
 using BlockQ = void (*)(const float*, uint8_t*);
 BlockQ block_quantizer(DType t) {
   switch (t) {
@@ -308,17 +445,30 @@ BlockQ block_quantizer(DType t) {
     case DType::Q4_K: return qk_scale_min<4>;
     case DType::Q5_K: return qk_scale_min<5>;
     case DType::Q6_K: return q6_k;
+    case DType::IQ4_NL: return iq4_nl_plain;
+    case DType::IQ4_XS: return iq4_xs_plain;
     default: return nullptr;
   }
 }
 
 }  // namespace
 
+bool quantize_takes_imatrix(DType t) { return weighted_quantizer(t) != nullptr; }
+
 bool quantize_supported(DType t) {
   return t == DType::F32 || t == DType::F16 || t == DType::BF16 || block_quantizer(t) != nullptr;
 }
 
-void quantize_row(DType t, const float* x, int64_t n, uint8_t* out) {
+void quantize_row(DType t, const float* x, int64_t n, uint8_t* out, const float* imatrix) {
+  if (imatrix) {
+    const BlockQW q = weighted_quantizer(t);
+    if (!q) fail("quantization to {} does not take an importance matrix", dtype_name(t));
+    const auto& info = dtype_info(t);
+    if (n % info.block_elems != 0) fail("a row of {} elements cannot be quantized to {} (blocks of {})", n, info.name, info.block_elems);
+    for (int64_t b = 0; b < n / info.block_elems; ++b)
+      q(x + b * info.block_elems, imatrix + b * info.block_elems, out + b * info.block_bytes);
+    return;
+  }
   switch (t) {
     case DType::F32: std::memcpy(out, x, static_cast<size_t>(n) * 4); return;
     case DType::F16:
@@ -330,19 +480,19 @@ void quantize_row(DType t, const float* x, int64_t n, uint8_t* out) {
     default: break;
   }
   BlockQ q = block_quantizer(t);
-  if (!q) fail("quantization to {} is not supported (g4 writes F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)", dtype_name(t));
+  if (!q) fail("quantization to {} is not supported (g4 writes F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS)", dtype_name(t));
   const auto& info = dtype_info(t);
   if (n % info.block_elems != 0) fail("a row of {} elements cannot be quantized to {} (blocks of {})", n, info.name, info.block_elems);
   for (int64_t b = 0; b < n / info.block_elems; ++b) q(x + b * info.block_elems, out + b * info.block_bytes);
 }
 
-std::vector<uint8_t> quantize_rows(DType t, const float* x, int64_t rows, int64_t cols) {
+std::vector<uint8_t> quantize_rows(DType t, const float* x, int64_t rows, int64_t cols, const float* imatrix) {
   if (!quantize_supported(t)) fail("quantization to {} is not supported", dtype_name(t));
   const auto rb = row_bytes(t, cols);
   if (!rb) fail("a row of {} elements cannot be stored as {}", cols, dtype_name(t));
   std::vector<uint8_t> out(static_cast<size_t>(*rb * rows));
 #pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < rows; ++r) quantize_row(t, x + r * cols, cols, out.data() + r * *rb);
+  for (int64_t r = 0; r < rows; ++r) quantize_row(t, x + r * cols, cols, out.data() + r * *rb, imatrix);
   return out;
 }
 

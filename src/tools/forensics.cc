@@ -26,6 +26,28 @@ double cosine(const std::vector<float>& a, const std::vector<float>& b) {
   return na > 0 && nb > 0 ? dot / std::sqrt(na * nb) : 0;
 }
 
+// The relative RMS error of a type g4 cannot write (so cannot re-quantize to measure), as
+// llama-quantize's files of brown-mini show it per tensor class (scripts/make-iq-fixtures.sh's
+// --pure files; the IQ3/IQ2/IQ1 ones with an importance matrix): the worst class, rounded up. A
+// tensor is flagged beyond 2x this. The ternary types are far from weights that were not trained
+// ternary (BitNet), hence 0.83.
+double unwritable_type_error(DType t) {
+  switch (t) {
+    case DType::Q2_K: return 0.35;
+    case DType::IQ4_NL: case DType::IQ4_XS: return 0.081;
+    case DType::MXFP4: return 0.12;
+    case DType::IQ3_XXS: return 0.19;
+    case DType::IQ3_S: return 0.145;
+    case DType::IQ2_XXS: return 0.36;
+    case DType::IQ2_XS: return 0.315;
+    case DType::IQ2_S: return 0.27;
+    case DType::IQ1_S: return 0.52;
+    case DType::IQ1_M: return 0.48;
+    case DType::TQ1_0: case DType::TQ2_0: return 0.84;
+    default: return 0.2;  // Q3_K and others: the typical error of 3 bits
+  }
+}
+
 bool is_float(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::F64; }
 int mantissa_bits(DType t) { return t == DType::BF16 ? 7 : t == DType::F16 ? 10 : t == DType::F32 ? 23 : 52; }
 
@@ -139,7 +161,7 @@ void measure(const TensorView& ta, const TensorView& tr, TensorFinding& f, std::
   f.beyond_ulp = total.beyond;
   if (f.float_rule) f.explained = std::sqrt(total.expl_err / denom);
   else if (requant) f.explained = total.expl_nb > 0 ? std::sqrt(total.expl_err / total.expl_nb) : std::sqrt(total.expl_err / denom);
-  else f.explained = ta.dtype == DType::Q2_K ? 0.35 : 0.2;  // a type g4 cannot write: the typical error of 2-3 bits
+  else f.explained = unwritable_type_error(ta.dtype);
   if (!std::isfinite(f.rel_rms)) f.rel_rms = INFINITY, f.cosine = 0;
 }
 

@@ -42,6 +42,7 @@ DType fit_row(DType t, int64_t cols) {
     case DType::Q4_K: return fit_row(DType::Q5_0, cols);
     case DType::Q5_K: return fit_row(DType::Q5_1, cols);
     case DType::Q6_K: return fit_row(DType::Q8_0, cols);
+    case DType::IQ4_XS: return fit_row(DType::IQ4_NL, cols);
     default: return DType::F16;
   }
 }
@@ -66,6 +67,8 @@ uint32_t file_type_of(const QuantizeOptions& opt) {
     case DType::Q5_K: return 16;
     case DType::Q6_K: return 18;
     case DType::BF16: return 32;
+    case DType::IQ4_NL: return 25;
+    case DType::IQ4_XS: return 30;
     default: return 0;
   }
 }
@@ -175,7 +178,7 @@ DType parse_dtype(const std::string& s) {
       if (!quantize_supported(i->type)) fail("type {} can be read but not written by g4 quantize", s);
       return i->type;
     }
-  fail("unknown type '{}' (use F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)", s);
+  fail("unknown type '{}' (use F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS)", s);
 }
 
 TensorTypeOverride parse_override(const std::string& spec) {
@@ -259,12 +262,38 @@ std::vector<float> quantize_round_trip(const std::vector<float>& x, DType t, con
   return dequantize_all(tv);
 }
 
+namespace {
+
+// A tensor's bytes, with its importance-matrix entry where the type takes one (one row of
+// weights per matrix: a 3-D expert tensor has one per expert, llama-quantize's layout).
+std::vector<uint8_t> quantize_with_imatrix(const PlannedTensor& p, const std::vector<float>& x, const QuantizeOptions& opt) {
+  const int64_t cols = p.shape.back(), rows = static_cast<int64_t>(x.size()) / cols;
+  const std::vector<float>* e = nullptr;
+  if (opt.imatrix && quantize_takes_imatrix(p.type))
+    if (const auto it = opt.imatrix->find(p.name); it != opt.imatrix->end()) e = &it->second;
+  if (!e) return quantize_rows(p.type, x.data(), rows, cols);
+  const int64_t n_mat = p.shape.size() == 3 ? p.shape[0] : 1;
+  if (static_cast<int64_t>(e->size()) != cols * n_mat)
+    fail("imatrix entry '{}' has {} values; the tensor {} needs {} ({} per matrix)", p.name, e->size(), shape_to_string(p.shape),
+         cols * n_mat, cols);
+  if (n_mat == 1) return quantize_rows(p.type, x.data(), rows, cols, e->data());
+  std::vector<uint8_t> out;
+  const int64_t per = rows / n_mat;
+  for (int64_t m = 0; m < n_mat; ++m) {
+    const auto part = quantize_rows(p.type, x.data() + m * per * cols, per, cols, e->data() + m * cols);
+    out.insert(out.end(), part.begin(), part.end());
+  }
+  return out;
+}
+
+}  // namespace
+
 VerifyReport quantize_model(const Model& src, const std::string& out_path, const QuantizeOptions& opt) {
   const auto plan = plan_quantization(src, opt);
   GgufWriter w;
   if (src.gguf) {
     for (const auto& [k, v] : src.gguf->kv)
-      if (k != gk::kAlignment) w.set(k, v);
+      if (k != gk::kAlignment && k.rfind("split.", 0) != 0) w.set(k, v);  // a split source's keys are its own
   } else {
     w.set_str(gk::kName, std::filesystem::path(src.path).filename().string());
     write_gemma4_metadata(w, src.spec);
@@ -280,16 +309,34 @@ VerifyReport quantize_model(const Model& src, const std::string& out_path, const
       } else {
         auto x = dequantize_all(*p.source);
         if (opt.edit_source_for_test) opt.edit_source_for_test(p.name, x);
-        const int64_t cols = p.shape.back();
-        bytes = quantize_rows(p.type, x.data(), static_cast<int64_t>(x.size()) / cols, cols);
+        bytes = quantize_with_imatrix(p, x, opt);
       }
       if (opt.mutate_for_test) opt.mutate_for_test(p.name, bytes);
       return bytes;
     });
   }
+  VerifyReport rep;
+  if (opt.split_max_bytes > 0) {
+    // OUT.gguf -> OUT-00001-of-0000N.gguf ...; written as OUT.tmp-0000i-of-0000N.gguf until verified.
+    std::string prefix = out_path;
+    if (prefix.size() > 5 && prefix.ends_with(".gguf")) prefix.resize(prefix.size() - 5);
+    const auto tmps = w.write_split(prefix + ".tmp", opt.split_max_bytes, opt.on_tensor);
+    if (opt.verify) {
+      rep = verify_against_source(src, tmps.front());
+      if (!rep.passed()) {
+        for (const auto& t : tmps) std::filesystem::remove(t);
+        return rep;
+      }
+    }
+    const int n = static_cast<int>(tmps.size());
+    for (int i = 0; i < n; ++i) {
+      rep.files.push_back(gguf_split_path(prefix, i + 1, n));
+      std::filesystem::rename(tmps[static_cast<size_t>(i)], rep.files.back());
+    }
+    return rep;
+  }
   const std::string tmp = out_path + ".tmp";
   w.write(tmp, opt.on_tensor);
-  VerifyReport rep;
   if (opt.verify) {
     rep = verify_against_source(src, tmp);
     if (!rep.passed()) {
@@ -298,6 +345,7 @@ VerifyReport quantize_model(const Model& src, const std::string& out_path, const
     }
   }
   std::filesystem::rename(tmp, out_path);
+  rep.files = {out_path};
   return rep;
 }
 

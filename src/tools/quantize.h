@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "model/model.h"
+#include "tools/imatrix.h"
 
 namespace g4 {
 
@@ -22,6 +23,8 @@ struct QuantizeOptions {
   std::string recipe;         // --recipe: q8_0, q4_0, q4_k_m, mixed-8-4
   std::vector<TensorTypeOverride> overrides;
   bool verify = true;
+  const Imatrix* imatrix = nullptr;  // --imatrix: used for the types that take one (IQ4_NL, IQ4_XS)
+  uint64_t split_max_bytes = 0;  // --split-max-size: > 0 writes OUT-00001-of-0000N.gguf ... parts of at most this much
   std::function<void(size_t, size_t)> on_tensor;  // progress
   // Test hooks: alter a tensor's bytes after quantization (to prove the gate works), or
   // its source values before it (to build damaged artifacts for forensics tests).
@@ -50,6 +53,7 @@ struct VerifyRow {
 struct VerifyReport {
   std::vector<VerifyRow> rows;
   std::vector<std::string> problems;  // model-level (non-uniform layers, load errors)
+  std::vector<std::string> files;     // what was written (the parts of a split file, first to last)
   bool passed() const;
   std::string table() const;  // by class and layer
 };
@@ -57,7 +61,8 @@ struct VerifyReport {
 DType parse_dtype(const std::string& s);
 TensorTypeOverride parse_override(const std::string& spec);  // "REGEX=TYPE"
 std::vector<PlannedTensor> plan_quantization(const Model& src, const QuantizeOptions& opt);
-// Writes out_path (via out_path.tmp); with opt.verify the file only appears if the gate passes.
+// Writes out_path (via out_path.tmp; split: OUT-0000i-of-0000N.gguf via OUT.tmp-...); with
+// opt.verify the file only appears if the gate passes.
 VerifyReport quantize_model(const Model& src, const std::string& out_path, const QuantizeOptions& opt);
 // Compares every tensor of a GGUF with the model it was made from.
 VerifyReport verify_against_source(const Model& src, const std::string& gguf_path);
