@@ -19,6 +19,7 @@ void register_bench(CLI::App& app);
 void register_synth(CLI::App& app);
 void register_ladder(CLI::App& app);
 void register_kv_study(CLI::App& app);
+void register_devices(CLI::App& app);
 
 // -t N (0 = all cores).
 void set_threads(int n);

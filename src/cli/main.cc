@@ -16,6 +16,7 @@ namespace {
 constexpr std::pair<const char*, const char*> kDashAliases[] = {
     {"-ctk", "--cache-type-k"},
     {"-ctv", "--cache-type-v"},
+    {"-ngl", "--n-gpu-layers"},
 };
 
 }  // namespace
@@ -44,6 +45,7 @@ int main(int argc, char** argv) {
   g4::cli::register_synth(app);
   g4::cli::register_ladder(app);
   g4::cli::register_kv_study(app);
+  g4::cli::register_devices(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -52,6 +52,8 @@ struct Session::Impl {
     bo.bf16_weights_only = o.bf16_weights_only;
     bo.cache_type_k = o.cache_type_k;
     bo.cache_type_v = o.cache_type_v;
+    bo.device = o.device;
+    bo.n_gpu_layers = o.n_gpu_layers;
     be = make_backend(model, bo);
     const double sqrt_h = std::sqrt(static_cast<double>(s.hidden));
     const double sqrt_p = std::sqrt(static_cast<double>(s.ple_dim));

@@ -26,6 +26,9 @@ struct ForwardOptions {
   bool bf16_weights_only = false;
   // KV cache element types (--cache-type-k/-v; backends/kv_codec.h).
   KvType cache_type_k = KvType::F32, cache_type_v = KvType::F32;
+  // Where the forward runs (BackendOptions::device; "" = the process default).
+  std::string device{};
+  int n_gpu_layers = -1;  // -ngl (-1 = all layers on the device)
   // Tokens per forward step: longer inputs run in steps of this many (activations are
   // preallocated for it). Context to reserve the KV cache for (0 = grow on demand).
   int64_t n_batch = 512;

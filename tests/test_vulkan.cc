@@ -1,0 +1,231 @@
+// The Vulkan backend (backends/vulkan) against the truth, on whatever Vulkan device is
+// there (CI: Mesa's lavapipe, a Vulkan device on the CPU): logits against the HF float64
+// gold for every tiny variant, PPL of brown-mini GGUFs against the CPU fast path, decode
+// against prefill (the sliding ring wrapped), and `g4 serve --device vulkan`.
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <random>
+#include <thread>
+
+#include "backends/vulkan/vulkan.h"
+#include "runtime/session.h"
+#include "test_util.h"
+#include "tools/metrics.h"
+#include "tools/perplexity.h"
+#include "util/mapped_file.h"
+
+namespace g4 {
+namespace {
+
+// Empty when a Vulkan device is there; otherwise why not (the test is skipped with it).
+std::string no_vulkan() {
+  if (!vulkan_built()) return "this g4 was built without Vulkan (no headers or glslc at configure time)";
+  try {
+    vulkan_devices();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+#define REQUIRE_VULKAN()                                             \
+  do {                                                               \
+    static const std::string why = no_vulkan();                      \
+    if (!why.empty()) GTEST_SKIP() << "no Vulkan device: " << why;   \
+  } while (0)
+
+ForwardOptions on_vulkan(int64_t n_batch = 512) {
+  ForwardOptions fo{Precision::F32};
+  fo.device = "vulkan";
+  fo.n_batch = n_batch;
+  return fo;
+}
+
+class VulkanGold : public ::testing::TestWithParam<std::string> {};
+
+// Float weights, float32 activations: the distance to the float64 gold is float32
+// rounding, as on the CPU's f32 path (printed next to it).
+TEST_P(VulkanGold, LogitsMatchHfFloat64Gold) {
+  REQUIRE_VULKAN();
+  const std::string v = GetParam();
+  Model m = load_model(test::model_dir(v));
+  test::Gold gold(test::fixture(v + "/gold.safetensors"));
+  const auto ids = gold.i32("input_ids");
+  const auto ref = gold.f32("logits_f64");
+  Session vs(m, on_vulkan());
+  const auto out = vs.eval(ids, EvalRequest{false, 0});
+  const auto st = compare_arrays(out.logits, ref, m.spec.vocab);
+  Session cs(m, ForwardOptions{Precision::F32});
+  const auto cst = compare_arrays(cs.eval(ids, EvalRequest{false, 0}).logits, ref, m.spec.vocab);
+  std::printf("[%s] %s vs logits_f64: %s\n[%s] cpu-f32 vs logits_f64: %s\n", v.c_str(), vs.backend_name().c_str(),
+              st.summary().c_str(), v.c_str(), cst.summary().c_str());
+  EXPECT_LE(st.nmse, 1e-11);
+  EXPECT_EQ(st.argmax_equal, st.rows);
+}
+INSTANTIATE_TEST_SUITE_P(Variants, VulkanGold, ::testing::Values("tiny-e", "tiny-dense", "tiny-moe"));
+
+// The KV cache: one token at a time (each step reads the cache the earlier ones wrote)
+// gives the logits of one pass over all tokens, on every variant.
+TEST_P(VulkanGold, DecodeEqualsPrefill) {
+  REQUIRE_VULKAN();
+  const std::string v = GetParam();
+  Model m = load_model(test::model_dir(v));
+  const auto ids = test::Gold(test::fixture(v + "/gold.safetensors")).i32("input_ids");
+  Session a(m, on_vulkan());
+  const auto all = a.eval(ids, EvalRequest{false, 0}).logits;
+  Session b(m, on_vulkan());
+  std::vector<float> step;
+  for (size_t t = 0; t < ids.size(); ++t) {
+    const auto r = b.eval(std::span<const int32_t>(&ids[t], 1)).logits;
+    step.insert(step.end(), r.begin(), r.end());
+  }
+  const auto st = compare_arrays(step, all, m.spec.vocab);
+  std::printf("[%s] vulkan decode vs prefill (%zu tokens): %s; kv %zu bytes\n", v.c_str(), ids.size(), st.summary().c_str(),
+              b.kv_bytes());
+  EXPECT_LE(st.nmse, 1e-12);
+  EXPECT_EQ(st.argmax_equal, st.rows);
+  EXPECT_EQ(a.kv_bytes(), b.kv_bytes());
+}
+
+// Past the sliding rings (window 8 + 256 rewind slots) in steps of 64, then a rewind and a
+// replay: every position's logits against the CPU's f32 path.
+TEST(Vulkan, LongContextRingAndRewindMatchCpu) {
+  REQUIRE_VULKAN();
+  Model m = load_model(test::model_dir("tiny-e"));
+  std::mt19937 rng(7);
+  std::vector<int32_t> ids(320);
+  for (auto& t : ids) t = static_cast<int32_t>(rng() % static_cast<uint32_t>(m.spec.vocab));
+  ids[0] = 2;
+  Session vs(m, on_vulkan(64));
+  ForwardOptions cf{Precision::F32};
+  cf.n_batch = 64;
+  Session cs(m, cf);
+  const auto v = vs.eval(ids, EvalRequest{false, 0}).logits;
+  const auto c = cs.eval(ids, EvalRequest{false, 0}).logits;
+  const auto st = compare_arrays(v, c, m.spec.vocab);
+  std::printf("[tiny-e 320 tokens, steps of 64] vulkan vs cpu-f32: %s\n", st.summary().c_str());
+  EXPECT_LE(st.nmse, 1e-11);
+  EXPECT_EQ(st.argmax_equal, st.rows);
+  // Rewind 40 positions and replay them one by one: the same logits again.
+  ASSERT_TRUE(vs.truncate(280));
+  std::vector<float> replay;
+  for (size_t t = 280; t < ids.size(); ++t) {
+    const auto r = vs.eval(std::span<const int32_t>(&ids[t], 1)).logits;
+    replay.insert(replay.end(), r.begin(), r.end());
+  }
+  const auto rst = compare_arrays(replay, std::span<const float>(c).subspan(280 * m.spec.vocab), m.spec.vocab);
+  std::printf("[tiny-e] rewind to 280 and replay 40 single steps vs cpu-f32: %s\n", rst.summary().c_str());
+  EXPECT_LE(rst.nmse, 1e-11);
+  EXPECT_FALSE(vs.truncate(0)) << "the sliding rings cannot rewind 320 positions";
+}
+
+// Quantized weights read in place by the per-type shaders: PPL within 0.1% of the CPU
+// fast path (which quantizes activations to 8 bits; the GPU keeps them in float32).
+class VulkanPpl : public ::testing::TestWithParam<std::string> {};
+TEST_P(VulkanPpl, BrownMiniGgufPplWithinATenthOfAPercentOfCpuFast) {
+  REQUIRE_VULKAN();
+  const std::string type = GetParam();
+  Model m = load_model(test::fixture("gguf/brown-mini-" + type + ".gguf"));
+  const std::string text = read_text_file(test::fixture("brown-heldout.txt"));
+  PerplexityOptions po;
+  po.n_ctx = 128;
+  po.max_chunks = 3;
+  po.forward.precision = Precision::Fast;
+  const auto cpu = run_perplexity(m, text, po);
+  po.forward = on_vulkan();
+  const auto gpu = run_perplexity(m, text, po);
+  const double rel = std::abs(gpu.ppl / cpu.ppl - 1);
+  std::printf("[brown-mini %s c=128, 3 chunks] PPL vulkan %.5f, cpu-fast %.5f, rel diff %.2e (%.1f s on the device)\n",
+              type.c_str(), gpu.ppl, cpu.ppl, rel, gpu.seconds);
+  EXPECT_LE(rel, 1e-3);
+}
+INSTANTIATE_TEST_SUITE_P(Types, VulkanPpl, ::testing::Values("Q8_0", "Q4_K_M", "Q4_0", "Q6_K", "bf16"));
+
+TEST(Vulkan, UnknownDeviceNamesWhatThereIs) {
+  REQUIRE_VULKAN();
+  Model m = load_model(test::model_dir("tiny-e"));
+  ForwardOptions fo = on_vulkan();
+  fo.device = "vulkan:99";
+  const std::string e = test::error_of([&] { Session s(m, fo); });
+  std::printf("%s\n", e.c_str());
+  EXPECT_NE(e.find("vulkan:99"), std::string::npos) << e;
+  EXPECT_NE(e.find("g4 devices"), std::string::npos) << e;
+  fo.device = "vulkan";
+  fo.precision = Precision::F64;
+  EXPECT_NE(test::error_of([&] { Session s(m, fo); }).find("float32"), std::string::npos);
+  fo.precision = Precision::F32;
+  fo.n_gpu_layers = 3;
+  EXPECT_NE(test::error_of([&] { Session s(m, fo); }).find("partial offload"), std::string::npos);
+}
+
+// `g4 serve` on a free loopback port with `extra` flags: a greedy completion of
+// "The jury said" (empty when the server did not come up), then SIGTERM; `log` gets stderr.
+std::string serve_once(const std::vector<std::string>& extra, std::string& log_text) {
+  int port = 0;
+  {
+    const int s = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
+    socklen_t len = sizeof a;
+    ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
+    port = ntohs(a.sin_port);
+    ::close(s);
+  }
+  const std::string log = ::testing::TempDir() + "/g4serve-vulkan-" + std::to_string(port) + ".log";
+  std::vector<std::string> args{G4_BINARY, "serve", "-m", test::fixture("gguf/brown-mini-Q8_0.gguf"), "--port",
+                                std::to_string(port), "--parallel", "1"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    if (!std::freopen(log.c_str(), "w", stderr)) _exit(126);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ::execv(G4_BINARY, argv.data());
+    _exit(127);
+  }
+  httplib::Client c("127.0.0.1", port);
+  c.set_read_timeout(120, 0);
+  std::string body;
+  int st = 0;
+  for (int i = 0; i < 600; ++i) {
+    if (auto r = c.Get("/health"); r && r->status == 200) {
+      auto p = c.Post("/v1/completions", R"({"prompt":"The jury said","max_tokens":8,"temperature":0})", "application/json");
+      if (p) body = p->body;
+      break;
+    }
+    if (::waitpid(pid, &st, WNOHANG) == pid) break;  // exited (a load error)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ::kill(pid, SIGTERM);
+  ::waitpid(pid, &st, 0);
+  log_text = read_text_file(log);
+  std::remove(log.c_str());
+  return body;
+}
+
+// `g4 serve --device vulkan` answers; with a device that is not there it does not start,
+// naming the device (so the flag reaches the sessions that answer).
+TEST(Vulkan, ServerAnswersFromTheVulkanBackend) {
+  REQUIRE_VULKAN();
+  std::string log;
+  const std::string body = serve_once({"--device", "vulkan"}, log);
+  ASSERT_FALSE(body.empty()) << log;
+  const json j = json::parse(body);
+  const std::string text = j["choices"][0]["text"];
+  std::printf("[serve --device vulkan] \"The jury said\" -> \"%s\"\n", text.c_str());
+  EXPECT_EQ(j["usage"]["completion_tokens"], 8) << body;
+  EXPECT_FALSE(text.empty());
+  EXPECT_TRUE(serve_once({"--device", "vulkan:99"}, log).empty());
+  EXPECT_NE(log.find("vulkan:99"), std::string::npos) << log;
+}
+
+}  // namespace
+}  // namespace g4
