@@ -91,16 +91,24 @@ class Backend {
   // x = c * tanh(x / c).
   virtual void softcap(const View& x, double c) = 0;
 
-  // KV cache. K/V rows of layer `layer` for positions n_past() .. n_past() + k.rows,
-  // visible to attention() at once and kept after kv_commit().
-  virtual void kv_write(int layer, const View& k, const View& v) = 0;
+  // KV cache, one per sequence. Sequence 0 exists from the start; batched serving adds
+  // more (kv_seq_add allocates: call it between steps, never inside one) and frees them;
+  // `max_step` is the most positions the new sequence adds in one step.
+  // Each sequence has its own positions: K/V rows of layer `layer` for positions
+  // n_past(seq) .. n_past(seq) + k.rows, visible to that sequence's attention() at once and
+  // kept after kv_commit(seq). The sequences of one step are independent: a step may
+  // write and attend several of them, each with its own rows of the activations.
+  virtual int kv_seq_add(int64_t max_step) = 0;
+  virtual void kv_seq_free(int seq) = 0;
+  virtual void kv_write(int seq, int layer, const View& k, const View& v) = 0;
   // Causal attention (scale 1, within the layer's window) of q ([tokens*heads, hd]) at
-  // positions n_past() + t over the cache of layer kv_source; out has q's shape.
-  virtual void attention(int layer, const View& q, int64_t heads, const View& out) = 0;
-  virtual void kv_commit(int64_t n) = 0;
-  virtual int64_t n_past() const = 0;
-  virtual bool kv_truncate(int64_t n) = 0;
-  virtual void kv_reset() = 0;
+  // positions n_past(seq) + t over the sequence's cache of layer kv_source; out has q's shape.
+  virtual void attention(int seq, int layer, const View& q, int64_t heads, const View& out) = 0;
+  virtual void kv_commit(int seq, int64_t n) = 0;
+  virtual int64_t n_past(int seq) const = 0;
+  virtual bool kv_truncate(int seq, int64_t n) = 0;
+  virtual void kv_reset(int seq) = 0;
+  // Bytes held by every sequence's cache.
   virtual size_t kv_bytes() const = 0;
 
   // MoE routing of logits [n, E]: softmax, top-k (ties: lower id), renormalised weights

@@ -120,9 +120,9 @@ class Bf16Backend final : public RefBackend<float> {
     for_each(x, [&](float& v) { v = round(round(std::tanh(round(v / cc))) * cc); });
   }
   // Eager attention: scores = q k^T in bf16, softmax in float32 cast to bf16, p v in bf16.
-  void attention(int layer, const View& q, int64_t heads, const View& out) override {
-    if (!full_) return RefBackend<float>::attention(layer, q, heads, out);
-    for_each_query(layer, q, heads, out, [&](const Query& a) {
+  void attention(int seq, int layer, const View& q, int64_t heads, const View& out) override {
+    if (!full_) return RefBackend<float>::attention(seq, layer, q, heads, out);
+    for_each_query(seq, layer, q, heads, out, [&](const Query& a) {
       float* sc = scores_[omp_get_thread_num()].data();
       for (int64_t kp = a.lo; kp <= a.pos; ++kp) {
         const float* kh = a.key(kp);

@@ -26,8 +26,8 @@ class FastBackend final : public RefBackend<float> {
     if (g.stride == g.cols && u.stride == u.cols) return fast_gelu_tanh_mul(row(g, 0), row(u, 0), g.numel());
     for (int64_t r = 0; r < g.rows; ++r) fast_gelu_tanh_mul(row(g, r), row(u, r), g.cols);
   }
-  void attention(int layer, const View& q, int64_t heads, const View& out) override {
-    for_each_query(layer, q, heads, out, [&](const Query& a) {
+  void attention(int seq, int layer, const View& q, int64_t heads, const View& out) override {
+    for_each_query(seq, layer, q, heads, out, [&](const Query& a) {
       const int tid = omp_get_thread_num();
       const float** keys = keys_[tid].data();
       const float** vals = vals_[tid].data();

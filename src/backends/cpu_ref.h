@@ -23,8 +23,7 @@ template <typename T>
 class RefBackend : public Backend {
  public:
   RefBackend(const Model& m, const BackendOptions& opt)
-      : m_(m), s_(m.spec), opt_(opt), kv_(m.spec, opt.n_batch, opt.n_ctx),
-        f32_islands_(opt.hf_float32_islands && std::is_same_v<T, double>) {
+      : m_(m), s_(m.spec), opt_(opt), f32_islands_(opt.hf_float32_islands && std::is_same_v<T, double>) {
     // Small tensors (norm weights, scales) converted once to the compute type.
     for (const auto& [name, t] : m.by_hf_name)
       if (t.shape.size() == 1) consts_.emplace(&t, ops::to_vector<T>(t));
@@ -33,6 +32,7 @@ class RefBackend : public Backend {
       if (l.owns_kv && !codecs_.count(l.head_dim))
         codecs_.emplace(l.head_dim, std::pair{KvCodec(opt.cache_type_k, l.head_dim), KvCodec(opt.cache_type_v, l.head_dim)});
     }
+    seqs_.push_back(std::make_unique<KvCache<T>>(s_, opt.n_batch, opt.n_ctx));
     const int64_t E = s_.n_experts;
     route_idx_.resize(static_cast<size_t>(E));
     reserve_attention(opt.n_ctx ? opt.n_ctx : std::min<int64_t>(opt.n_batch, s_.max_ctx));
@@ -136,9 +136,25 @@ class RefBackend : public Backend {
     }
   }
 
-  void kv_write(int layer, const View& k, const View& v) override {
-    LayerKv<T>& kv = kv_.layers[layer];
-    if (k.rows > opt_.n_batch) fail("kv_write: {} positions in one step, more than n_batch = {}", k.rows, opt_.n_batch);
+  int kv_seq_add(int64_t max_step) override {
+    auto kv = std::make_unique<KvCache<T>>(s_, max_step, opt_.n_ctx);
+    for (size_t i = 0; i < seqs_.size(); ++i)
+      if (!seqs_[i]) {
+        seqs_[i] = std::move(kv);
+        return static_cast<int>(i);
+      }
+    seqs_.push_back(std::move(kv));
+    return static_cast<int>(seqs_.size() - 1);
+  }
+  void kv_seq_free(int seq) override {
+    kv(seq);  // checks the id
+    seqs_[static_cast<size_t>(seq)].reset();
+  }
+  void kv_write(int seq, int layer, const View& k, const View& v) override {
+    KvCache<T>& c = kv(seq);
+    LayerKv<T>& kv = c.layers[layer];
+    if (k.rows > c.max_step)
+      fail("kv_write: {} positions of sequence {} in one step, more than its step size {}", k.rows, seq, c.max_step);
     const int64_t hd = s_.layers[layer].head_dim;
     const auto& [ck, cv] = codecs_.at(hd);
     for (int64_t t = 0; t < k.rows; ++t) {
@@ -151,10 +167,10 @@ class RefBackend : public Backend {
         cv.roundtrip(pv + h);
       }
     }
-    kv_.n_pending = k.rows;
+    c.n_pending = k.rows;
   }
-  void attention(int layer, const View& q, int64_t heads, const View& out) override {
-    for_each_query(layer, q, heads, out, [&](const Query& a) {
+  void attention(int seq, int layer, const View& q, int64_t heads, const View& out) override {
+    for_each_query(seq, layer, q, heads, out, [&](const Query& a) {
       T* scores = scores_[omp_get_thread_num()].data();
       std::fill(a.out, a.out + a.hd, T(0));
       for (int64_t kp = a.lo; kp <= a.pos; ++kp) {
@@ -171,11 +187,16 @@ class RefBackend : public Backend {
       }
     });
   }
-  void kv_commit(int64_t n) override { kv_.commit(n); }
-  int64_t n_past() const override { return kv_.n_past; }
-  bool kv_truncate(int64_t n) override { return kv_.truncate(n); }
-  void kv_reset() override { kv_.reset(); }
-  size_t kv_bytes() const override { return kv_.bytes(); }
+  void kv_commit(int seq, int64_t n) override { kv(seq).commit(n); }
+  int64_t n_past(int seq) const override { return kv(seq).n_past; }
+  bool kv_truncate(int seq, int64_t n) override { return kv(seq).truncate(n); }
+  void kv_reset(int seq) override { kv(seq).reset(); }
+  size_t kv_bytes() const override {
+    size_t b = 0;
+    for (const auto& c : seqs_)
+      if (c) b += c->bytes();
+    return b;
+  }
 
   void moe_route(const View& logits, int64_t k, const TensorView& per_expert_scale, int32_t* ids,
                  double* weights) override {
@@ -240,11 +261,12 @@ class RefBackend : public Backend {
   // Calls f(Query) for every (token, head) of q ([tokens*heads, hd]) in parallel, with the
   // per-thread scratch reserved for the longest key range.
   template <typename F>
-  void for_each_query(int layer, const View& q, int64_t heads, const View& out, F f) {
+  void for_each_query(int seq, int layer, const View& q, int64_t heads, const View& out, F f) {
     const LayerSpec& ls = s_.layers[layer];
-    const LayerKv<T>& src = kv_.layers[ls.kv_source];
-    const int64_t hd = q.cols, group = ls.n_heads / ls.n_kv_heads, n = q.rows / heads, start = kv_.n_past;
-    reserve_attention(kv_.max_keys(ls, start + n - 1));
+    const KvCache<T>& c = kv(seq);
+    const LayerKv<T>& src = c.layers[ls.kv_source];
+    const int64_t hd = q.cols, group = ls.n_heads / ls.n_kv_heads, n = q.rows / heads, start = c.n_past;
+    reserve_attention(c.max_keys(ls, start + n - 1));
 #pragma omp parallel for collapse(2) schedule(static)
     for (int64_t t = 0; t < n; ++t)
       for (int64_t hh = 0; hh < heads; ++hh) {
@@ -252,6 +274,11 @@ class RefBackend : public Backend {
         const int64_t lo = ls.window > 0 ? std::max<int64_t>(0, pos - ls.window + 1) : 0;
         f(Query{row(q, t * heads + hh), row(out, t * heads + hh), hd, pos, lo, &src, start, (hh / group) * hd});
       }
+  }
+  KvCache<T>& kv(int seq) const {
+    if (seq < 0 || static_cast<size_t>(seq) >= seqs_.size() || !seqs_[static_cast<size_t>(seq)])
+      fail("KV-cache sequence {} does not exist (Session::add_sequence makes one)", seq);
+    return *seqs_[static_cast<size_t>(seq)];
   }
   T* row(const View& v, int64_t r) { return bufs_[v.buf.id].data() + v.offset + r * v.stride; }
   const T* constant(const TensorView& t) const {
@@ -280,7 +307,7 @@ class RefBackend : public Backend {
   const Model& m_;
   const ModelSpec& s_;
   BackendOptions opt_;
-  KvCache<T> kv_;
+  std::vector<std::unique_ptr<KvCache<T>>> seqs_;  // by sequence id; null = free
   bool f32_islands_;
   std::vector<std::vector<T>> bufs_;
   std::unordered_map<const TensorView*, std::vector<T>> consts_;

@@ -37,8 +37,10 @@ struct KvCache {
   std::vector<LayerKv<T>> layers;
   int64_t max_rewind = INT64_MAX;  // limited by the sliding rings
 
-  // n_batch: most positions per step; n_ctx: positions to reserve (0 = grow on demand).
-  KvCache(const ModelSpec& s, int64_t n_batch, int64_t n_ctx) {
+  int64_t max_step = 0;  // most positions one step may add (pending rows)
+
+  // max_step: most positions per step; n_ctx: positions to reserve (0 = grow on demand).
+  KvCache(const ModelSpec& s, int64_t max_step_, int64_t n_ctx) : max_step(max_step_) {
     layers.resize(static_cast<size_t>(s.n_layers));
     for (const auto& l : s.layers) {
       if (!l.owns_kv) continue;
@@ -46,7 +48,7 @@ struct KvCache {
       kv.width = int64_t{l.n_kv_heads} * l.head_dim;
       kv.capacity = l.window > 0 ? l.window + kKvRewindSlots : 0;
       if (l.window > 0) max_rewind = kKvRewindSlots + 1;
-      kv.pending_k.resize(static_cast<size_t>(n_batch * kv.width));
+      kv.pending_k.resize(static_cast<size_t>(max_step * kv.width));
       kv.pending_v.resize(kv.pending_k.size());
       const int64_t slots = kv.capacity ? (n_ctx ? std::min(kv.capacity, n_ctx) : 0) : n_ctx;
       kv.k.reserve(static_cast<size_t>(slots * kv.width));

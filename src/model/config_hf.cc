@@ -1,5 +1,6 @@
 #include "model/config_hf.h"
 
+#include "model/hf_keys.h"
 #include "util/error.h"
 #include "util/mapped_file.h"
 
@@ -39,14 +40,14 @@ RopeSpec parse_rope(const json& r, const std::string& src, const char* layer_typ
   if (!r.is_object()) fail("{}: rope_parameters.{} must be an object", src, layer_type);
   RopeSpec out;
   Fields f{r, src};
-  if (f.has("rope_type")) {
-    if (!r["rope_type"].is_string()) fail("{}: rope_parameters.{}.rope_type must be a string", src, layer_type);
-    out.type = r["rope_type"].get<std::string>();
+  if (f.has(hk::kRopeType)) {
+    if (!r[hk::kRopeType].is_string()) fail("{}: rope_parameters.{}.rope_type must be a string", src, layer_type);
+    out.type = r[hk::kRopeType].get<std::string>();
   }
-  out.theta = f.get_num("rope_theta", 10000.0);
-  out.partial_rotary_factor = f.get_num("partial_rotary_factor", 1.0);
-  if (f.has("factor") && f.get_num("factor", 1.0) != 1.0)
-    fail("{}: rope_parameters.{}.factor = {} is not supported (Gemma 4 uses 1.0)", src, layer_type, r["factor"].dump());
+  out.theta = f.get_num(hk::kRopeTheta, 10000.0);
+  out.partial_rotary_factor = f.get_num(hk::kPartialRotary, 1.0);
+  if (f.has(hk::kRopeFactor) && f.get_num(hk::kRopeFactor, 1.0) != 1.0)
+    fail("{}: rope_parameters.{}.factor = {} is not supported (Gemma 4 uses 1.0)", src, layer_type, r[hk::kRopeFactor].dump());
   return out;
 }
 
@@ -54,61 +55,61 @@ RopeSpec parse_rope(const json& r, const std::string& src, const char* layer_typ
 
 ModelSpec spec_from_hf_config(const json& root, const std::string& src) {
   if (!root.is_object()) fail("{}: config is not a JSON object", src);
-  const json& tc = root.contains("text_config") && root["text_config"].is_object() ? root["text_config"] : root;
+  const json& tc = root.contains(hk::kTextConfig) && root[hk::kTextConfig].is_object() ? root[hk::kTextConfig] : root;
   Fields f{tc, src};
   ModelSpec s;
   s.source_format = "hf";
-  if (tc.contains("model_type") && tc["model_type"].is_string()) {
-    const auto mt = tc["model_type"].get<std::string>();
+  if (tc.contains(hk::kModelType) && tc[hk::kModelType].is_string()) {
+    const auto mt = tc[hk::kModelType].get<std::string>();
     if (mt.rfind("gemma4", 0) != 0)
       fail("{}: model_type \"{}\" is not a Gemma 4 text model (expected gemma4_text or gemma4)", src, mt);
   }
-  s.n_layers = f.get_int("num_hidden_layers");
-  s.hidden = f.get_int("hidden_size");
-  s.vocab = f.get_int("vocab_size");
-  s.n_heads = f.get_int("num_attention_heads");
-  s.head_dim = f.get_int("head_dim");
-  s.global_head_dim = f.get_int("global_head_dim", 0);
-  s.n_kv_heads = f.get_int("num_key_value_heads");
-  if (f.has("num_global_key_value_heads")) s.n_global_kv_heads = f.get_int("num_global_key_value_heads");
-  s.intermediate = f.get_int("intermediate_size");
-  s.double_wide_mlp = f.get_bool("use_double_wide_mlp", false);
-  s.k_eq_v = f.get_bool("attention_k_eq_v", false);
-  s.ple_dim = f.get_int("hidden_size_per_layer_input", 0);
-  s.ple_vocab = f.get_int("vocab_size_per_layer_input", s.vocab);
-  s.n_kv_shared = f.get_int("num_kv_shared_layers", 0);
-  s.sliding_window = f.get_int("sliding_window", 512);
-  s.rms_eps = f.get_num("rms_norm_eps", 1e-6);
-  if (f.has("final_logit_softcapping")) s.final_softcap = f.get_num("final_logit_softcapping", 0);
-  s.max_ctx = f.get_int("max_position_embeddings", 131072);
-  s.moe = f.get_bool("enable_moe_block", false);
+  s.n_layers = f.get_int(hk::kNumLayers);
+  s.hidden = f.get_int(hk::kHidden);
+  s.vocab = f.get_int(hk::kVocab);
+  s.n_heads = f.get_int(hk::kHeads);
+  s.head_dim = f.get_int(hk::kHeadDim);
+  s.global_head_dim = f.get_int(hk::kGlobalHeadDim, 0);
+  s.n_kv_heads = f.get_int(hk::kKvHeads);
+  if (f.has(hk::kGlobalKvHeads)) s.n_global_kv_heads = f.get_int(hk::kGlobalKvHeads);
+  s.intermediate = f.get_int(hk::kIntermediate);
+  s.double_wide_mlp = f.get_bool(hk::kDoubleWideMlp, false);
+  s.k_eq_v = f.get_bool(hk::kKEqV, false);
+  s.ple_dim = f.get_int(hk::kPleDim, 0);
+  s.ple_vocab = f.get_int(hk::kPleVocab, s.vocab);
+  s.n_kv_shared = f.get_int(hk::kKvShared, 0);
+  s.sliding_window = f.get_int(hk::kSlidingWindow, 512);
+  s.rms_eps = f.get_num(hk::kRmsEps, 1e-6);
+  if (f.has(hk::kFinalSoftcap)) s.final_softcap = f.get_num(hk::kFinalSoftcap, 0);
+  s.max_ctx = f.get_int(hk::kMaxCtx, 131072);
+  s.moe = f.get_bool(hk::kMoe, false);
   if (s.moe) {
-    s.n_experts = f.get_int("num_experts");
-    s.top_k = f.get_int("top_k_experts");
-    s.moe_ff = f.get_int("moe_intermediate_size");
+    s.n_experts = f.get_int(hk::kExperts);
+    s.top_k = f.get_int(hk::kTopK);
+    s.moe_ff = f.get_int(hk::kMoeFf);
   }
-  if (f.has("attention_bias") && f.get_bool("attention_bias", false))
+  if (f.has(hk::kAttentionBias) && f.get_bool(hk::kAttentionBias, false))
     fail("{}: attention_bias = true is not part of Gemma 4 and is not supported", src);
-  if (f.has("hidden_activation")) {
-    if (!tc["hidden_activation"].is_string() || tc["hidden_activation"] != "gelu_pytorch_tanh")
-      fail("{}: hidden_activation {} is not supported (Gemma 4 uses \"gelu_pytorch_tanh\")", src, tc["hidden_activation"].dump());
+  if (f.has(hk::kActivation)) {
+    if (!tc[hk::kActivation].is_string() || tc[hk::kActivation] != "gelu_pytorch_tanh")
+      fail("{}: hidden_activation {} is not supported (Gemma 4 uses \"gelu_pytorch_tanh\")", src, tc[hk::kActivation].dump());
   }
-  if (f.has("use_bidirectional_attention")) {
-    const auto& b = tc["use_bidirectional_attention"];
+  if (f.has(hk::kBidirectional)) {
+    const auto& b = tc[hk::kBidirectional];
     if (b == "all") fail("{}: use_bidirectional_attention = \"all\" (non-causal text) is not supported", src);
   }
-  if (f.has("rope_parameters")) {
-    const auto& rp = tc["rope_parameters"];
+  if (f.has(hk::kRopeParameters)) {
+    const auto& rp = tc[hk::kRopeParameters];
     if (!rp.is_object()) fail("{}: rope_parameters must be an object keyed by layer type", src);
-    if (rp.contains("sliding_attention")) s.rope_sliding = parse_rope(rp["sliding_attention"], src, "sliding_attention");
-    if (rp.contains("full_attention")) s.rope_full = parse_rope(rp["full_attention"], src, "full_attention");
+    if (rp.contains(hk::kSlidingAttention)) s.rope_sliding = parse_rope(rp[hk::kSlidingAttention], src, hk::kSlidingAttention);
+    if (rp.contains(hk::kFullAttention)) s.rope_full = parse_rope(rp[hk::kFullAttention], src, hk::kFullAttention);
   }
-  if (f.has("layer_types")) {
-    const auto& lt = tc["layer_types"];
+  if (f.has(hk::kLayerTypes)) {
+    const auto& lt = tc[hk::kLayerTypes];
     if (!lt.is_array()) fail("{}: layer_types must be an array", src);
     for (const auto& t : lt) {
-      if (t == "sliding_attention") s.layer_types.push_back(AttnType::Sliding);
-      else if (t == "full_attention") s.layer_types.push_back(AttnType::Full);
+      if (t == hk::kSlidingAttention) s.layer_types.push_back(AttnType::Sliding);
+      else if (t == hk::kFullAttention) s.layer_types.push_back(AttnType::Full);
       else fail("{}: layer_types entry {} is not \"sliding_attention\" or \"full_attention\"", src, t.dump());
     }
   } else {
@@ -120,16 +121,16 @@ ModelSpec spec_from_hf_config(const json& root, const std::string& src) {
   s.layer_head_dim.resize(static_cast<size_t>(std::max(0, s.n_layers)));
   s.layer_kv_heads.resize(s.layer_head_dim.size());
   s.layer_n_heads.resize(s.layer_head_dim.size());
-  if (f.has("per_layer_config")) {
-    const auto& plc = tc["per_layer_config"];
+  if (f.has(hk::kPerLayerConfig)) {
+    const auto& plc = tc[hk::kPerLayerConfig];
     if (!plc.is_object() && !plc.is_array()) fail("{}: per_layer_config must be an object keyed by layer index", src);
     auto apply = [&](int idx, const json& e) {
       if (idx < 0 || idx >= s.n_layers) fail("{}: per_layer_config names layer {} but the model has {}", src, idx, s.n_layers);
       if (!e.is_object()) fail("{}: per_layer_config[{}] must be an object", src, idx);
       Fields ef{e, src};
-      if (ef.has("head_dim")) s.layer_head_dim[idx] = ef.get_int("head_dim");
-      if (ef.has("num_key_value_heads")) s.layer_kv_heads[idx] = ef.get_int("num_key_value_heads");
-      if (ef.has("num_attention_heads")) s.layer_n_heads[idx] = ef.get_int("num_attention_heads");
+      if (ef.has(hk::kHeadDim)) s.layer_head_dim[idx] = ef.get_int(hk::kHeadDim);
+      if (ef.has(hk::kKvHeads)) s.layer_kv_heads[idx] = ef.get_int(hk::kKvHeads);
+      if (ef.has(hk::kHeads)) s.layer_n_heads[idx] = ef.get_int(hk::kHeads);
     };
     if (plc.is_object()) {
       for (auto it = plc.begin(); it != plc.end(); ++it) {
@@ -142,14 +143,14 @@ ModelSpec spec_from_hf_config(const json& root, const std::string& src) {
       for (size_t i = 0; i < plc.size(); ++i) if (!plc[i].is_null()) apply(static_cast<int>(i), plc[i]);
     }
   }
-  if (root.contains("eos_token_id") || tc.contains("eos_token_id")) {
-    const auto& e = root.contains("eos_token_id") ? root["eos_token_id"] : tc["eos_token_id"];
+  if (root.contains(hk::kEosId) || tc.contains(hk::kEosId)) {
+    const auto& e = root.contains(hk::kEosId) ? root[hk::kEosId] : tc[hk::kEosId];
     s.eos_ids.clear();
     if (e.is_array()) { for (const auto& x : e) if (x.is_number_integer()) s.eos_ids.push_back(x.get<int>()); }
     else if (e.is_number_integer()) s.eos_ids.push_back(e.get<int>());
   }
-  s.bos_id = f.get_int("bos_token_id", 2);
-  s.pad_id = f.get_int("pad_token_id", 0);
+  s.bos_id = f.get_int(hk::kBosId, 2);
+  s.pad_id = f.get_int(hk::kPadId, 0);
   finalize_spec(s, src);
   return s;
 }

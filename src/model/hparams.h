@@ -17,7 +17,7 @@ namespace g4 {
 struct Hparam {
   const char* what;     // the concept, in words
   const char* gguf;     // GGUF key, or where a GGUF file says it ("tensor ...")
-  const char* hf;       // config.json field (dotted path inside text_config)
+  std::string hf;       // config.json field (dotted path inside text_config)
   // The value(s) a spec gives it: one number, or one per layer (NaN where it does not apply).
   std::vector<double> (*get)(const ModelSpec&);
 };

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "model/hf_keys.h"
 #include "util/error.h"
 
 namespace g4 {
@@ -10,13 +11,13 @@ void finalize_spec(ModelSpec& s, const std::string& src) {
   auto positive = [&](int v, const char* name) {
     if (v <= 0) fail("{}: {} must be positive, found {}", src, name, v);
   };
-  positive(s.n_layers, "num_hidden_layers");
-  positive(s.hidden, "hidden_size");
-  positive(s.vocab, "vocab_size");
-  positive(s.n_heads, "num_attention_heads");
-  positive(s.head_dim, "head_dim");
-  positive(s.n_kv_heads, "num_key_value_heads");
-  positive(s.intermediate, "intermediate_size");
+  positive(s.n_layers, hk::kNumLayers);
+  positive(s.hidden, hk::kHidden);
+  positive(s.vocab, hk::kVocab);
+  positive(s.n_heads, hk::kHeads);
+  positive(s.head_dim, hk::kHeadDim);
+  positive(s.n_kv_heads, hk::kKvHeads);
+  positive(s.intermediate, hk::kIntermediate);
   if (s.n_layers > 4096) fail("{}: num_hidden_layers = {} is implausible", src, s.n_layers);
   if (s.ple_dim < 0) fail("{}: hidden_size_per_layer_input must be >= 0", src);
   if (s.n_kv_shared < 0 || s.n_kv_shared >= s.n_layers)
@@ -25,9 +26,9 @@ void finalize_spec(ModelSpec& s, const std::string& src) {
   if (!(s.rms_eps > 0)) fail("{}: rms_norm_eps must be positive", src);
   if (s.final_softcap && !(*s.final_softcap > 0)) fail("{}: final_logit_softcapping must be positive", src);
   if (s.moe) {
-    positive(s.n_experts, "num_experts");
-    positive(s.top_k, "top_k_experts");
-    positive(s.moe_ff, "moe_intermediate_size");
+    positive(s.n_experts, hk::kExperts);
+    positive(s.top_k, hk::kTopK);
+    positive(s.moe_ff, hk::kMoeFf);
     if (s.top_k > s.n_experts) fail("{}: top_k_experts {} > num_experts {}", src, s.top_k, s.n_experts);
   }
   if (s.ple_dim > 0 && s.ple_vocab <= 0) fail("{}: vocab_size_per_layer_input must be positive with PLE", src);

@@ -55,6 +55,44 @@ std::string TextStream::flush() {
   return out;
 }
 
+Generation::Generation(const Tokenizer& tok, const GenerateOptions& opt, std::vector<int32_t> history,
+                       int64_t max_ctx)
+    : opt_(opt), history_(std::move(history)), max_ctx_(max_ctx), sampler_(opt.sampling), stream_(tok, opt.stop_strings) {
+  r_.finish_reason = "length";
+}
+
+Generation::Next Generation::next(std::span<const float> logits) {
+  Next x;
+  if (n_ >= opt_.max_tokens) {
+    x.done = true;
+    return x;
+  }
+  ++n_;
+  const int32_t id = sampler_.sample(logits, history_);
+  if (std::find(opt_.stop_ids.begin(), opt_.stop_ids.end(), id) != opt_.stop_ids.end()) {
+    r_.finish_reason = "stop";
+    x.done = true;
+    return x;
+  }
+  r_.tokens.push_back(id);
+  bool stopped = false;
+  x.text = stream_.push(id, stopped);
+  r_.text += x.text;
+  if (stopped) r_.finish_reason = "stop";
+  x.done = stopped || n_ >= opt_.max_tokens || static_cast<int64_t>(history_.size()) + 1 >= max_ctx_;
+  if (!x.done) {
+    x.id = id;
+    history_.push_back(id);
+  }
+  return x;
+}
+
+std::string Generation::finish() {
+  std::string rest = stream_.flush();
+  r_.text += rest;
+  return rest;
+}
+
 GenerateResult generate(Session& session, std::vector<int32_t>& cached, const std::vector<int32_t>& context,
                         const Tokenizer& tok, const GenerateOptions& opt,
                         const std::function<bool(const std::string&)>& on_text) {
@@ -73,35 +111,23 @@ GenerateResult generate(Session& session, std::vector<int32_t>& cached, const st
     cached.clear();
     common = 0;
   }
-  GenerateResult r;
-  r.prompt_tokens = static_cast<int64_t>(context.size() - common);
-  std::vector<float> logits = session.eval_last(std::span(context).subspan(common));
+  cached.clear();  // until the prompt is in the cache
+  std::span<const float> logits = session.decode(std::span(context).subspan(common));
   cached = context;
-  Sampler sampler(opt.sampling);
-  TextStream stream(tok, opt.stop_strings);
-  r.finish_reason = "length";
-  for (int i = 0; i < opt.max_tokens; ++i) {
-    const int32_t id = sampler.sample(logits, cached);
-    if (std::find(opt.stop_ids.begin(), opt.stop_ids.end(), id) != opt.stop_ids.end()) {
-      r.finish_reason = "stop";
-      break;
+  Generation gen(tok, opt, context, max_ctx);
+  gen.result().prompt_tokens = static_cast<int64_t>(context.size() - common);
+  for (;;) {
+    const Generation::Next x = gen.next(logits);
+    if (!x.text.empty() && on_text && !on_text(x.text)) {
+      gen.cancel("cancelled");
+      return std::move(gen.result());
     }
-    r.tokens.push_back(id);
-    bool stopped = false;
-    const std::string piece = stream.push(id, stopped);
-    r.text += piece;
-    if (!piece.empty() && on_text && !on_text(piece)) { r.finish_reason = "cancelled"; return r; }
-    if (stopped) { r.finish_reason = "stop"; break; }
-    if (i + 1 == opt.max_tokens || static_cast<int64_t>(cached.size()) + 1 >= max_ctx) break;
-    logits = session.eval_last(std::span<const int32_t>(&id, 1));
-    cached.push_back(id);
+    if (x.done) break;
+    logits = session.decode(std::span<const int32_t>(&x.id, 1));
+    cached.push_back(x.id);
   }
-  // Text held back as a possible stop-string prefix (or an unfinished UTF-8 sequence).
-  if (const std::string rest = stream.flush(); !rest.empty()) {
-    r.text += rest;
-    if (on_text) on_text(rest);
-  }
-  return r;
+  if (const std::string rest = gen.finish(); !rest.empty() && on_text) on_text(rest);
+  return std::move(gen.result());
 }
 
 }  // namespace g4

@@ -40,6 +40,43 @@ class TextStream {
   std::string pending_;  // decoded bytes not yet emitted
 };
 
+// One sequence's token loop without the forward: given the logits after its last
+// token, it picks the next token (sampling), turns tokens into text (stop strings,
+// UTF-8) and decides when the sequence ends. Everything decided per token lives here,
+// so generate() (one sequence on a Session) and the batching scheduler (many sequences
+// in one Session::step) behave the same.
+class Generation {
+ public:
+  // `history`: the tokens the model has seen (the prompt); max_ctx: the model's context.
+  Generation(const Tokenizer& tok, const GenerateOptions& opt, std::vector<int32_t> history, int64_t max_ctx);
+
+  struct Next {
+    int32_t id = -1;   // the token to feed next (valid when !done)
+    std::string text;  // text that became final with this token
+    bool done = false;
+  };
+  // The next token from the logits after the last token of history().
+  Next next(std::span<const float> logits);
+  // Text held back (a possible stop-string prefix, unfinished UTF-8), at the end.
+  std::string finish();
+  // Ends the sequence early with this reason (e.g. "cancelled" when the client is gone).
+  void cancel(const std::string& reason) { r_.finish_reason = reason; }
+
+  // The prompt plus the tokens fed back so far: what the sequence's KV cache holds
+  // once next()'s token has been fed.
+  const std::vector<int32_t>& history() const { return history_; }
+  GenerateResult& result() { return r_; }
+
+ private:
+  GenerateOptions opt_;
+  std::vector<int32_t> history_;
+  int64_t max_ctx_;
+  Sampler sampler_;
+  TextStream stream_;
+  GenerateResult r_;
+  int n_ = 0;  // tokens sampled
+};
+
 // Brings the session to `context` (reusing the cached prefix), then generates.
 // on_text returns false to cancel (client gone).
 GenerateResult generate(Session& session, std::vector<int32_t>& cached, const std::vector<int32_t>& context,

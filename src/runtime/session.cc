@@ -41,7 +41,14 @@ struct Session::Impl {
   Activations act;
   double embed_scale = 1, ple_embed_scale = 1;
   std::vector<double> layer_scalar;
-  std::vector<float> host_logits;  // decode()
+  std::vector<float> host_logits;  // decode() and step(): [rows, vocab]
+  // The sequences of the current step: rows [row0, row0 + n) at positions pos0...
+  struct Seg {
+    int seq;
+    int64_t row0, n, pos0;
+  };
+  std::vector<Seg> segs;
+  std::vector<int32_t> tokens_in, out_rows;  // step(): the batch's tokens, rows with logits
 
   Impl(const Model& model, const ForwardOptions& o) : m(model), s(model.spec), w(model.w), opt(o) {
     BackendOptions bo;
@@ -106,6 +113,9 @@ struct Session::Impl {
     }
     act.logits = matrix(b, 1, s.vocab);
     host_logits.resize(static_cast<size_t>(s.vocab));
+    segs.reserve(static_cast<size_t>(cap));
+    tokens_in.reserve(static_cast<size_t>(cap));
+    out_rows.reserve(static_cast<size_t>(cap));
   }
 
   // Logit rows for `n` outputs; grows (once per new maximum) for long logits requests.
@@ -122,19 +132,30 @@ struct Session::Impl {
            layer, pos0, pos0 + x.rows - 1, layer, m.path);
   }
 
-  // One step of n <= cap tokens at positions n_past()...; logits for rows >= first
-  // (first = n: none) go to `logits`; hidden states to `hidden` (stride n_total).
+  // One step of n <= cap tokens of sequence 0 at positions n_past()...; logits for rows
+  // >= first (first = n: none) go to `logits`; hidden states to `hidden` (stride n_total).
   void step(std::span<const int32_t> tokens, int64_t first, const View* logits, float* hidden, int64_t hidden_stride) {
+    segs.assign(1, Seg{0, 0, static_cast<int64_t>(tokens.size()), be->n_past(0)});
+    out_rows.clear();
+    forward(tokens, first, logits, hidden, hidden_stride);
+  }
+
+  // The forward over the segments in `segs` (rows of several sequences; every op but
+  // RoPE, the KV cache and attention is row-wise, so they run once for the whole batch).
+  // Logits for rows >= first, or for the rows in out_rows when it is not empty.
+  void forward(std::span<const int32_t> tokens, int64_t first, const View* logits, float* hidden, int64_t hidden_stride) {
     Backend& b = *be;
-    const int64_t n = static_cast<int64_t>(tokens.size()), H = s.hidden, L = s.n_layers, pos0 = b.n_past();
-    for (int64_t t = 0; t < n; ++t) {
-      if (tokens[t] < 0 || tokens[t] >= s.vocab)
-        fail("token id {} at position {} is outside the vocabulary [0, {})", tokens[t], pos0 + t, s.vocab);
-      if (s.ple_dim > 0 && tokens[t] >= s.ple_vocab)
-        fail("token id {} has no per-layer embedding row (vocab_size_per_layer_input = {})", tokens[t], s.ple_vocab);
+    const int64_t n = static_cast<int64_t>(tokens.size()), H = s.hidden, L = s.n_layers, pos0 = segs[0].pos0;
+    for (const Seg& g : segs) {
+      for (int64_t t = g.row0; t < g.row0 + g.n; ++t) {
+        if (tokens[t] < 0 || tokens[t] >= s.vocab)
+          fail("token id {} at position {} is outside the vocabulary [0, {})", tokens[t], g.pos0 + t - g.row0, s.vocab);
+        if (s.ple_dim > 0 && tokens[t] >= s.ple_vocab)
+          fail("token id {} has no per-layer embedding row (vocab_size_per_layer_input = {})", tokens[t], s.ple_vocab);
+      }
+      if (g.pos0 + g.n > s.max_ctx)
+        fail("context of {} tokens exceeds the model's max_position_embeddings = {}", g.pos0 + g.n, s.max_ctx);
     }
-    if (pos0 + n > s.max_ctx)
-      fail("context of {} tokens exceeds the model's max_position_embeddings = {}", pos0 + n, s.max_ctx);
     const View h = act.h.sub_rows(0, n);
     auto record = [&](int64_t entry) {
       if (hidden) be->read(h, hidden + entry * hidden_stride);
@@ -164,11 +185,16 @@ struct Session::Impl {
     b.rms_norm(h, w.final_norm, s.rms_eps, h);
     record(L);
     // 5-6. Tied LM head, final logit softcap.
-    if (logits && first < n) {
+    if (logits && !out_rows.empty()) {
+      const View sel = act.x.sub_rows(0, static_cast<int64_t>(out_rows.size()));
+      b.gather_rows(h, out_rows, sel);
+      b.matmul(*w.embed, sel, *logits);
+      if (s.final_softcap) b.softcap(*logits, *s.final_softcap);
+    } else if (logits && first < n) {
       b.matmul(*w.embed, h.sub_rows(first, n - first), *logits);
       if (s.final_softcap) b.softcap(*logits, *s.final_softcap);
     }
-    b.kv_commit(n);
+    for (const Seg& g : segs) b.kv_commit(g.seq, g.n);
   }
 
   void decoder_layer(int i, int64_t n) {
@@ -185,7 +211,7 @@ struct Session::Impl {
     // 2. q = RoPE(RMSNorm_head(Wq x; q_norm))
     b.matmul(*lw.q, x, q);
     b.rms_norm(q.reshape(hd), lw.q_norm, eps, q.reshape(hd));
-    b.rope(i, q.reshape(hd), nh, b.n_past());
+    for (const Seg& g : segs) b.rope(i, q.sub_rows(g.row0, g.n).reshape(hd), nh, g.pos0);
     // 3. K/V of this layer (owners only): k = RoPE(RMSNorm_head(Wk x; k_norm)),
     //    v = RMSNorm_head(Wv x, or the raw Wk x on k_eq_v layers) without weight.
     if (ls.owns_kv) {
@@ -198,11 +224,14 @@ struct Session::Impl {
         b.rms_norm(k.reshape(hd), nullptr, eps, v.reshape(hd));  // k_eq_v: V is the raw K projection
       }
       b.rms_norm(k.reshape(hd), lw.k_norm, eps, k.reshape(hd));
-      b.rope(i, k.reshape(hd), nkv, b.n_past());
-      b.kv_write(i, k, v);
+      for (const Seg& g : segs) {
+        b.rope(i, k.sub_rows(g.row0, g.n).reshape(hd), nkv, g.pos0);
+        b.kv_write(g.seq, i, k.sub_rows(g.row0, g.n), v.sub_rows(g.row0, g.n));
+      }
     }
-    // 4. Attention (scale 1.0, no softcap) over the source layer's cache.
-    b.attention(i, q.reshape(hd), nh, attn.reshape(hd));
+    // 4. Attention (scale 1.0, no softcap) over the source layer's cache, per sequence.
+    for (const Seg& g : segs)
+      b.attention(g.seq, i, q.sub_rows(g.row0, g.n).reshape(hd), nh, attn.sub_rows(g.row0, g.n).reshape(hd));
     // 5-7. a = RMSNorm(Wo o; post_attention_layernorm); h1 = h + a
     b.matmul(*lw.o, attn, a);
     b.rms_norm(a, lw.post_attn_norm, eps, a);
@@ -335,9 +364,42 @@ std::vector<float> Session::eval_last(std::span<const int32_t> tokens) {
   return {l.begin(), l.end()};
 }
 
-void Session::reset() { impl_->be->kv_reset(); }
-bool Session::truncate(int64_t n) { return impl_->be->kv_truncate(n); }
-int64_t Session::n_past() const { return impl_->be->n_past(); }
+std::span<const float> Session::step(std::span<const SeqTokens> batch) {
+  Impl& im = *impl_;
+  im.segs.clear();
+  im.tokens_in.clear();
+  im.out_rows.clear();
+  for (const SeqTokens& e : batch) {
+    const auto n = static_cast<int64_t>(e.tokens.size());
+    if (n == 0) fail("step(): sequence {} has no tokens", e.seq);
+    if (static_cast<int64_t>(im.tokens_in.size()) + n > im.act.cap)
+      fail("step(): {}+ tokens in one step, more than n_batch = {}", im.tokens_in.size() + e.tokens.size(), im.act.cap);
+    for (const Impl::Seg& g : im.segs)
+      if (g.seq == e.seq) fail("step(): sequence {} appears twice in one step", e.seq);
+    const int64_t row0 = static_cast<int64_t>(im.tokens_in.size());
+    im.segs.push_back({e.seq, row0, n, im.be->n_past(e.seq)});
+    im.tokens_in.insert(im.tokens_in.end(), e.tokens.begin(), e.tokens.end());
+    if (e.logits) im.out_rows.push_back(static_cast<int32_t>(row0 + n - 1));
+  }
+  if (im.segs.empty()) return {};
+  const int64_t k = static_cast<int64_t>(im.out_rows.size()), V = im.s.vocab;
+  const View logits = im.logits_rows(std::max<int64_t>(k, 1));
+  if (im.host_logits.size() < static_cast<size_t>(k * V)) im.host_logits.resize(static_cast<size_t>(k * V));
+  im.forward(im.tokens_in, static_cast<int64_t>(im.tokens_in.size()), k ? &logits : nullptr, nullptr, 0);
+  if (k) im.be->read(logits, im.host_logits.data());
+  return std::span<const float>(im.host_logits.data(), static_cast<size_t>(k * V));
+}
+
+int Session::add_sequence(int64_t max_step) {
+  return impl_->be->kv_seq_add(std::clamp<int64_t>(max_step, 1, impl_->act.cap));
+}
+void Session::free_sequence(int seq) {
+  if (seq == 0) fail("sequence 0 belongs to the session and cannot be freed");
+  impl_->be->kv_seq_free(seq);
+}
+void Session::reset(int seq) { impl_->be->kv_reset(seq); }
+bool Session::truncate(int64_t n, int seq) { return impl_->be->kv_truncate(seq, n); }
+int64_t Session::n_past(int seq) const { return impl_->be->n_past(seq); }
 size_t Session::kv_bytes() const { return impl_->be->kv_bytes(); }
 std::string Session::backend_name() const { return impl_->be->name(); }
 

@@ -62,10 +62,25 @@ class Session {
   std::vector<float> eval_last(std::span<const int32_t> tokens);
   // The same without allocating: the view stays valid until the next call.
   std::span<const float> decode(std::span<const int32_t> tokens);
-  void reset();
+  // Sequences: eval()/decode() run sequence 0; batched decoding (continuous batching)
+  // adds more, each with its own KV cache and positions, and runs them together in step().
+  // add_sequence allocates (between steps); max_step: the most tokens it adds per step.
+  int add_sequence(int64_t max_step);
+  void free_sequence(int seq);
+  struct SeqTokens {
+    int seq;
+    std::span<const int32_t> tokens;  // continue the sequence at n_past(seq)
+    bool logits = true;               // return the logits of its last token
+  };
+  // One forward over the tokens of several sequences (at most n_batch in all; each
+  // sequence once): the weights are read once for the whole batch. Returns [k, vocab]
+  // logits, one row per entry with `logits`, in order; valid until the next call.
+  std::span<const float> step(std::span<const SeqTokens> batch);
+
+  void reset(int seq = 0);
   // Drops positions >= n from the KV cache; false if the cache cannot rewind that far.
-  bool truncate(int64_t n);
-  int64_t n_past() const;
+  bool truncate(int64_t n, int seq = 0);
+  int64_t n_past(int seq = 0) const;
   size_t kv_bytes() const;
   const Model& model() const { return model_; }
   const ForwardOptions& options() const { return opt_; }

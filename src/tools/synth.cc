@@ -11,6 +11,7 @@
 #include "formats/gguf_writer.h"
 #include "formats/safetensors.h"
 #include "kernels/quantize.h"
+#include "model/hf_keys.h"
 #include "model/hparams.h"
 #include "util/error.h"
 #include "util/half.h"
@@ -123,7 +124,7 @@ void synth_model(const SynthOptions& opt, const std::string& out_path) {
     std::filesystem::create_directories(out_path);
     {
       std::ofstream c(std::filesystem::path(out_path) / "config.json");
-      c << json{{"text_config", hf_config_json(spec)}, {"model_type", "gemma4"}}.dump(2) << "\n";
+      c << json{{hk::kTextConfig, hf_config_json(spec)}, {hk::kModelType, "gemma4"}}.dump(2) << "\n";
       if (!c) fail("cannot write {}/config.json", out_path);
     }
     std::vector<SafetensorsLazy> ts;
