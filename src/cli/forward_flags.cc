@@ -70,6 +70,8 @@ void add_forward_flags(CLI::App* cmd, ForwardFlags& f, const std::string& defaul
       ->check(CLI::IsMember(kv));
   cmd->add_option("--cache-type-v", f.cache_v, "KV cache type for V (default f32; -ctk/-ctv also work)")->check(CLI::IsMember(kv));
   add_device_flags(cmd, f.dev);
+  // The precision the command reports is the one that runs.
+  cmd->parse_complete_callback([&f] { f.precision = precision_name(device_precision(f.dev, parse_precision(f.precision), f.precision_opt)); });
 }
 
 }  // namespace g4::cli

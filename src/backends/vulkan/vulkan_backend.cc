@@ -64,7 +64,7 @@ class VulkanBackend final : public Backend {
       rope_set_.push_back(static_cast<int>(it - rope_sets_.begin()));
       if (it == rope_sets_.end()) rope_sets_.push_back(std::move(f));
     }
-    setup_kv();
+    seqs_.push_back(make_seq(opt.n_batch));
     arena_ = ctx_.host_buffer(kArenaBytes, "the upload arena");
     flag_ = ctx_.host_buffer(16, "the finite-check flag");
   }
@@ -74,7 +74,7 @@ class VulkanBackend final : public Backend {
     for (auto* list : {&bufs_}) for (auto& b : *list) ctx_.release(b);
     for (auto& [_, b] : weights_) ctx_.release(b);
     for (auto& [_, b] : consts_) ctx_.release(b);
-    for (auto& l : kv_) for (auto* b : {&l.k, &l.v, &l.pk, &l.pv}) ctx_.release(*b);
+    for (auto& q : seqs_) if (q) free_seq(*q);
     for (auto* b : {&dummy_, &arena_, &flag_, &readback_}) ctx_.release(*b);
   }
 
@@ -152,33 +152,51 @@ class VulkanBackend final : public Backend {
   void add(const View& dst, const View& src) override { eltwise(2, dst, &src, nullptr, 0); }
   void softcap(const View& x, double c) override { eltwise(3, x, nullptr, nullptr, c); }
 
-  void kv_write(int layer, const View& k, const View& v) override {
-    LayerKv& kv = kv_[layer];
-    if (k.rows > opt_.n_batch) fail("kv_write: {} positions in one step, more than n_batch = {}", k.rows, opt_.n_batch);
-    copy_rows(k, kv.pk.buf, kv.width);
-    copy_rows(v, kv.pv.buf, kv.width);
-    n_pending_ = k.rows;
+  int kv_seq_add(int64_t max_step) override {
+    auto q = make_seq(max_step);
+    for (size_t i = 0; i < seqs_.size(); ++i)
+      if (!seqs_[i]) {
+        seqs_[i] = std::move(q);
+        return static_cast<int>(i);
+      }
+    seqs_.push_back(std::move(q));
+    return static_cast<int>(seqs_.size() - 1);
   }
-  void attention(int layer, const View& q, int64_t heads, const View& out) override {
+  void kv_seq_free(int seq) override {
+    free_seq(kv(seq));
+    seqs_[static_cast<size_t>(seq)].reset();
+  }
+  void kv_write(int seq, int layer, const View& k, const View& v) override {
+    SeqKv& c = kv(seq);
+    LayerKv& l = c.layers[layer];
+    if (k.rows > c.max_step)
+      fail("kv_write: {} positions of sequence {} in one step, more than its step size {}", k.rows, seq, c.max_step);
+    copy_rows(k, l.pk.buf, l.width);
+    copy_rows(v, l.pv.buf, l.width);
+    c.n_pending = k.rows;
+  }
+  void attention(int seq, int layer, const View& q, int64_t heads, const View& out) override {
+    const SeqKv& c = kv(seq);
     const LayerSpec& ls = s_.layers[layer];
-    const LayerKv& kv = kv_[ls.kv_source];
+    const LayerKv& l = c.layers[ls.kv_source];
     if (q.cols > 512) fail("the Vulkan attention shader handles head_dim <= 512, layer {} has {}", layer, q.cols);
-    const uint32_t pc[] = {u32(q.rows), u32(heads), u32(ls.n_heads / ls.n_kv_heads), u32(q.cols), u32(n_past_),
-                           u32(kv.capacity), u32(kv.width), u32(std::max(ls.window, 0)), u32(q.offset), u32(q.stride),
+    const uint32_t pc[] = {u32(q.rows), u32(heads), u32(ls.n_heads / ls.n_kv_heads), u32(q.cols), u32(c.n_past),
+                           u32(l.capacity), u32(l.width), u32(std::max(ls.window, 0)), u32(q.offset), u32(q.stride),
                            u32(out.offset), u32(out.stride)};
-    ctx_.dispatch(pipe("attention", 6, sizeof pc), {buf(q), buf(out), kv.k.buf, kv.v.buf, kv.pk.buf, kv.pv.buf}, pc,
+    ctx_.dispatch(pipe("attention", 6, sizeof pc), {buf(q), buf(out), l.k.buf, l.v.buf, l.pk.buf, l.pv.buf}, pc,
                   sizeof pc, static_cast<uint64_t>(q.rows));
   }
-  void kv_commit(int64_t n) override {
-    for (auto& l : kv_) {
+  void kv_commit(int seq, int64_t n) override {
+    SeqKv& c = kv(seq);
+    for (auto& l : c.layers) {
       if (l.width == 0) continue;
       const uint64_t row = static_cast<uint64_t>(l.width) * 4;
-      if (!l.capacity) grow(l, n_past_ + n);
+      if (!l.capacity) grow(l, c.n_past, c.n_past + n);
       // A ring keeps the last `capacity` positions: earlier rows of a long step are not copied.
       const int64_t t0 = l.capacity ? std::max<int64_t>(0, n - l.capacity) : 0;
       regions_.clear();
       for (int64_t t = t0; t < n; ++t) {
-        const int64_t pos = n_past_ + t, slot = l.capacity ? pos % l.capacity : pos;
+        const int64_t pos = c.n_past + t, slot = l.capacity ? pos % l.capacity : pos;
         if (!regions_.empty() && regions_.back().dstOffset + regions_.back().size == slot * row &&
             regions_.back().srcOffset + regions_.back().size == t * row)
           regions_.back().size += row;
@@ -188,23 +206,28 @@ class VulkanBackend final : public Backend {
       ctx_.copy(l.pk.buf, l.k.buf, regions_);
       ctx_.copy(l.pv.buf, l.v.buf, regions_);
     }
-    n_past_ += n;
-    n_pending_ = 0;
+    c.n_past += n;
+    c.n_pending = 0;
   }
-  int64_t n_past() const override { return n_past_; }
-  bool kv_truncate(int64_t n) override {
-    if (n < 0 || n > n_past_ || n_past_ - n > max_rewind_) return false;
-    n_past_ = n;
+  int64_t n_past(int seq) const override { return kv(seq).n_past; }
+  bool kv_truncate(int seq, int64_t n) override {
+    SeqKv& c = kv(seq);
+    if (n < 0 || n > c.n_past || c.n_past - n > c.max_rewind) return false;
+    c.n_past = n;
     return true;
   }
-  void kv_reset() override {
-    n_past_ = 0;
-    n_pending_ = 0;
+  void kv_reset(int seq) override {
+    SeqKv& c = kv(seq);
+    c.n_past = 0;
+    c.n_pending = 0;
   }
+  // What the CPU cache would hold: the positions kept (the ring's on sliding layers).
   size_t kv_bytes() const override {
     size_t b = 0;
-    for (const auto& l : kv_)
-      if (l.width) b += 2 * static_cast<size_t>((l.capacity ? std::min(n_past_, l.capacity) : n_past_) * l.width) * 4;
+    for (const auto& c : seqs_)
+      if (c)
+        for (const auto& l : c->layers)
+          if (l.width) b += 2 * static_cast<size_t>((l.capacity ? std::min(c->n_past, l.capacity) : c->n_past) * l.width) * 4;
     return b;
   }
 
@@ -260,7 +283,12 @@ class VulkanBackend final : public Backend {
   static constexpr uint64_t kArenaBytes = 8ull << 20;
   struct LayerKv {
     int64_t width = 0, capacity = 0, slots = 0;  // slots: rows the store holds now
-    vk::Buffer k, v, pk, pv;
+    vk::Buffer k, v, pk, pv;                      // store, pending rows of the step
+  };
+  // One sequence's cache (backends/kv_cache.h's layout, on the device).
+  struct SeqKv {
+    std::vector<LayerKv> layers;
+    int64_t n_past = 0, n_pending = 0, max_step = 0, max_rewind = INT64_MAX;
   };
 
   void upload_weights() {
@@ -283,29 +311,41 @@ class VulkanBackend final : public Backend {
     }
   }
 
-  void setup_kv() {
-    kv_.resize(static_cast<size_t>(s_.n_layers));
+  std::unique_ptr<SeqKv> make_seq(int64_t max_step) {
+    auto c = std::make_unique<SeqKv>();
+    c->max_step = max_step;
+    c->layers.resize(static_cast<size_t>(s_.n_layers));
     for (const auto& l : s_.layers) {
       if (!l.owns_kv) continue;
-      LayerKv& kv = kv_[l.index];
+      LayerKv& kv = c->layers[l.index];
       kv.width = int64_t{l.n_kv_heads} * l.head_dim;
       kv.capacity = l.window > 0 ? l.window + kKvRewindSlots : 0;
-      if (l.window > 0) max_rewind_ = kKvRewindSlots + 1;
-      const uint64_t pend = static_cast<uint64_t>(opt_.n_batch * kv.width) * 4;
+      if (l.window > 0) c->max_rewind = kKvRewindSlots + 1;
+      const uint64_t pend = static_cast<uint64_t>(max_step * kv.width) * 4;
       kv.pk = ctx_.device_buffer(pend, fmt::format("the pending K rows of layer {}", l.index));
       kv.pv = ctx_.device_buffer(pend, fmt::format("the pending V rows of layer {}", l.index));
-      const int64_t slots = kv.capacity ? kv.capacity : std::max<int64_t>(opt_.n_ctx, opt_.n_batch);
+      const int64_t slots = kv.capacity ? kv.capacity : std::max<int64_t>(opt_.n_ctx, max_step);
       kv.slots = slots;
       kv.k = ctx_.device_buffer(static_cast<uint64_t>(slots * kv.width) * 4, fmt::format("the K cache of layer {}", l.index));
       kv.v = ctx_.device_buffer(static_cast<uint64_t>(slots * kv.width) * 4, fmt::format("the V cache of layer {}", l.index));
     }
+    return c;
+  }
+  void free_seq(SeqKv& c) {
+    for (auto& l : c.layers)
+      for (auto* b : {&l.k, &l.v, &l.pk, &l.pv}) ctx_.release(*b, true);
+  }
+  SeqKv& kv(int seq) const {
+    if (seq < 0 || static_cast<size_t>(seq) >= seqs_.size() || !seqs_[static_cast<size_t>(seq)])
+      fail("KV-cache sequence {} does not exist (Session::add_sequence makes one)", seq);
+    return *seqs_[static_cast<size_t>(seq)];
   }
   // A full-attention store grows (doubling) to hold `need` positions; the old rows are
   // copied on the device.
-  void grow(LayerKv& l, int64_t need) {
+  void grow(LayerKv& l, int64_t n_past, int64_t need) {
     if (need <= l.slots) return;
     const int64_t slots = std::max(need, 2 * l.slots);
-    const uint64_t used = static_cast<uint64_t>(std::min(n_past_, l.slots) * l.width) * 4;
+    const uint64_t used = static_cast<uint64_t>(std::min(n_past, l.slots) * l.width) * 4;
     for (vk::Buffer* b : {&l.k, &l.v}) {
       vk::Buffer nb = ctx_.device_buffer(static_cast<uint64_t>(slots * l.width) * 4, "a growing KV cache");
       if (used) {
@@ -393,8 +433,7 @@ class VulkanBackend final : public Backend {
   std::vector<std::vector<float>> rope_sets_;
   std::vector<int> rope_set_;
   std::map<std::tuple<int, int64_t, int64_t>, uint32_t> rope_cache_;
-  std::vector<LayerKv> kv_;
-  int64_t n_past_ = 0, n_pending_ = 0, max_rewind_ = INT64_MAX;
+  std::vector<std::unique_ptr<SeqKv>> seqs_;  // by sequence id; null = free
   std::vector<VkBufferCopy> regions_;
   std::vector<float> table_, route_, wtmp_;
   std::vector<char> taken_;
