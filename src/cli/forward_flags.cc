@@ -14,8 +14,9 @@ Precision device_precision(const DeviceFlags& d, Precision p, const CLI::Option*
 }
 }  // namespace
 
+// An explicit GPU (auto keeps a default f64 on the CPU, and says so).
 bool DeviceFlags::gpu_requested() const {
-  if (ngl == 0) return false;
+  if (ngl == 0 || device == "auto") return false;
   return device != "cpu" || ngl > 0;
 }
 
