@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(g++ cmake ninja-build pkg-config nlohmann-json3-dev libcli11-dev libfmt-dev
-          libgtest-dev libgmock-dev libbenchmark-dev libcpp-httplib-dev libcairo2-dev libssl-dev)
+          libgtest-dev libgmock-dev libbenchmark-dev libcpp-httplib-dev libcairo2-dev libssl-dev
+          glslc libvulkan-dev mesa-vulkan-drivers)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -57,6 +57,11 @@ struct BackendOptions {
   // Another engine's roundings reproduced in the reference (f64/f32 only; emulation.h).
   // kv_f16 is applied by the caller as f16 cache types.
   EngineRounding rounding{};
+  // Where the ops run: cpu, vulkan, vulkan:N or auto; "" = the process default
+  // (set_default_device(), "cpu" unless a command's --device set it).
+  std::string device{};
+  // llama.cpp's -ngl: layers on the GPU (-1 = all). Only all or none is supported.
+  int n_gpu_layers = -1;
 };
 
 class Backend {
@@ -125,5 +130,14 @@ class Backend {
 
 // The backend for a model; `model` must outlive it.
 std::unique_ptr<Backend> make_backend(const Model& model, const BackendOptions& opt);
+
+// --device: "cpu", "vulkan" (the first GPU), "vulkan:N" (`g4 devices` lists N) or "auto"
+// (Vulkan when there is a device and the precision is f32/fast, else the CPU; the choice
+// is printed on stderr). Returns "cpu" or "vulkan:N"; throws naming what was looked for
+// when an explicit Vulkan device is not there.
+std::string resolve_device(const std::string& device, Precision precision);
+// The device of sessions whose options leave it empty (commands whose tools build their
+// own ForwardOptions: serve, bench, compare).
+void set_default_device(const std::string& device, int n_gpu_layers = -1);
 
 }  // namespace g4

@@ -23,20 +23,25 @@ void register_bench(CLI::App& app) {
   cmd->add_option("-n,--n-gen", o->b.n_gen, "generated tokens (default 128; 0 skips tg)");
   cmd->add_option("-r,--repetitions", o->b.reps, "repetitions (default 5)");
   cmd->add_option("-t,--threads", o->threads, "threads (default: all cores)");
-  cmd->add_option("--precision", o->precision, "fast (default), f32, f64 or bf16")->check(CLI::IsMember(kPrecisionNames));
+  auto* prec = cmd->add_option("--precision", o->precision, "fast (default), f32, f64 or bf16")->check(CLI::IsMember(kPrecisionNames));
+  auto dev = std::make_shared<DeviceFlags>();
+  add_device_flags(cmd, *dev);
   cmd->add_flag("--membw", o->membw, "also measure this machine's memory read bandwidth");
   cmd->add_flag("--json", o->json, "machine-readable output");
-  cmd->final_callback([o] {
+  cmd->final_callback([o, dev, prec] {
     set_threads(o->threads);
     Model m = load_model(o->model);
-    o->b.precision = parse_precision(o->precision);
+    std::string device;
+    o->b.precision = apply_device_flags(*dev, parse_precision(o->precision), prec, &device);
+    o->precision = precision_name(o->b.precision);
+    const std::string backend = device == "cpu" ? fmt::format("cpu-{}", fast_kernel_isa()) : device;
     const BenchResult r = run_bench(m, o->b);
     const double bw = o->membw ? measure_read_bandwidth_gbps() : 0;
     const int threads = omp_get_max_threads();
     const std::string name = std::filesystem::path(o->model).filename().string();
     if (o->json) {
       json j{{"model", o->model}, {"n_params", r.n_params}, {"n_bytes", r.n_bytes}, {"threads", threads},
-             {"precision", o->precision}, {"isa", fast_kernel_isa()}, {"pp", o->b.n_prompt}, {"tg", o->b.n_gen},
+             {"precision", o->precision}, {"isa", fast_kernel_isa()}, {"device", device}, {"pp", o->b.n_prompt}, {"tg", o->b.n_gen},
              {"pp_tps", r.pp_tps}, {"pp_tps_std", r.pp_std}, {"tg_tps", r.tg_tps}, {"tg_tps_std", r.tg_std},
              {"peak_rss_gb", r.peak_rss_gb}, {"decode_gbps", r.decode_gbps}, {"decode_bytes_per_token_gb", r.bytes_per_token_gb}};
       if (o->membw) j["memory_read_gbps"] = bw;
@@ -47,7 +52,7 @@ void register_bench(CLI::App& app) {
     std::printf("| %-28s | %10s | %8s | %-10s | %7s | %8s | %18s |\n", "---", "---:", "---:", "---", "---:", "---:", "---:");
     auto row = [&](const std::string& test, double tps, double sd) {
       std::printf("| %-28s | %7.2f GiB | %6.2f B | %-10s | %7d | %8s | %11.2f ± %4.2f |\n", name.c_str(), r.n_bytes / 1073741824.0,
-                  r.n_params / 1e9, fmt::format("cpu-{}", fast_kernel_isa()).c_str(), threads, test.c_str(), tps, sd);
+                  r.n_params / 1e9, backend.c_str(), threads, test.c_str(), tps, sd);
     };
     if (o->b.n_prompt > 0) row(fmt::format("pp{}", o->b.n_prompt), r.pp_tps, r.pp_std);
     if (o->b.n_gen > 0) row(fmt::format("tg{}", o->b.n_gen), r.tg_tps, r.tg_std);

@@ -41,18 +41,23 @@ void register_compare(CLI::App& app) {
   cmd->add_option("-c,--ctx-size", o->n_ctx, "tokens taken from the text (default 128)");
   cmd->add_option("--tokens", o->tokens, "comma-separated token ids");
   cmd->add_option("--tokens-file", o->tokens_file, "JSON array of token ids");
-  cmd->add_option("--precision", o->precision, "precision of A (and of B unless --precision-b)")->check(CLI::IsMember(kPrecisionNames));
+  auto* prec = cmd->add_option("--precision", o->precision, "precision of A (and of B unless --precision-b)")->check(CLI::IsMember(kPrecisionNames));
   cmd->add_option("--precision-b", o->precision_b, "precision of B")->check(CLI::IsMember(kPrecisionNames));
+  auto dev = std::make_shared<DeviceFlags>();
+  add_device_flags(cmd, *dev);
   cmd->add_option("-t,--threads", o->threads, "threads");
   cmd->add_flag("--json", o->json, "machine-readable output");
   cmd->add_flag("--lenient", o->lenient, "load despite tensors that contradict the config");
-  cmd->final_callback([o] {
+  cmd->final_callback([o, dev, prec] {
     set_threads(o->threads);
     Model a = load_model(o->models[0], LoadOptions{o->lenient});
     Model b = load_model(o->models[1], LoadOptions{o->lenient});
     const auto toks = tokens_for(a, o->tokens, o->tokens_file, o->file, o->n_ctx);
-    const ForwardOptions fa{parse_precision(o->precision)};
-    const ForwardOptions fb{parse_precision(o->precision_b.empty() ? o->precision : o->precision_b)};
+    // --device runs both models there (an f64 default precision becomes f32 on a GPU).
+    const Precision pa = apply_device_flags(*dev, parse_precision(o->precision), prec);
+    const Precision pb = o->precision_b.empty() ? pa : parse_precision(o->precision_b);
+    const ForwardOptions fa{pa};
+    const ForwardOptions fb{pb};
     const auto r = compare_models(a, b, toks, fa, fb);
     if (o->json) std::printf("%s\n", compare_json(r).dump(2).c_str());
     else std::fputs(format_compare(r, o->models[0], o->models[1]).c_str(), stdout);

@@ -27,6 +27,7 @@ namespace {
 constexpr std::pair<const char*, const char*> kDashAliases[] = {
     {"-ctk", "--cache-type-k"},
     {"-ctv", "--cache-type-v"},
+    {"-ngl", "--n-gpu-layers"},
 };
 
 }  // namespace
@@ -64,6 +65,7 @@ int main(int argc, char** argv) {
   g4::cli::register_kv_study(app);
   g4::cli::register_niah(app);
   g4::cli::register_divergence(app);
+  g4::cli::register_devices(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

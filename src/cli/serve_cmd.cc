@@ -19,7 +19,9 @@ void register_serve(CLI::App& app) {
   cmd->add_option("-c,--ctx", o->ctx, "context limit per request (default: the model's)");
   cmd->add_option("--max-tokens-limit", o->max_tokens_limit, "largest max_tokens a request may ask for (default 4096)");
   cmd->add_option("--max-body-bytes", o->max_body_bytes, "largest request body (default 1 MiB)");
-  cmd->add_option("--precision", o->precision, "fast (default), f32, f64 or bf16")->check(CLI::IsMember(kPrecisionNames));
+  auto* prec = cmd->add_option("--precision", o->precision, "fast (default), f32, f64 or bf16")->check(CLI::IsMember(kPrecisionNames));
+  auto dev = std::make_shared<DeviceFlags>();
+  add_device_flags(cmd, *dev);
   cmd->add_option("--api-key", o->api_key, "require 'Authorization: Bearer KEY' on every route but /health (default: $G4_API_KEY)");
   cmd->add_option("--cors-origin", o->cors_origins, "answer CORS requests from this origin (repeatable; '*' for any)");
   cmd->add_option("--max-connections", o->max_connections, "open connections; more are answered 503 (default 256)");
@@ -35,7 +37,8 @@ void register_serve(CLI::App& app) {
   cmd->add_option("--debug-load-delay-ms", o->load_delay_ms, "testing: report 503 on /health this long")->group("");
   cmd->add_flag("--debug-inject", o->debug_inject, "testing: honour a request's g4_debug_output (forced model output)")->group("");
   cmd->add_option("--debug-fail-after", o->debug_fail_after, "testing: throw inside generation after N text pieces")->group("");
-  cmd->final_callback([o] {
+  cmd->final_callback([o, dev, prec] {
+    o->precision = precision_name(apply_device_flags(*dev, parse_precision(o->precision), prec));
     if (o->model_path.empty()) o->model_path = default_model_path();
     if (o->api_key.empty())
       if (const char* k = std::getenv("G4_API_KEY")) o->api_key = k;

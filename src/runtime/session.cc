@@ -62,6 +62,8 @@ struct Session::Impl {
     bo.cache_type_v = o.cache_type_v;
     bo.rounding = o.emulate;
     if (o.emulate.kv_f16) bo.cache_type_k = bo.cache_type_v = KvType::F16;
+    bo.device = o.device;
+    bo.n_gpu_layers = o.n_gpu_layers;
     be = make_backend(model, bo);
     const double sqrt_h = std::sqrt(static_cast<double>(s.hidden));
     const double sqrt_p = std::sqrt(static_cast<double>(s.ple_dim));

@@ -51,6 +51,9 @@ struct ForwardOptions {
   // sees every MoE layer's router logits and choice (off: no cost).
   std::vector<RouteForce> force_routes{};
   std::function<void(const RouterTrace&)> on_router{};
+  // Where the forward runs (BackendOptions::device; "" = the process default).
+  std::string device{};
+  int n_gpu_layers = -1;  // -ngl (-1 = all layers on the device)
   // Tokens per forward step: longer inputs run in steps of this many (activations are
   // preallocated for it). Context to reserve the KV cache for (0 = grow on demand).
   int64_t n_batch = 512;
