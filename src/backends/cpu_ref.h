@@ -15,6 +15,7 @@
 #include "backends/backend.h"
 #include "backends/emulation.h"
 #include "backends/kv_cache.h"
+#include "backends/routing.h"
 #include "kernels/ops.h"
 #include "util/error.h"
 
@@ -249,31 +250,8 @@ class RefBackend : public Backend {
   }
 
  protected:
-  // Row t's experts: top-k of z, or forced[t] where that row is set.
   void select_experts(const T* z, int64_t E, int64_t k, int64_t t, const int32_t* forced, int32_t* ids) {
-    if (forced && forced[t * k] >= 0) {
-      for (int64_t j = 0; j < k; ++j) {
-        const int32_t e = forced[t * k + j];
-        if (e < 0 || e >= E) fail("forced routing of row {}: expert {} is outside [0, {})", t, e, E);
-        ids[t * k + j] = e;
-      }
-      return;
-    }
-    top_k(z, E, k, ids + t * k);
-  }
-  // The k largest of z[0..E) into ids, largest first, by repeated selection: the first
-  // maximum wins, so on equal values the lower expert id comes first (HF's topk on CPU,
-  // a stable sort).
-  void top_k(const T* z, int64_t E, int64_t k, int32_t* ids) {
-    auto& taken = route_idx_;
-    std::fill(taken.begin(), taken.end(), 0);
-    for (int64_t j = 0; j < k; ++j) {
-      int64_t best = -1;
-      for (int64_t e = 0; e < E; ++e)
-        if (!taken[e] && (best < 0 || z[e] > z[best])) best = e;
-      taken[best] = 1;
-      ids[j] = static_cast<int32_t>(best);
-    }
+    routing::select_experts(z, E, k, t, forced, route_idx_, ids);
   }
   // One attention query: head row q of a token at absolute position pos, which sees the
   // keys lo..pos of its KV head (key(p)/val(p): from the cache or the current step).

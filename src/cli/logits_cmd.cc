@@ -31,7 +31,10 @@ void register_logits(CLI::App& app) {
   cmd->add_flag("--bf16-embed-scale", o->bf16_scale, "round sqrt(H), sqrt(P) to bf16 as HF does on a bf16 checkpoint");
   cmd->add_flag("--lenient", o->lenient, "load despite tensors that contradict the config");
   cmd->add_option("-o,--out", o->out, "output .safetensors file")->required();
-  cmd->final_callback([o] {
+  auto threads = std::make_shared<int>(0);
+  cmd->add_option("-t,--threads", *threads, "threads (default: all cores)");
+  cmd->final_callback([o, threads] {
+    set_threads(*threads);
     Model m = load_model(o->model, LoadOptions{o->lenient});
     std::vector<int32_t> ids = resolve_token_input(m, o->tokens, o->tokens_file, o->prompt);
     if (ids.empty()) fail("no tokens given: use --tokens, --tokens-file or -p");

@@ -14,6 +14,7 @@
 #include <unordered_map>
 
 #include "backends/kv_cache.h"
+#include "backends/routing.h"
 #include "backends/vulkan/vk_context.h"
 #include "backends/vulkan/vulkan.h"
 #include "kernels/ops.h"
@@ -240,25 +241,10 @@ class VulkanBackend final : public Backend {
     read(logits, route_.data());
     const std::vector<float>& pes = host_consts_.at(&per_expert_scale);
     std::vector<char>& taken = taken_;
-    taken.assign(static_cast<size_t>(E), 0);
     for (int64_t t = 0; t < logits.rows; ++t) {
       float* z = route_.data() + t * E;
       ops::softmax(z, E, false);
-      std::fill(taken.begin(), taken.end(), 0);
-      if (forced && forced[t * k] >= 0) {  // forced routing (g4 divergence): these experts, their weights
-        for (int64_t j = 0; j < k; ++j) {
-          const int32_t e = forced[t * k + j];
-          if (e < 0 || e >= E) fail("forced routing of row {}: expert {} is outside [0, {})", t, e, E);
-          ids[t * k + j] = e;
-        }
-      } else
-      for (int64_t j = 0; j < k; ++j) {  // repeated selection: on ties the lower id first
-        int64_t best = -1;
-        for (int64_t e = 0; e < E; ++e)
-          if (!taken[e] && (best < 0 || z[e] > z[best])) best = e;
-        taken[best] = 1;
-        ids[t * k + j] = static_cast<int32_t>(best);
-      }
+      routing::select_experts(z, E, k, t, forced, taken, ids);
       float wsum = 0;
       for (int64_t j = 0; j < k; ++j) wsum += z[ids[t * k + j]];
       for (int64_t j = 0; j < k; ++j) {
