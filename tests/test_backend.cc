@@ -6,6 +6,7 @@
 #include <cstring>
 #include <limits>
 
+#include "kernels/fast.h"
 #include "runtime/session.h"
 #include "test_util.h"
 
@@ -107,13 +108,21 @@ TEST_P(Batched, InterleavedSequencesEqualSoloRuns) {
     }
     std::printf("[%s %s] %lld logit rows from %lld batched steps vs solo runs: max|diff| %.3g\n", GetParam().c_str(),
                 precision_name(p), static_cast<long long>(compared), static_cast<long long>(steps), worst);
-    EXPECT_EQ(worst, 0.0);
+    // Quantized weights on the fast path: bit-identical where every weight is packed
+    // (AVX-512 VNNI, Q4_0/Q8_0/Q4_K/Q6_K: one tile kernel for any token count). Elsewhere
+    // (AVX2; brown-mini Q4_K_M's six Q5_0 tensors) decode (1-3 tokens) and batches take
+    // different kernels: observed up to 0.06 on logits of magnitude ~10-30 (AVX2).
+    const bool packed_all = fast_kernel_isa() == "avx512vnni" && GetParam().find("Q4_K_M") == std::string::npos;
+    if (p == Precision::Fast && GetParam().find("gguf/") == 0 && !packed_all) EXPECT_LT(worst, 0.3);
+    else EXPECT_EQ(worst, 0.0);
     EXPECT_EQ(done[3] < seqs[3].size(), true) << "sequence 3 should have left early";
     for (size_t i : {0, 1, 2, 4}) EXPECT_EQ(done[i], seqs[i].size()) << i;
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Variants, Batched, ::testing::Values("tiny-e", "tiny-dense", "tiny-moe"));
+INSTANTIATE_TEST_SUITE_P(Variants, Batched,
+                         ::testing::Values("tiny-e", "tiny-dense", "tiny-moe", "gguf/brown-mini-Q4_0.gguf",
+                                           "gguf/brown-mini-Q4_K_M.gguf", "gguf/brown-mini-Q8_0.gguf"));
 
 TEST(Backend, BatchedStepRejectsBadBatches) {
   Model m = load_model(test::fixture("tiny-dense"));

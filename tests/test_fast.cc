@@ -101,6 +101,55 @@ TEST(FastKernels, EveryTypeMatchesTheReferenceMatmul) {
   fast_force_isa("");
 }
 
+// Packed weights (fast_pack): the same bits as the unpacked panel kernel (which runs for
+// 4 tokens and more) for every token count, so decode, batches and prefill agree, and a
+// row's result does not depend on which tokens share its call; expert slices (row0) too.
+TEST(FastKernels, PackedWeightsEqualThePanelKernelForEveryTokenCount) {
+  const auto isas = fast_available_isas();
+  if (std::find(isas.begin(), isas.end(), "avx512vnni") == isas.end()) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
+  std::mt19937 rng(5);
+  std::normal_distribution<float> n(0, 1);
+  const int64_t in = 512, out = 72;  // 4.5 groups of 16 rows
+  std::vector<float> w(static_cast<size_t>(in * out)), x(static_cast<size_t>(19 * in));
+  for (auto& v : w) v = 0.05f * n(rng);
+  for (auto& v : x) v = n(rng);
+  int64_t compared = 0;
+  for (DType t : {DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K}) {
+    auto bytes = quantize_rows(t, w.data(), out, in);
+    TensorView tv;
+    tv.name = "w";
+    tv.dtype = t;
+    tv.shape = {2, out / 2, in};  // a 3-D (expert) tensor: rows of both experts
+    tv.data = bytes.data();
+    tv.nbytes = static_cast<int64_t>(bytes.size());
+    const auto packed = fast_pack(tv);
+    ASSERT_TRUE(packed) << dtype_name(t);
+    EXPECT_EQ(fast_pack(tv).get(), packed.get()) << "one pack per tensor";
+    for (auto [row0, rows] : {std::pair<int64_t, int64_t>{0, out}, {16, 20}, {32, 40}}) {
+      // The panel kernel, 4 or more tokens: every token once, padded with copies of token 0.
+      std::vector<float> xs(static_cast<size_t>(23 * in));
+      std::memcpy(xs.data(), x.data(), x.size() * 4);
+      for (int k = 19; k < 23; ++k) std::memcpy(xs.data() + k * in, x.data(), static_cast<size_t>(in) * 4);
+      std::vector<float> panel(static_cast<size_t>(23 * rows));
+      fast_matmul(tv, xs.data(), 23, in, rows, panel.data(), row0);
+      for (int64_t ntok : {1, 2, 3, 8, 9, 19}) {
+        std::vector<float> y(static_cast<size_t>(ntok * rows));
+        ASSERT_TRUE(fast_matmul_packed(*packed, x.data(), ntok, in, rows, y.data(), row0));
+        for (int64_t i = 0; i < ntok * rows; ++i) ASSERT_EQ(y[i], panel[i]) << dtype_name(t) << " row0 " << row0 << " ntok " << ntok << " at " << i;
+        compared += ntok * rows;
+      }
+    }
+    std::vector<float> y(static_cast<size_t>(out));
+    EXPECT_FALSE(fast_matmul_packed(*packed, x.data(), 1, in, 8, y.data(), 8)) << "row0 off the 16-row groups";
+    fast_force_isa("avx2");
+    EXPECT_FALSE(fast_matmul_packed(*packed, x.data(), 1, in, out, y.data(), 0)) << "another ISA forced";
+    EXPECT_FALSE(fast_pack(tv)) << "no pack below AVX-512 VNNI";
+    fast_force_isa("");
+  }
+  std::printf("packed Q4_0/Q8_0/Q4_K/Q6_K: %lld outputs equal to the panel kernel bit for bit (1..19 tokens)\n",
+              static_cast<long long>(compared));
+}
+
 // Activations must be quantized to the same bits on every ISA.
 TEST(FastKernels, ActivationQuantizersAgreeBitForBit) {
 #if !defined(__x86_64__)

@@ -3,6 +3,8 @@
 // vectorized attention and GELU). Everything else is the float reference.
 #include <omp.h>
 
+#include <unordered_map>
+
 #include "backends/cpu_ref.h"
 #include "kernels/fast.h"
 
@@ -20,6 +22,8 @@ class FastBackend final : public RefBackend<float> {
   void matmul(const TensorView& w, const View& x, const View& y, int64_t row0) override {
     contiguous(x, "matmul input");
     contiguous(y, "matmul output");
+    if (const PackedMatrix* p = packed(w); p && fast_matmul_packed(*p, row(x, 0), x.rows, x.cols, y.cols, row(y, 0), row0))
+      return;
     fast_matmul(w, row(x, 0), x.rows, x.cols, y.cols, row(y, 0), row0);
   }
   void gelu_mul(const View& g, const View& u) override {
@@ -55,7 +59,15 @@ class FastBackend final : public RefBackend<float> {
   }
 
  private:
+  // The packed copy of a weight (kernels/fast.h: fast_pack), made at its first use.
+  const PackedMatrix* packed(const TensorView& w) {
+    auto it = packs_.find(w.data);
+    if (it == packs_.end()) it = packs_.emplace(w.data, fast_pack(w)).first;
+    return it->second.get();
+  }
+
   std::vector<std::vector<const float*>> keys_, vals_;
+  std::unordered_map<const uint8_t*, std::shared_ptr<const PackedMatrix>> packs_;
 };
 
 }  // namespace

@@ -26,6 +26,9 @@ void register_bench(CLI::App& app) {
   auto* prec = cmd->add_option("--precision", o->precision, "fast (default), f32, f64 or bf16")->check(CLI::IsMember(kPrecisionNames));
   auto dev = std::make_shared<DeviceFlags>();
   add_device_flags(cmd, *dev);
+  cmd->add_option("--n-parallel", o->b.n_parallel,
+                  "batched decode: N sequences generate -n tokens each, one forward per step for all (llama-batched-bench's -npl; a list: -npl 1,4,16)")
+      ->delimiter(',');
   cmd->add_flag("--membw", o->membw, "also measure this machine's memory read bandwidth");
   cmd->add_flag("--json", o->json, "machine-readable output");
   cmd->final_callback([o, dev, prec] {
@@ -45,6 +48,9 @@ void register_bench(CLI::App& app) {
              {"pp_tps", r.pp_tps}, {"pp_tps_std", r.pp_std}, {"tg_tps", r.tg_tps}, {"tg_tps_std", r.tg_std},
              {"peak_rss_gb", r.peak_rss_gb}, {"decode_gbps", r.decode_gbps}, {"decode_bytes_per_token_gb", r.bytes_per_token_gb}};
       if (o->membw) j["memory_read_gbps"] = bw;
+      json b = json::array();
+      for (const auto& row : r.batched) b.push_back({{"n_seq", row.n_seq}, {"tps", row.tps}, {"tps_std", row.std}});
+      if (!r.batched.empty()) j["batched"] = b;
       std::printf("%s\n", j.dump(2).c_str());
       return;
     }
@@ -56,6 +62,7 @@ void register_bench(CLI::App& app) {
     };
     if (o->b.n_prompt > 0) row(fmt::format("pp{}", o->b.n_prompt), r.pp_tps, r.pp_std);
     if (o->b.n_gen > 0) row(fmt::format("tg{}", o->b.n_gen), r.tg_tps, r.tg_std);
+    for (const auto& b : r.batched) row(fmt::format("tg{} x{}", o->b.n_gen, b.n_seq), b.tps, b.std);
     std::printf("\npeak RSS %.2f GB; decode reads %.3f GB of weights per token -> %.2f GB/s", r.peak_rss_gb, r.bytes_per_token_gb, r.decode_gbps);
     if (o->membw) std::printf(" (machine read bandwidth %.2f GB/s: %.0f%%)", bw, 100 * r.decode_gbps / bw);
     std::printf("\n");

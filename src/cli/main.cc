@@ -28,6 +28,7 @@ constexpr std::pair<const char*, const char*> kDashAliases[] = {
     {"-ctk", "--cache-type-k"},
     {"-ctv", "--cache-type-v"},
     {"-ngl", "--n-gpu-layers"},
+    {"-npl", "--n-parallel"},
 };
 
 }  // namespace

@@ -7,7 +7,10 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <optional>
+#include <tuple>
 #include <vector>
 
 #include "kernels/blocks.h"
@@ -478,6 +481,39 @@ void fast_matmul(const TensorView& w, const float* x, int64_t n_tok, int64_t n_i
       for (int64_t t = 0; t < n_tok; ++t) y[t * n_out + o] = dot_row_scalar(u, acts, t);
     }
   }
+}
+
+std::shared_ptr<const PackedMatrix> fast_pack(const TensorView& w) {
+#if defined(__x86_64__)
+  static const bool off = [] {
+    const char* e = std::getenv("G4_NO_REPACK");
+    return e && *e && std::strcmp(e, "0") != 0;
+  }();
+  if (off || active_isa() != Isa::Avx512Vnni || !w.data) return nullptr;
+  // One pack per tensor while someone holds it: sessions of one model share them.
+  using Key = std::tuple<const uint8_t*, DType, int64_t>;
+  static std::mutex mu;
+  static std::map<Key, std::weak_ptr<const PackedMatrix>> packs;
+  const std::lock_guard<std::mutex> lock(mu);
+  auto& slot = packs[Key{w.data, w.dtype, w.nbytes}];
+  if (auto p = slot.lock()) return p;
+  std::shared_ptr<const PackedMatrix> p = pack_avx512(w);
+  slot = p;
+  return p;
+#else
+  (void)w;
+  return nullptr;
+#endif
+}
+
+bool fast_matmul_packed(const PackedMatrix& p, const float* x, int64_t n_tok, int64_t n_in, int64_t n_out, float* y,
+                        int64_t row0) {
+#if defined(__x86_64__)
+  return active_isa() == Isa::Avx512Vnni && matmul_packed_avx512(p, x, n_tok, n_in, n_out, y, row0);
+#else
+  (void)p, (void)x, (void)n_tok, (void)n_in, (void)n_out, (void)y, (void)row0;
+  return false;
+#endif
 }
 
 #if !defined(__x86_64__)

@@ -9,6 +9,7 @@
 // allocates on the heap: scratch is per thread and only grows.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,19 @@ namespace g4 {
 
 // y[t, o] = sum_i W[row0 + o, i] * x[t, i]
 void fast_matmul(const TensorView& w, const float* x, int64_t n_tok, int64_t n_in, int64_t n_out, float* y, int64_t row0 = 0);
+
+// Weights re-laid out once for the fast kernels ("repacking", as llama.cpp's CPU backend
+// does): Q4_0, Q8_0, Q4_K and Q6_K rows interleaved 16 at a time (kernels/packed_avx512.cc),
+// so that decode and batches of any size run one tile kernel that neither unpacks nor
+// transposes per call, at the bytes per weight of the GGUF blocks (+3% for Q4_K).
+// nullptr where no packed layout applies (type, CPU without AVX-512 VNNI, G4_FORCE_ISA
+// below it, or G4_NO_REPACK=1). A tensor is packed once while any caller holds its pack.
+struct PackedMatrix;
+std::shared_ptr<const PackedMatrix> fast_pack(const TensorView& w);
+// fast_matmul on a pack of w; false where it does not apply (then call fast_matmul): another
+// ISA forced since packing, or rows not on the pack's 16-row groups (row0 % 16 != 0).
+bool fast_matmul_packed(const PackedMatrix& p, const float* x, int64_t n_tok, int64_t n_in, int64_t n_out, float* y,
+                        int64_t row0 = 0);
 
 // Vector helpers of the fast forward (attention, activations), dispatched like fast_matmul.
 void fast_softmax(float* z, int64_t n);

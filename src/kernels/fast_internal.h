@@ -6,10 +6,24 @@
 #endif
 
 #include <cstdint>
+#include <cstdlib>
+#include <memory>
 #include <vector>
 
 #include "formats/dtype.h"
 #include "formats/tensor.h"
+
+namespace g4 {
+
+// A weight matrix re-laid out for one ISA's kernels (fast.h: fast_pack), 16 rows at a time.
+struct PackedMatrix {
+  DType type = DType::F32;
+  int64_t rows = 0, cols = 0;  // of the source matrix (every expert of a 3-D tensor)
+  int64_t group_bytes = 0;     // one group of 16 rows
+  std::unique_ptr<uint8_t, decltype(&std::free)> data{nullptr, &std::free};
+};
+
+}  // namespace g4
 
 namespace g4::fast_detail {
 
@@ -118,6 +132,14 @@ bool cpu_has_avx512_vnni();
 bool matmul_neon(const TensorView& w, const float* x, int64_t n_tok, int64_t n_in, int64_t n_out, float* y, int64_t row0);
 // The int8 dot fast_neon.cc was built with: "vdotq_s32" or "vmull_s8+vpadalq_s16".
 const char* neon_dot_kind();
+#endif
+
+#if defined(__x86_64__)
+// Packed copies for the AVX-512 VNNI kernels (packed_avx512.cc: the layouts): nullptr where
+// the type has no packed layout; false where the call does not fit the pack.
+std::shared_ptr<PackedMatrix> pack_avx512(const TensorView& w);
+bool matmul_packed_avx512(const PackedMatrix& p, const float* x, int64_t n_tok, int64_t n_in, int64_t n_out, float* y,
+                          int64_t row0);
 #endif
 
 // Tests: the in-register block decoders of one ISA, as floats (s * q + m per element, in

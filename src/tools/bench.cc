@@ -66,6 +66,8 @@ double measure_read_bandwidth_gbps() {
 BenchResult run_bench(const Model& m, const BenchOptions& opt) {
   if (opt.n_prompt < 0 || opt.n_gen < 0 || opt.reps < 1) fail("bench: -p, -n must be >= 0 and -r >= 1");
   if (opt.n_prompt + 1 > m.spec.max_ctx || opt.n_gen + 1 > m.spec.max_ctx) fail("bench: -p/-n exceed the model's context");
+  for (int n : opt.n_parallel)
+    if (n < 1 || n > 512) fail("bench: -npl values must be in 1..512 (got {})", n);
   BenchResult r;
   for (const auto& t : m.file_tensors) { r.n_params += t.numel(); r.n_bytes += t.nbytes; }
   std::mt19937 rng(42);
@@ -96,6 +98,30 @@ BenchResult run_bench(const Model& m, const BenchOptions& opt) {
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       if (rep >= 0) tg.push_back(opt.n_gen / secs);
     }
+  }
+  // Batched decode: sequence 0 plus N-1 added ones, one token each per step.
+  for (int n_seq : opt.n_parallel) {
+    if (opt.n_gen <= 0) break;
+    std::vector<int> seqs{0};
+    for (int i = 1; i < n_seq; ++i) seqs.push_back(s.add_sequence(1));
+    std::vector<int32_t> toks(static_cast<size_t>(n_seq));
+    std::vector<Session::SeqTokens> batch(static_cast<size_t>(n_seq));
+    std::vector<double> rate;
+    for (int rep = -1; rep < opt.reps; ++rep) {
+      for (int q : seqs) s.reset(q);
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int i = 0; i < opt.n_gen; ++i) {
+        for (int k = 0; k < n_seq; ++k) {
+          toks[static_cast<size_t>(k)] = i == 0 ? 2 : tok(rng);
+          batch[static_cast<size_t>(k)] = {seqs[static_cast<size_t>(k)], std::span<const int32_t>(&toks[static_cast<size_t>(k)], 1), true};
+        }
+        s.step(batch);
+      }
+      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (rep >= 0) rate.push_back(static_cast<double>(n_seq) * opt.n_gen / secs);
+    }
+    for (size_t i = 1; i < seqs.size(); ++i) s.free_sequence(seqs[i]);
+    r.batched.push_back({n_seq, mean(rate), stddev(rate)});
   }
   r.pp_tps = mean(pp);
   r.pp_std = stddev(pp);

@@ -13,12 +13,21 @@ namespace g4 {
 struct BenchOptions {
   int n_prompt = 512, n_gen = 128, reps = 5;
   Precision precision = Precision::Fast;
+  // Batched decode (llama-batched-bench's -npl): for each N, N sequences generate n_gen
+  // tokens each in lockstep, one forward per step for all N (as the serving scheduler).
+  std::vector<int> n_parallel;
+};
+
+struct BatchedRow {
+  int n_seq = 0;
+  double tps = 0, std = 0;  // generated tokens per second over all sequences
 };
 
 struct BenchResult {
   double pp_tps = 0, pp_std = 0, tg_tps = 0, tg_std = 0;
   double peak_rss_gb = 0, decode_gbps = 0, bytes_per_token_gb = 0;
   int64_t n_params = 0, n_bytes = 0;
+  std::vector<BatchedRow> batched;
 };
 
 BenchResult run_bench(const Model& m, const BenchOptions& opt);
