@@ -220,9 +220,20 @@ TEST(FastKernels, AttentionAndActivationHelpersMatchTheReference) {
       EXPECT_NEAR(gl[i], r, 1e-6 * (1 + std::fabs(r))) << isa << " gelu at " << g[i];
       e_gelu = std::max(e_gelu, std::fabs(gl[i] - r) / (1 + std::fabs(r)));
     }
+    // Softcap of logits (c = 30) over -1000..1000: absolute error, as logits are compared.
+    double e_cap = 0;
+    std::vector<float> z(4001);
+    for (size_t i = 0; i < z.size(); ++i) z[i] = -1000.0f + 0.5f * static_cast<float>(i) + 0.1f * g[i % g.size()];
+    std::vector<float> zc = z;
+    fast_softcap(zc.data(), static_cast<int64_t>(zc.size()), 30.0f);
+    for (size_t i = 0; i < z.size(); ++i) {
+      const double r = 30.0 * std::tanh(static_cast<double>(z[i]) / 30.0);
+      EXPECT_NEAR(zc[i], r, 2e-5) << isa << " softcap at " << z[i];
+      e_cap = std::max(e_cap, std::fabs(zc[i] - r));
+    }
     std::printf("fast helpers %s: worst error scores %.1e (bound 5e-5), softmax %.1e (1e-6), weighted sum %.1e (3e-6), "
-                "gelu*u %.1e (1e-6)\n",
-                isa.c_str(), e_scores, e_softmax, e_sum, e_gelu);
+                "gelu*u %.1e (1e-6), softcap %.1e (2e-5 absolute)\n",
+                isa.c_str(), e_scores, e_softmax, e_sum, e_gelu, e_cap);
   }
   fast_force_isa("");
 }

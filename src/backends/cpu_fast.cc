@@ -30,6 +30,9 @@ class FastBackend final : public RefBackend<float> {
     if (g.stride == g.cols && u.stride == u.cols) return fast_gelu_tanh_mul(row(g, 0), row(u, 0), g.numel());
     for (int64_t r = 0; r < g.rows; ++r) fast_gelu_tanh_mul(row(g, r), row(u, r), g.cols);
   }
+  void softcap(const View& x, double c) override {
+    for (int64_t r = 0; r < x.rows; ++r) fast_softcap(row(x, r), x.cols, static_cast<float>(c));
+  }
   void attention(int seq, int layer, const View& q, int64_t heads, const View& out) override {
     for_each_query(seq, layer, q, heads, out, [&](const Query& a) {
       const int tid = omp_get_thread_num();

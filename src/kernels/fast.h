@@ -39,6 +39,7 @@ void fast_softmax(float* z, int64_t n);
 void fast_scores(const float* q, const float* const* keys, int64_t n, int64_t hd, float* scores);
 void fast_weighted_sum(const float* p, const float* const* vals, int64_t n, int64_t hd, float* out);
 void fast_gelu_tanh_mul(float* g, const float* u, int64_t n);  // g = gelu_tanh(g) * u
+void fast_softcap(float* x, int64_t n, float c);                // x = c * tanh(x / c)
 
 // "avx512vnni", "avx2", "neon" or "scalar": what fast_matmul runs on this CPU
 // (G4_FORCE_ISA=avx2|scalar|... caps it, e.g. to compare kernels; names of another

@@ -46,9 +46,15 @@ constexpr int kTile = 8;  // tokens per register tile
 constexpr int kPrefetch = 4096;
 
 // The 4 bytes at `src` of each of 16 rows (nullptr: a padding row, zeros) into one vector.
-void interleave(const uint8_t* const* rows, int64_t off, uint8_t* out, uint8_t flip = 0) {
-  for (int r = 0; r < kRows; ++r)
-    for (int b = 0; b < 4; ++b) out[4 * r + b] = rows[r] ? static_cast<uint8_t>(rows[r][off + b] ^ flip) : 0;
+void interleave(const uint8_t* const* rows, int64_t off, uint8_t* out, uint32_t flip = 0) {
+  for (int r = 0; r < kRows; ++r) {
+    uint32_t v = 0;
+    if (rows[r]) {
+      std::memcpy(&v, rows[r] + off, 4);
+      v ^= flip;
+    }
+    std::memcpy(out + 4 * r, &v, 4);
+  }
 }
 
 void put_f16(const uint8_t* const* rows, int64_t off, uint8_t* out) {
@@ -74,7 +80,7 @@ struct Q8_0L {
   static constexpr int kCols = 32, kBytes = 544, kZeroPoint = 128, kScaleBlock = 32;
   static constexpr bool kMin = false;
   static void pack(const uint8_t* const* rows, uint8_t* out) {
-    for (int k = 0; k < 8; ++k) interleave(rows, offsetof(block_q8_0, qs) + 4 * k, out + 64 * k, 0x80);
+    for (int k = 0; k < 8; ++k) interleave(rows, offsetof(block_q8_0, qs) + 4 * k, out + 64 * k, 0x80808080u);
     put_f16(rows, offsetof(block_q8_0, d), out + 512);
   }
 };
