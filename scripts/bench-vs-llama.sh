@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # g4 against llama.cpp's FASTEST CPU build, interleaved, same GGUF, same threads.
 #
-#   scripts/bench-vs-llama.sh [-r ROUNDS] [-t THREADS] [-p 512] [-n 64] [--variants "sapphirerapids zen4"]
+#   scripts/bench-vs-llama.sh [-r ROUNDS] [-t THREADS] [-p 512] [-n 64] [-d DEPTH] [--variants "sapphirerapids zen4"]
 #                             [--g4 build/g4] [--g4-old OLD_G4] FILE.gguf...
 #
 # llama.cpp comes from ../shared/peers/llama-cpp.sh (Debian's binaries unpacked outside
@@ -14,7 +14,7 @@
 # with -r 1 after a warm-up), the ratio g4 / best llama.cpp, and decode's fraction of the
 # read bandwidth `g4 bench --membw` measured in the same run.
 set -euo pipefail
-ROUNDS=2 THREADS=2 NP=512 NG=64 G4=build/g4 G4_OLD="" VARIANTS="sapphirerapids zen4 icelake skylakex haswell"
+ROUNDS=2 THREADS=2 NP=512 NG=64 DEPTH=0 G4=build/g4 G4_OLD="" VARIANTS="sapphirerapids zen4 icelake skylakex haswell"
 files=()
 while (($#)); do
   case $1 in
@@ -22,6 +22,7 @@ while (($#)); do
     -t) THREADS=$2; shift 2 ;;
     -p) NP=$2; shift 2 ;;
     -n) NG=$2; shift 2 ;;
+    -d) DEPTH=$2; shift 2 ;;  # context already in the cache (llama-bench -d)
     --variants) VARIANTS=$2; shift 2 ;;
     --g4) G4=$2; shift 2 ;;
     --g4-old) G4_OLD=$2; shift 2 ;;
@@ -52,18 +53,19 @@ for ((r = 1; r <= ROUNDS; r++)); do
   for f in "${files[@]}"; do
     b=$(basename "$f")
     echo "round $r: $b" >&2
-    "$G4" bench -m "$f" -p "$NP" -n "$NG" -r 1 -t "$THREADS" --json > "$out/g4.$b.$r.json"
-    [[ -n $G4_OLD ]] && "$G4_OLD" bench -m "$f" -p "$NP" -n "$NG" -r 1 -t "$THREADS" --json > "$out/g4old.$b.$r.json"
+    "$G4" bench -m "$f" -p "$NP" -n "$NG" -d "$DEPTH" -r 1 -t "$THREADS" --json > "$out/g4.$b.$r.json"
+    [[ -n $G4_OLD ]] && "$G4_OLD" bench -m "$f" -p "$NP" -n "$NG" -d "$DEPTH" -r 1 -t "$THREADS" --json > "$out/g4old.$b.$r.json"
     for v in "${vars[@]}"; do
-      GGML_BACKEND_PATH=$LIBDIR/libggml-cpu-$v.so "$ROOT/run" llama-bench -m "$f" -p "$NP" -n "$NG" -r 1 -t "$THREADS" -o json \
+      GGML_BACKEND_PATH=$LIBDIR/libggml-cpu-$v.so "$ROOT/run" llama-bench -m "$f" -p "$NP" -n "$NG" -d "$DEPTH" -r 1 -t "$THREADS" -o json \
         > "$out/llama-$v.$b.$r.json" 2>/dev/null || echo "  llama.cpp $v failed on $b" >&2
     done
   done
 done
-python3 - "$out" "$NP" "$NG" "$G4_OLD" "${files[@]}" <<'PY'
+python3 - "$out" "$NP" "$NG" "$G4_OLD" "$DEPTH" "${files[@]}" <<'PY'
 import json, os, sys, glob, statistics as st
-out, NP, NG, old = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-files = [os.path.basename(f) for f in sys.argv[5:]]
+out, NP, NG, old, DEPTH = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+files = [os.path.basename(f) for f in sys.argv[6:]]
+at = f" @ d{DEPTH}" if DEPTH else ""
 def load(p):
     try: return json.load(open(p))
     except Exception: return None
@@ -93,7 +95,7 @@ for b in files:
         g = g4("g4", b, key)
         if not g: continue
         l = L.get(test)
-        row = f"| {b} | {test}{n} | {g[0]:.2f} ({g[1]:.2f}-{g[2]:.2f}) | "
+        row = f"| {b} | {test}{n}{at} | {g[0]:.2f} ({g[1]:.2f}-{g[2]:.2f}) | "
         row += f"{l[0]:.2f} ({l[1]:.2f}-{l[2]:.2f}) {l[3]} | {g[0]/l[0]:.2f}x |" if l else "failed | - |"
         if old:
             o = g4("g4old", b, key)

@@ -22,6 +22,7 @@ void register_bench(CLI::App& app) {
   cmd->add_option("-p,--n-prompt", o->b.n_prompt, "prompt tokens (default 512; 0 skips pp)");
   cmd->add_option("-n,--n-gen", o->b.n_gen, "generated tokens (default 128; 0 skips tg)");
   cmd->add_option("-r,--repetitions", o->b.reps, "repetitions (default 5)");
+  cmd->add_option("-d,--n-depth", o->b.depth, "tokens already in the context before each pp/tg run (llama-bench's -d; default 0)");
   cmd->add_option("-t,--threads", o->threads, "threads (default: all cores)");
   auto* prec = cmd->add_option("--precision", o->precision, "fast (default), f32, f64 or bf16")->check(CLI::IsMember(kPrecisionNames));
   auto dev = std::make_shared<DeviceFlags>();
@@ -44,7 +45,7 @@ void register_bench(CLI::App& app) {
     const std::string name = std::filesystem::path(o->model).filename().string();
     if (o->json) {
       json j{{"model", o->model}, {"n_params", r.n_params}, {"n_bytes", r.n_bytes}, {"threads", threads},
-             {"precision", o->precision}, {"isa", fast_kernel_isa()}, {"device", device}, {"pp", o->b.n_prompt}, {"tg", o->b.n_gen},
+             {"precision", o->precision}, {"isa", fast_kernel_isa()}, {"device", device}, {"pp", o->b.n_prompt}, {"tg", o->b.n_gen}, {"depth", o->b.depth},
              {"pp_tps", r.pp_tps}, {"pp_tps_std", r.pp_std}, {"tg_tps", r.tg_tps}, {"tg_tps_std", r.tg_std},
              {"peak_rss_gb", r.peak_rss_gb}, {"decode_gbps", r.decode_gbps}, {"decode_bytes_per_token_gb", r.bytes_per_token_gb}};
       if (o->membw) j["memory_read_gbps"] = bw;
@@ -60,8 +61,9 @@ void register_bench(CLI::App& app) {
       std::printf("| %-28s | %7.2f GiB | %6.2f B | %-10s | %7d | %8s | %11.2f ± %4.2f |\n", name.c_str(), r.n_bytes / 1073741824.0,
                   r.n_params / 1e9, backend.c_str(), threads, test.c_str(), tps, sd);
     };
-    if (o->b.n_prompt > 0) row(fmt::format("pp{}", o->b.n_prompt), r.pp_tps, r.pp_std);
-    if (o->b.n_gen > 0) row(fmt::format("tg{}", o->b.n_gen), r.tg_tps, r.tg_std);
+    const std::string at = o->b.depth ? fmt::format(" @ d{}", o->b.depth) : "";
+    if (o->b.n_prompt > 0) row(fmt::format("pp{}{}", o->b.n_prompt, at), r.pp_tps, r.pp_std);
+    if (o->b.n_gen > 0) row(fmt::format("tg{}{}", o->b.n_gen, at), r.tg_tps, r.tg_std);
     for (const auto& b : r.batched) row(fmt::format("tg{} x{}", o->b.n_gen, b.n_seq), b.tps, b.std);
     std::printf("\npeak RSS %.2f GB; decode reads %.3f GB of weights per token -> %.2f GB/s", r.peak_rss_gb, r.bytes_per_token_gb, r.decode_gbps);
     if (o->membw) std::printf(" (machine read bandwidth %.2f GB/s: %.0f%%)", bw, 100 * r.decode_gbps / bw);

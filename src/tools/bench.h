@@ -12,6 +12,9 @@ namespace g4 {
 
 struct BenchOptions {
   int n_prompt = 512, n_gen = 128, reps = 5;
+  // Context already in the KV cache before each pp/tg run (llama-bench's -d): the cost of
+  // attention over a long context.
+  int depth = 0;
   Precision precision = Precision::Fast;
   // Batched decode (llama-batched-bench's -npl): for each N, N sequences generate n_gen
   // tokens each in lockstep, one forward per step for all N (as the serving scheduler).
