@@ -467,24 +467,35 @@ void fast_matmul(const TensorView& w, const float* x, int64_t n_tok, int64_t n_i
   (void)isa;
 #endif
   if (!is_quantized(w.dtype) || n_in % QK != 0) {
+    // Blocks of 16 rows (in place for F32, else dequantized into scratch) against every
+    // token, so each token's activations are read from memory once per block, not per row.
+    constexpr int64_t kRowBlock = 16;
 #pragma omp parallel
     {
-      float* buf = grown(scratch().f32, n_in);
+      float* buf = grown(scratch().f32, kRowBlock * n_in);
+      const float* rows[kRowBlock];
 #pragma omp for schedule(static)
-      for (int64_t o = 0; o < n_out; ++o) {
-        const uint8_t* src = w.data + (row0 + o) * *rb;
-        const float* row = buf;
-        if (w.dtype == DType::F32 && reinterpret_cast<uintptr_t>(src) % alignof(float) == 0) row = reinterpret_cast<const float*>(src);
-        else dequant_row(w.dtype, src, n_in, buf);
-        for (int64_t t = 0; t < n_tok; ++t) {
-#if defined(__x86_64__)
-          if (avx2) {
-            y[t * n_out + o] = dot_f32_avx2(row, x + t * n_in, n_in);
-            continue;
+      for (int64_t o0 = 0; o0 < n_out; o0 += kRowBlock) {
+        const int64_t nr = std::min(kRowBlock, n_out - o0);
+        for (int64_t r = 0; r < nr; ++r) {
+          const uint8_t* src = w.data + (row0 + o0 + r) * *rb;
+          if (w.dtype == DType::F32 && reinterpret_cast<uintptr_t>(src) % alignof(float) == 0) {
+            rows[r] = reinterpret_cast<const float*>(src);
+          } else {
+            dequant_row(w.dtype, src, n_in, buf + r * n_in);
+            rows[r] = buf + r * n_in;
           }
-#endif
-          y[t * n_out + o] = dot_f32_scalar(row, x + t * n_in, n_in);
         }
+        for (int64_t t = 0; t < n_tok; ++t)
+          for (int64_t r = 0; r < nr; ++r) {
+#if defined(__x86_64__)
+            if (avx2) {
+              y[t * n_out + o0 + r] = dot_f32_avx2(rows[r], x + t * n_in, n_in);
+              continue;
+            }
+#endif
+            y[t * n_out + o0 + r] = dot_f32_scalar(rows[r], x + t * n_in, n_in);
+          }
       }
     }
     return;
