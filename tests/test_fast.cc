@@ -114,7 +114,7 @@ TEST(FastKernels, PackedWeightsEqualThePanelKernelForEveryTokenCount) {
   for (auto& v : w) v = 0.05f * n(rng);
   for (auto& v : x) v = n(rng);
   int64_t compared = 0;
-  for (DType t : {DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K}) {
+  for (DType t : {DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
     auto bytes = quantize_rows(t, w.data(), out, in);
     TensorView tv;
     tv.name = "w";
@@ -146,7 +146,7 @@ TEST(FastKernels, PackedWeightsEqualThePanelKernelForEveryTokenCount) {
     EXPECT_FALSE(fast_pack(tv)) << "no pack below AVX-512 VNNI";
     fast_force_isa("");
   }
-  std::printf("packed Q4_0/Q8_0/Q4_K/Q6_K: %lld outputs equal to the panel kernel bit for bit (1..19 tokens)\n",
+  std::printf("packed Q4_0/Q8_0/Q4_K/Q5_K/Q6_K: %lld outputs equal to the panel kernel bit for bit (1..19 tokens)\n",
               static_cast<long long>(compared));
 }
 

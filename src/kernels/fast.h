@@ -21,9 +21,9 @@ namespace g4 {
 void fast_matmul(const TensorView& w, const float* x, int64_t n_tok, int64_t n_in, int64_t n_out, float* y, int64_t row0 = 0);
 
 // Weights re-laid out once for the fast kernels ("repacking", as llama.cpp's CPU backend
-// does): Q4_0, Q8_0, Q4_K and Q6_K rows interleaved 16 at a time (kernels/packed_avx512.cc),
+// does): Q4_0, Q8_0, Q4_K, Q5_K and Q6_K rows interleaved 16 at a time (kernels/packed_avx512.cc),
 // so that decode and batches of any size run one tile kernel that neither unpacks nor
-// transposes per call, at the bytes per weight of the GGUF blocks (+3% for Q4_K).
+// transposes per call, at the bytes per weight of the GGUF blocks (+2-3% for Q4_K/Q5_K).
 // nullptr where no packed layout applies (type, CPU without AVX-512 VNNI, G4_FORCE_ISA
 // below it, or G4_NO_REPACK=1). A tensor is packed once while any caller holds its pack.
 struct PackedMatrix;

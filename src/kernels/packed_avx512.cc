@@ -1,5 +1,5 @@
 // Packed weights for the AVX-512 VNNI kernels (llama.cpp's CPU backend calls this
-// "repacking"): a Q4_0, Q8_0, Q4_K or Q6_K matrix re-laid out once, 16 rows at a time, so
+// "repacking"): a Q4_0, Q8_0, Q4_K, Q5_K or Q6_K matrix re-laid out once, 16 rows at a time, so
 // that one 64-byte vector holds 4 consecutive weights (still in their stored bits) of 16
 // rows. One vpdpbusd against 4 broadcast activation bytes then advances 16 row dots, for
 // decode (one token) and batches alike: nothing is unpacked or transposed per call, and
@@ -14,6 +14,8 @@
 //   Q4_K unit (2368 B, +3% over the blocks): for each 32-byte qs chunk c (0-3) its vectors
 //        0-7 (low nibbles: sub-block 2c, high: 2c+1); d[16] and dmin[16] f16; the 6-bit
 //        scales sc[8][16] and mins m[8][16] as bytes.
+//   Q5_K unit (2880 B, +2%): the Q4_K unit of its d, dmin, scales and qs, then vectors 0-7 of qh
+//        (bit j of qh[l]: the fifth bit of element l of sub-block j).
 //   Q6_K unit (3360 B = 16 blocks): ql vectors for (n, half) in (0,0) (0,1) (1,0) (1,1) of
 //        ql[64n + 32 half ..], 8 each; qh vectors for n = 0, 1 of qh[32n ..], 8 each; the
 //        int8 scales [16][16]; the 16 f16 d.
@@ -85,24 +87,30 @@ struct Q8_0L {
   }
 };
 
-struct Q4_KL {
-  static constexpr DType kType = DType::Q4_K;
-  static constexpr int kCols = 256, kBytes = 2368, kZeroPoint = 0, kScaleBlock = 32;
+// Q4_K and Q5_K share d, dmin, the packed 6-bit scales and the nibbles; Q5_K adds qh.
+template <class B, DType kT, int kUnitBytes>
+struct KQuantL {
+  static constexpr DType kType = kT;
+  static constexpr int kCols = 256, kBytes = kUnitBytes, kZeroPoint = 0, kScaleBlock = 32;
   static constexpr bool kMin = true;
   static void pack(const uint8_t* const* rows, uint8_t* out) {
     for (int c = 0; c < 4; ++c)
-      for (int k = 0; k < 8; ++k) interleave(rows, offsetof(block_q4_k, qs) + 32 * c + 4 * k, out + 512 * c + 64 * k);
-    put_f16(rows, offsetof(block_q4_k, d), out + 2048);
-    put_f16(rows, offsetof(block_q4_k, dmin), out + 2080);
+      for (int k = 0; k < 8; ++k) interleave(rows, offsetof(B, qs) + 32 * c + 4 * k, out + 512 * c + 64 * k);
+    put_f16(rows, offsetof(B, d), out + 2048);
+    put_f16(rows, offsetof(B, dmin), out + 2080);
     for (int r = 0; r < kRows; ++r)
       for (int j = 0; j < 8; ++j) {
         uint8_t sc = 0, mn = 0;
-        if (rows[r]) scale_min_k4(j, rows[r] + offsetof(block_q4_k, scales), sc, mn);
+        if (rows[r]) scale_min_k4(j, rows[r] + offsetof(B, scales), sc, mn);
         out[2112 + 16 * j + r] = sc;
         out[2240 + 16 * j + r] = mn;
       }
+    if constexpr (kT == DType::Q5_K)
+      for (int k = 0; k < 8; ++k) interleave(rows, offsetof(block_q5_k, qh) + 4 * k, out + 2368 + 64 * k);
   }
 };
+using Q4_KL = KQuantL<block_q4_k, DType::Q4_K, 2368>;
+using Q5_KL = KQuantL<block_q5_k, DType::Q5_K, 2880>;
 
 struct Q6_KL {
   static constexpr DType kType = DType::Q6_K;
@@ -182,7 +190,7 @@ G4_AVX512 void tile(const uint8_t* group, int64_t n_units, const Acts& a, int64_
       }
       _mm_prefetch(reinterpret_cast<const char*>(p) + 512 + kPrefetch, _MM_HINT_T0);
       scale_add<T>(dot, f16x16(p + 512), a, t0, u, acc);
-    } else if constexpr (L::kType == DType::Q4_K) {
+    } else if constexpr (L::kType == DType::Q4_K || L::kType == DType::Q5_K) {
       const __m512 d = f16x16(p + 2048), mdmin = _mm512_sub_ps(_mm512_setzero_ps(), f16x16(p + 2080));
       for (int j = 0; j < 8; ++j) {  // sub-blocks of 32: chunk j / 2, low or high nibbles
         const int64_t b = 8 * u + j;
@@ -190,7 +198,13 @@ G4_AVX512 void tile(const uint8_t* group, int64_t n_units, const Acts& a, int64_
         for (int k = 0; k < 8; ++k) {
           const uint8_t* vp = p + 512 * (j / 2) + 64 * k;
           const __m512i v = j % 2 ? _mm512_loadu_si512(vp) : load(vp);
-          const __m512i w = j % 2 ? _mm512_and_si512(_mm512_srli_epi16(v, 4), nib) : _mm512_and_si512(v, nib);
+          __m512i w = j % 2 ? _mm512_and_si512(_mm512_srli_epi16(v, 4), nib) : _mm512_and_si512(v, nib);
+          if constexpr (L::kType == DType::Q5_K) {  // bit j of qh to bit 4 of each byte
+            const uint8_t* hp = p + 2368 + 64 * k;
+            const __m512i qh = j == 0 ? load(hp) : _mm512_loadu_si512(hp);
+            const __m512i hb = j < 4 ? _mm512_slli_epi16(qh, 4 - j) : _mm512_srli_epi16(qh, j - 4);
+            w = _mm512_ternarylogic_epi32(w, hb, _mm512_set1_epi8(0x10), 0xF8);  // w | (hb & 0x10)
+          }
           for (int t = 0; t < T; ++t) dot[t] = _mm512_dpbusd_epi32(dot[t], w, bcast(x[t] + e0 + 32 * j + 4 * k));
         }
         const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2112 + 16 * j));
@@ -200,8 +214,7 @@ G4_AVX512 void tile(const uint8_t* group, int64_t n_units, const Acts& a, int64_
         scale_add<T>(dot, s, a, t0, b, acc);
         for (int t = 0; t < T; ++t) acc[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(a.sx[a.at(t0 + t, b)]), acc[t]);
       }
-      for (int off = 2048; off < L::kBytes; off += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(p) + off + kPrefetch, _MM_HINT_T0);
+      for (int off = 2048; off < 2368; off += 64) _mm_prefetch(reinterpret_cast<const char*>(p) + off + kPrefetch, _MM_HINT_T0);
     } else {  // Q6_K: element 128n + 32i + l = ql nibble | qh bits 2i..2i+1 << 4, scale group 8n + 2i + l / 16
       const __m512 d = f16x16(p + 3328);
       const __m512i hmask = _mm512_set1_epi8(0x30);
@@ -311,6 +324,7 @@ std::shared_ptr<PackedMatrix> pack_avx512(const TensorView& w) {
     case DType::Q4_0: return cols % Q4_0L::kCols ? nullptr : pack<Q4_0L>(w, rows, cols);
     case DType::Q8_0: return cols % Q8_0L::kCols ? nullptr : pack<Q8_0L>(w, rows, cols);
     case DType::Q4_K: return cols % Q4_KL::kCols ? nullptr : pack<Q4_KL>(w, rows, cols);
+    case DType::Q5_K: return cols % Q5_KL::kCols ? nullptr : pack<Q5_KL>(w, rows, cols);
     case DType::Q6_K: return cols % Q6_KL::kCols ? nullptr : pack<Q6_KL>(w, rows, cols);
     default: return nullptr;
   }
@@ -323,6 +337,7 @@ bool matmul_packed_avx512(const PackedMatrix& p, const float* x, int64_t n_tok, 
     case DType::Q4_0: return matmul<Q4_0L>(p, x, n_tok, n_in, n_out, y, row0);
     case DType::Q8_0: return matmul<Q8_0L>(p, x, n_tok, n_in, n_out, y, row0);
     case DType::Q4_K: return matmul<Q4_KL>(p, x, n_tok, n_in, n_out, y, row0);
+    case DType::Q5_K: return matmul<Q5_KL>(p, x, n_tok, n_in, n_out, y, row0);
     case DType::Q6_K: return matmul<Q6_KL>(p, x, n_tok, n_in, n_out, y, row0);
     default: return false;
   }
