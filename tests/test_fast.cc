@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 
 #include <fmt/ranges.h>
@@ -220,12 +221,34 @@ TEST(FastKernels, AttentionAndActivationHelpersMatchTheReference) {
       EXPECT_NEAR(gl[i], r, 1e-6 * (1 + std::fabs(r))) << isa << " gelu at " << g[i];
       e_gelu = std::max(e_gelu, std::fabs(gl[i] - r) / (1 + std::fabs(r)));
     }
+    // Grouped-query attention: 3 heads on one KV head give each head's single-head numbers.
+    {
+      constexpr int64_t G = 3;
+      std::vector<float> qg(static_cast<size_t>(G * hd)), sg(static_cast<size_t>(G * nk)), og(static_cast<size_t>(G * hd));
+      for (auto& e : qg) e = n(rng);
+      fast_scores_group(qg.data(), hd, G, rows.data(), nk, hd, sg.data(), nk);
+      for (int64_t h = 0; h < G; ++h) fast_softmax(sg.data() + h * nk, nk);
+      fast_weighted_sum_group(sg.data(), nk, G, rows.data(), nk, hd, og.data(), hd);
+      for (int64_t h = 0; h < G; ++h) {
+        std::vector<float> s1(nk), o1(hd);
+        fast_scores(qg.data() + h * hd, rows.data(), nk, hd, s1.data());
+        fast_softmax(s1.data(), nk);
+        fast_weighted_sum(s1.data(), rows.data(), nk, hd, o1.data());
+        for (int64_t j = 0; j < nk; ++j) EXPECT_EQ(sg[h * nk + j], s1[j]) << isa << " head " << h;
+        for (int64_t i = 0; i < hd; ++i) EXPECT_EQ(og[h * hd + i], o1[i]) << isa << " head " << h;
+      }
+    }
     // Softcap of logits (c = 30) over -1000..1000: absolute error, as logits are compared.
     double e_cap = 0;
     std::vector<float> z(4001);
     for (size_t i = 0; i < z.size(); ++i) z[i] = -1000.0f + 0.5f * static_cast<float>(i) + 0.1f * g[i % g.size()];
+    z[17] = std::numeric_limits<float>::quiet_NaN();  // non-finite values must survive (the NaN check downstream)
+    z[18] = std::numeric_limits<float>::infinity();
     std::vector<float> zc = z;
     fast_softcap(zc.data(), static_cast<int64_t>(zc.size()), 30.0f);
+    EXPECT_TRUE(std::isnan(zc[17])) << isa;
+    EXPECT_EQ(zc[18], 30.0f) << isa;
+    z[17] = zc[17] = 0.0f;
     for (size_t i = 0; i < z.size(); ++i) {
       const double r = 30.0 * std::tanh(static_cast<double>(z[i]) / 30.0);
       EXPECT_NEAR(zc[i], r, 2e-5) << isa << " softcap at " << z[i];

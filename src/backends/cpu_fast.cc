@@ -33,21 +33,42 @@ class FastBackend final : public RefBackend<float> {
   void softcap(const View& x, double c) override {
     for (int64_t r = 0; r < x.rows; ++r) fast_softcap(row(x, r), x.cols, static_cast<float>(c));
   }
+  // Grouped-query attention: the query heads that share a KV head run together, so each
+  // key and value row is read from memory once per group, not once per head (e2b: 8 heads
+  // on one KV head). Each head's numbers are those of a single-head pass.
   void attention(int seq, int layer, const View& q, int64_t heads, const View& out) override {
-    for_each_query(seq, layer, q, heads, out, [&](const Query& a) {
-      const int tid = omp_get_thread_num();
-      const float** keys = keys_[tid].data();
-      const float** vals = vals_[tid].data();
-      float* scores = scores_[tid].data();
-      const int64_t nk = a.pos - a.lo + 1;
-      for (int64_t kp = a.lo; kp <= a.pos; ++kp) {
-        keys[kp - a.lo] = a.key(kp);
-        vals[kp - a.lo] = a.val(kp);
-      }
-      fast_scores(a.q, keys, nk, a.hd, scores);
-      fast_softmax(scores, nk);
-      fast_weighted_sum(scores, vals, nk, a.hd, a.out);
-    });
+    const LayerSpec& ls = s_.layers[layer];
+    const KvCache<float>& c = kv(seq);
+    const LayerKv<float>& src = c.layers[ls.kv_source];
+    const int64_t hd = q.cols, G = ls.n_heads / ls.n_kv_heads, n = q.rows / heads, start = c.n_past;
+    const int64_t n_kv = heads / G;
+    reserve_attention(c.max_keys(ls, start + n - 1));
+    // A group is split into parts only as far as needed to give every thread work
+    // (decode: one token, often one KV head).
+    const int64_t threads = omp_get_max_threads();
+    int64_t parts = 1;
+    while (n * n_kv * parts < threads && G % (2 * parts) == 0) parts *= 2;
+    const int64_t per = G / parts, q_stride = q.rows > 1 ? q.stride : hd, out_stride = out.rows > 1 ? out.stride : hd;
+#pragma omp parallel for collapse(3) schedule(static)
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t k = 0; k < n_kv; ++k)
+        for (int64_t part = 0; part < parts; ++part) {
+          const int64_t pos = start + t, r = t * heads + k * G + part * per;
+          const int64_t lo = ls.window > 0 ? std::max<int64_t>(0, pos - ls.window + 1) : 0;
+          const Query a{row(q, r), row(out, r), hd, pos, lo, &src, start, k * hd};
+          const int tid = omp_get_thread_num();
+          const float** keys = keys_[tid].data();
+          const float** vals = vals_[tid].data();
+          float* scores = gscores_[tid].data();
+          const int64_t nk = a.pos - a.lo + 1;
+          for (int64_t kp = a.lo; kp <= a.pos; ++kp) {
+            keys[kp - a.lo] = a.key(kp);
+            vals[kp - a.lo] = a.val(kp);
+          }
+          fast_scores_group(a.q, q_stride, per, keys, nk, hd, scores, nk);
+          for (int64_t g = 0; g < per; ++g) fast_softmax(scores + g * nk, nk);
+          fast_weighted_sum_group(scores, nk, per, vals, nk, hd, a.out, out_stride);
+        }
   }
 
  protected:
@@ -55,9 +76,13 @@ class FastBackend final : public RefBackend<float> {
     RefBackend<float>::reserve_attention(keys);
     keys_.resize(scores_.size());
     vals_.resize(scores_.size());
+    gscores_.resize(scores_.size());
+    int64_t group = 1;
+    for (const auto& l : s_.layers) group = std::max<int64_t>(group, l.n_heads / std::max<int64_t>(1, l.n_kv_heads));
     for (size_t i = 0; i < scores_.size(); ++i) {
       keys_[i].resize(scores_[i].size());
       vals_[i].resize(scores_[i].size());
+      gscores_[i].resize(scores_[i].size() * static_cast<size_t>(group));
     }
   }
 
@@ -70,6 +95,7 @@ class FastBackend final : public RefBackend<float> {
   }
 
   std::vector<std::vector<const float*>> keys_, vals_;
+  std::vector<std::vector<float>> gscores_;  // per thread: a group's scores, [heads of the group][keys]
   std::unordered_map<const uint8_t*, std::shared_ptr<const PackedMatrix>> packs_;
 };
 

@@ -351,9 +351,11 @@ __attribute__((target("avx2,fma"))) void softcap_avx2(float* x, int64_t n, float
   const __m256 vc = _mm256_set1_ps(c), two_over_c = _mm256_set1_ps(2.0f / c), one = _mm256_set1_ps(1.0f);
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    const __m256 e = exp_avx2(_mm256_mul_ps(_mm256_loadu_ps(x + i), two_over_c));
+    const __m256 v = _mm256_loadu_ps(x + i);
+    const __m256 e = exp_avx2(_mm256_mul_ps(v, two_over_c));
     const __m256 t = _mm256_sub_ps(one, _mm256_div_ps(_mm256_set1_ps(2.0f), _mm256_add_ps(e, one)));
-    _mm256_storeu_ps(x + i, _mm256_mul_ps(vc, t));
+    // exp_avx2 clamps its input, which would turn a NaN into a number: keep NaN as NaN.
+    _mm256_storeu_ps(x + i, _mm256_blendv_ps(_mm256_mul_ps(vc, t), v, _mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
   }
   for (; i < n; ++i) x[i] = c * std::tanh(x[i] / c);
 }
@@ -372,42 +374,57 @@ __attribute__((target("avx2,fma"))) void gelu_tanh_mul_avx2(float* g, const floa
   for (; i < n; ++i) g[i] = ops::gelu_tanh(g[i]) * u[i];
 }
 
-__attribute__((target("avx2,fma"))) void scores_avx2(const float* q, const float* const* keys, int64_t n, int64_t hd,
-                                                  float* scores) {
+// G query heads that share a KV head (rows of q, q_stride apart; scores[g * s_stride + j]):
+// each block of 4 keys is read from memory once and stays in L1 while every head passes
+// over it. Per head the sums are those of one head alone (4 keys per pass, one
+// accumulator per key; the remainder through dot_f32_avx2).
+__attribute__((target("avx2,fma"))) void scores_avx2(const float* q, int64_t q_stride, int64_t G, const float* const* keys,
+                                                  int64_t n, int64_t hd, float* scores, int64_t s_stride) {
   int64_t j = 0;
-  for (; j + 4 <= n && hd % 8 == 0; j += 4) {  // 4 keys per pass: q is loaded once for 4 dots
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (int64_t d = 0; d < hd; d += 8) {
-      const __m256 qv = _mm256_loadu_ps(q + d);
-      a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(keys[j] + d), a0);
-      a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(keys[j + 1] + d), a1);
-      a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(keys[j + 2] + d), a2);
-      a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(keys[j + 3] + d), a3);
+  for (; j + 4 <= n && hd % 8 == 0; j += 4)
+    for (int64_t g = 0; g < G; ++g) {
+      const float* qg = q + g * q_stride;
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      for (int64_t d = 0; d < hd; d += 8) {
+        const __m256 qv = _mm256_loadu_ps(qg + d);
+        a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(keys[j] + d), a0);
+        a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(keys[j + 1] + d), a1);
+        a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(keys[j + 2] + d), a2);
+        a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(keys[j + 3] + d), a3);
+      }
+      float* sg = scores + g * s_stride;
+      sg[j] = hsum256(a0);
+      sg[j + 1] = hsum256(a1);
+      sg[j + 2] = hsum256(a2);
+      sg[j + 3] = hsum256(a3);
     }
-    scores[j] = hsum256(a0);
-    scores[j + 1] = hsum256(a1);
-    scores[j + 2] = hsum256(a2);
-    scores[j + 3] = hsum256(a3);
-  }
-  for (; j < n; ++j) scores[j] = dot_f32_avx2(q, keys[j], hd);
+  for (; j < n; ++j)
+    for (int64_t g = 0; g < G; ++g) scores[g * s_stride + j] = dot_f32_avx2(q + g * q_stride, keys[j], hd);
 }
 
-__attribute__((target("avx2,fma"))) void weighted_sum_avx2(const float* p, const float* const* vals, int64_t n, int64_t hd,
-                                                        float* out) {
-  int64_t d = 0;
-  for (; d + 64 <= hd; d += 64) {  // 64 outputs stay in registers over all rows
-    __m256 acc[8];
-    for (auto& a : acc) a = _mm256_setzero_ps();
-    for (int64_t j = 0; j < n; ++j) {
-      const __m256 pj = _mm256_set1_ps(p[j]);
-      for (int k = 0; k < 8; ++k) acc[k] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vals[j] + d + 8 * k), acc[k]);
+// out[g] = sum_j p[g * p_stride + j] * vals[j] for G heads: per 64 outputs, the heads pass
+// over the same value columns one after another (L2-resident after the first).
+__attribute__((target("avx2,fma"))) void weighted_sum_avx2(const float* p, int64_t p_stride, int64_t G,
+                                                        const float* const* vals, int64_t n, int64_t hd, float* out,
+                                                        int64_t out_stride) {
+  for (int64_t g = 0; g < G; ++g) {
+    const float* pg = p + g * p_stride;
+    float* og = out + g * out_stride;
+    int64_t d = 0;
+    for (; d + 64 <= hd; d += 64) {  // 64 outputs stay in registers over all rows
+      __m256 acc[8];
+      for (auto& a : acc) a = _mm256_setzero_ps();
+      for (int64_t j = 0; j < n; ++j) {
+        const __m256 pj = _mm256_set1_ps(pg[j]);
+        for (int k = 0; k < 8; ++k) acc[k] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vals[j] + d + 8 * k), acc[k]);
+      }
+      for (int k = 0; k < 8; ++k) _mm256_storeu_ps(og + d + 8 * k, acc[k]);
     }
-    for (int k = 0; k < 8; ++k) _mm256_storeu_ps(out + d + 8 * k, acc[k]);
-  }
-  for (; d < hd; ++d) {
-    float s = 0;
-    for (int64_t j = 0; j < n; ++j) s += p[j] * vals[j][d];
-    out[d] = s;
+    for (; d < hd; ++d) {
+      float s = 0;
+      for (int64_t j = 0; j < n; ++j) s += pg[j] * vals[j][d];
+      og[d] = s;
+    }
   }
 }
 #endif
@@ -415,20 +432,34 @@ __attribute__((target("avx2,fma"))) void weighted_sum_avx2(const float* p, const
 }  // namespace
 
 // The vector helpers: the AVX2 versions serve AVX-512 too; other ISAs take the scalar loops.
-void fast_scores(const float* q, const float* const* keys, int64_t n, int64_t hd, float* scores) {
+void fast_scores_group(const float* q, int64_t q_stride, int64_t G, const float* const* keys, int64_t n, int64_t hd,
+                       float* scores, int64_t s_stride) {
 #if defined(__x86_64__)
-  if (active_isa() != Isa::Scalar) return scores_avx2(q, keys, n, hd, scores);
+  if (active_isa() != Isa::Scalar) return scores_avx2(q, q_stride, G, keys, n, hd, scores, s_stride);
 #endif
-  for (int64_t j = 0; j < n; ++j) scores[j] = dot_f32_scalar(q, keys[j], hd);
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t g = 0; g < G; ++g) scores[g * s_stride + j] = dot_f32_scalar(q + g * q_stride, keys[j], hd);
+}
+
+void fast_scores(const float* q, const float* const* keys, int64_t n, int64_t hd, float* scores) {
+  fast_scores_group(q, hd, 1, keys, n, hd, scores, n);
+}
+
+void fast_weighted_sum_group(const float* p, int64_t p_stride, int64_t G, const float* const* vals, int64_t n, int64_t hd,
+                             float* out, int64_t out_stride) {
+#if defined(__x86_64__)
+  if (active_isa() != Isa::Scalar) return weighted_sum_avx2(p, p_stride, G, vals, n, hd, out, out_stride);
+#endif
+  for (int64_t g = 0; g < G; ++g) {
+    float* og = out + g * out_stride;
+    std::fill(og, og + hd, 0.0f);
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t d = 0; d < hd; ++d) og[d] += p[g * p_stride + j] * vals[j][d];
+  }
 }
 
 void fast_weighted_sum(const float* p, const float* const* vals, int64_t n, int64_t hd, float* out) {
-#if defined(__x86_64__)
-  if (active_isa() != Isa::Scalar) return weighted_sum_avx2(p, vals, n, hd, out);
-#endif
-  std::fill(out, out + hd, 0.0f);
-  for (int64_t j = 0; j < n; ++j)
-    for (int64_t d = 0; d < hd; ++d) out[d] += p[j] * vals[j][d];
+  fast_weighted_sum_group(p, n, 1, vals, n, hd, out, hd);
 }
 
 void fast_softmax(float* z, int64_t n) {

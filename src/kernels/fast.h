@@ -38,6 +38,14 @@ void fast_softmax(float* z, int64_t n);
 // Attention of one query head: scores[j] = q . keys[j]; out = sum_j p[j] * vals[j] (n rows of hd).
 void fast_scores(const float* q, const float* const* keys, int64_t n, int64_t hd, float* scores);
 void fast_weighted_sum(const float* p, const float* const* vals, int64_t n, int64_t hd, float* out);
+// The same for G heads that share a KV head (grouped-query attention): head g's query at
+// q + g * q_stride, its scores at scores + g * s_stride (p likewise), its output at
+// out + g * out_stride. Each key and value row is read from memory once for the group;
+// every head's result equals the single-head call's bit for bit.
+void fast_scores_group(const float* q, int64_t q_stride, int64_t G, const float* const* keys, int64_t n, int64_t hd,
+                       float* scores, int64_t s_stride);
+void fast_weighted_sum_group(const float* p, int64_t p_stride, int64_t G, const float* const* vals, int64_t n, int64_t hd,
+                             float* out, int64_t out_stride);
 void fast_gelu_tanh_mul(float* g, const float* u, int64_t n);  // g = gelu_tanh(g) * u
 void fast_softcap(float* x, int64_t n, float c);                // x = c * tanh(x / c)
 
