@@ -4,7 +4,10 @@
 #include <immintrin.h>
 #endif
 
+#include <unistd.h>
+
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -561,7 +564,30 @@ std::shared_ptr<const PackedMatrix> fast_pack(const TensorView& w) {
   const std::lock_guard<std::mutex> lock(mu);
   auto& slot = packs[Key{w.data, w.dtype, w.nbytes}];
   if (auto p = slot.lock()) return p;
-  std::shared_ptr<const PackedMatrix> p = pack_avx512(w);
+  // The packed copies live in RAM beside the mapped file: past a budget (half of the
+  // physical memory, or G4_REPACK_MAX_GB) further tensors run from the file as they are,
+  // so a model near the size of RAM still runs.
+  static const int64_t budget = [] {
+    if (const char* e = std::getenv("G4_REPACK_MAX_GB"); e && *e) return static_cast<int64_t>(std::atof(e) * 1e9);
+    return static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE) / 2;
+  }();
+  static int64_t live = 0;  // bytes of packs alive, under mu
+  const int64_t bytes = w.nbytes + w.nbytes / 16;  // the layouts add at most 3%, plus 16-row padding
+  if (live + bytes > budget) {
+    static bool told = false;
+    if (!told) std::fprintf(stderr, "g4: packed weights reached %.1f GB (the limit: half of RAM, or G4_REPACK_MAX_GB); "
+                                    "further tensors run from the file as stored\n", live / 1e9);
+    told = true;
+    return nullptr;
+  }
+  std::shared_ptr<PackedMatrix> raw = pack_avx512(w);
+  if (!raw) return nullptr;
+  live += bytes;
+  std::shared_ptr<const PackedMatrix> p(raw.get(), [raw, bytes](const PackedMatrix*) mutable {
+    const std::lock_guard<std::mutex> l(mu);
+    live -= bytes;
+    raw.reset();
+  });
   slot = p;
   return p;
 #else
