@@ -108,6 +108,7 @@ TEST(KvStudy, BrownMiniTable) {
   o.contexts = {64};
   o.max_chunks = 2;
   o.types = {KvType::F16, KvType::Q8_0, KvType::Q4_0, KvType::Rot4};
+  o.kld_bucket = 16;
   const KvStudyResult r = run_kv_study(m, read_text_file(test::fixture("brown-heldout.txt")), o);
   std::printf("%s", format_kv_study(r, "brown-mini").c_str());
   ASSERT_EQ(r.rows.size(), 5u);  // f32 reference + 4
@@ -117,6 +118,17 @@ TEST(KvStudy, BrownMiniTable) {
   EXPECT_LE(r.rows[2].at[0].kld, 3e-4);   // q8_0, observed ~3e-5
   EXPECT_GE(r.rows[3].at[0].kld, 1e-4);   // q4_0 costs visibly more (observed ~6e-3)
   EXPECT_EQ(r.rows[2].bytes_per_token * 32 / 8.5, r.rows[0].bytes_per_token);
+  // Drift by position over every position 0..62 of each chunk: 4 buckets of 16.
+  for (const auto& row : r.rows) {
+    const auto& b = row.at[0].by_position;
+    ASSERT_EQ(b.size(), 4u) << kv_type_name(row.type);
+    int64_t n = 0;
+    for (const auto& x : b) n += x.n;
+    EXPECT_EQ(n, r.chunks[0] * 63);
+    EXPECT_EQ(b.back().n, r.chunks[0] * 15);
+    if (row.type == KvType::F32) EXPECT_EQ(b[2].kld(), 0.0);
+    if (row.type == KvType::Q4_0) EXPECT_GT(b[2].kld(), 1e-4);
+  }
 }
 
 }  // namespace

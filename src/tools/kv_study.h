@@ -14,6 +14,7 @@ struct KvStudyOptions {
   int max_chunks = 4;
   Precision precision = Precision::Fast;
   std::vector<KvType> types;  // empty: every type the model's head dims allow
+  int kld_bucket = 64;        // drift by position over every position of the chunks
 };
 
 struct KvStudyRow {
