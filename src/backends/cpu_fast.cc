@@ -1,6 +1,8 @@
 // The CPU fast backend: the reference float backend with the hot ops replaced by the
 // SIMD kernels of kernels/fast.h (8-bit activations against quantized weights,
-// vectorized attention and GELU). Everything else is the float reference.
+// vectorized attention and GELU). Everything else is the float reference. Its KV cache
+// is packed (kv_cache.h): K and V are stored as the cache type's bytes and decoded, a
+// block of keys at a time, into per-thread scratch while attention iterates them.
 #include <omp.h>
 
 #include "backends/cpu_ref.h"
@@ -11,7 +13,7 @@ namespace {
 
 class FastBackend final : public RefBackend<float> {
  public:
-  FastBackend(const Model& m, const BackendOptions& opt) : RefBackend<float>(m, opt) {
+  FastBackend(const Model& m, const BackendOptions& opt) : RefBackend<float>(m, opt, /*pack_kv=*/true) {
     reserve_attention(opt.n_ctx ? opt.n_ctx : std::min<int64_t>(opt.n_batch, s_.max_ctx));
   }
 
@@ -27,6 +29,7 @@ class FastBackend final : public RefBackend<float> {
     for (int64_t r = 0; r < g.rows; ++r) fast_gelu_tanh_mul(row(g, r), row(u, r), g.cols);
   }
   void attention(int seq, int layer, const View& q, int64_t heads, const View& out) override {
+    if (kv(seq).layers[s_.layers[layer].kv_source].packed()) return packed_attention(seq, layer, q, heads, out);
     for_each_query(seq, layer, q, heads, out, [&](const Query& a) {
       const int tid = omp_get_thread_num();
       const float** keys = keys_[tid].data();
@@ -48,14 +51,63 @@ class FastBackend final : public RefBackend<float> {
     RefBackend<float>::reserve_attention(keys);
     keys_.resize(scores_.size());
     vals_.resize(scores_.size());
+    decoded_.resize(scores_.size());
     for (size_t i = 0; i < scores_.size(); ++i) {
       keys_[i].resize(scores_[i].size());
       vals_[i].resize(scores_[i].size());
+      decoded_[i].resize(static_cast<size_t>((kDecodeBlock + 1) * max_head_dim_));
     }
   }
 
  private:
+  // Keys decoded per block (a multiple of 4, fast_scores' group, so that the scores equal
+  // one call over all keys). Up to one block the result equals the float cache bit for
+  // bit; beyond it the weighted V sums of the blocks are added (float reordering only).
+  static constexpr int64_t kDecodeBlock = 1024;
+
+  // The fast attention over a packed cache: scores of a block of keys, decoded into the
+  // thread's scratch; softmax over all; the weighted sum of V, decoded a block at a time.
+  void packed_attention(int seq, int layer, const View& q, int64_t heads, const View& out) {
+    const auto& [ck, cv] = codecs_.at(s_.layers[s_.layers[layer].kv_source].head_dim);
+    for_each_query(seq, layer, q, heads, out, [&](const Query& a) {
+      const int tid = omp_get_thread_num();
+      const float** ptr = keys_[tid].data();
+      float* scores = scores_[tid].data();
+      float* dec = decoded_[tid].data();
+      float* part = dec + kDecodeBlock * a.hd;  // one block's weighted V sum
+      const int64_t nk = a.pos - a.lo + 1;
+      // ptr[0..nb) := rows of keys (or values) b0..b0+nb-1, stored ones decoded into dec.
+      auto rows = [&](int64_t b0, int64_t nb, bool values) {
+        for (int64_t i = 0; i < nb; ++i) {
+          const int64_t p = a.lo + b0 + i;
+          if (p >= a.start) {
+            ptr[i] = values ? a.val(p) : a.key(p);
+          } else {
+            float* d = dec + i * a.hd;
+            if (values) cv.decode(a.val_bytes(p), d);
+            else ck.decode(a.key_bytes(p), d);
+            ptr[i] = d;
+          }
+        }
+      };
+      for (int64_t b0 = 0; b0 < nk; b0 += kDecodeBlock) {
+        const int64_t nb = std::min(kDecodeBlock, nk - b0);
+        rows(b0, nb, false);
+        fast_scores(a.q, ptr, nb, a.hd, scores + b0);
+      }
+      fast_softmax(scores, nk);
+      for (int64_t b0 = 0; b0 < nk; b0 += kDecodeBlock) {
+        const int64_t nb = std::min(kDecodeBlock, nk - b0);
+        rows(b0, nb, true);
+        fast_weighted_sum(scores + b0, ptr, nb, a.hd, b0 ? part : a.out);
+        if (b0)
+          for (int64_t d = 0; d < a.hd; ++d) a.out[d] += part[d];
+      }
+    });
+  }
+
   std::vector<std::vector<const float*>> keys_, vals_;
+  std::vector<std::vector<float>> decoded_;  // per thread: kDecodeBlock rows + one partial sum
 };
 
 }  // namespace

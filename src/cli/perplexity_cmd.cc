@@ -6,6 +6,7 @@
 #include "cli/commands.h"
 #include "cli/forward_flags.h"
 #include "formats/safetensors.h"
+#include "tools/kv_study.h"
 #include "tools/perplexity.h"
 #include "util/error.h"
 #include "util/json.h"
@@ -88,7 +89,9 @@ void register_perplexity(CLI::App& app) {
                         {{"n_ctx", std::to_string(r.n_ctx)}, {"model", o->model}, {"precision", o->fwd.precision}});
     if (o->json) {
       json j{{"ppl", r.ppl}, {"ppl_err", r.ppl_err}, {"nll_mean", r.nll_mean}, {"chunks", r.chunks},
-             {"tokens", r.tokens}, {"n_ctx", r.n_ctx}, {"seconds", r.seconds}, {"precision", o->fwd.precision}};
+             {"tokens", r.tokens}, {"n_ctx", r.n_ctx}, {"seconds", r.seconds}, {"precision", o->fwd.precision},
+             {"kv_bytes", r.kv_bytes},
+             {"kv_bytes_per_token", kv_bytes_per_token(m.spec, po.forward.cache_type_k, po.forward.cache_type_v)}};
       if (r.kld) {
         const auto& k = *r.kld;
         json pct = json::object(), dpp = json::object();
@@ -104,6 +107,9 @@ void register_perplexity(CLI::App& app) {
     } else {
       std::printf("%d chunks of %d tokens (%ld scored) from %ld tokens, %s, %.2f s\n", r.chunks, r.n_ctx,
                   static_cast<long>(r.tokens), static_cast<long>(r.n_text_tokens), o->fwd.precision.c_str(), r.seconds);
+      std::printf("KV cache %s/%s: %.0f bytes per token as the fast backend stores it; %.1f KiB held at %d positions\n", kv_type_name(po.forward.cache_type_k),
+                  kv_type_name(po.forward.cache_type_v), kv_bytes_per_token(m.spec, po.forward.cache_type_k, po.forward.cache_type_v),
+                  r.kv_bytes / 1024.0, r.n_ctx);
       if (r.kld) std::fputs(format_kld_report(*r.kld).c_str(), stdout);
       std::printf("Final estimate: PPL = %.5f +/- %.5f\n", r.ppl, r.ppl_err);
     }

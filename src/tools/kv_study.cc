@@ -6,11 +6,11 @@
 
 namespace g4 {
 
-double kv_bytes_per_token(const ModelSpec& s, KvType t) {
-  double values = 0;
+double kv_bytes_per_token(const ModelSpec& s, KvType k, KvType v) {
+  double b = 0;
   for (const auto& l : s.layers)
-    if (l.owns_kv) values += 2.0 * l.n_kv_heads * l.head_dim;
-  return values * kv_bits_per_value(t) / 8;
+    if (l.owns_kv) b += static_cast<double>(l.n_kv_heads) * (kv_row_bytes(k, l.head_dim) + kv_row_bytes(v, l.head_dim));
+  return b;
 }
 
 KvStudyResult run_kv_study(const Model& m, const std::string& text, const KvStudyOptions& opt) {

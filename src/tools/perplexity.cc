@@ -267,6 +267,7 @@ PerplexityResult run_perplexity_tokens(const Model& model, const std::vector<int
   const double var = acc.n > 1 ? (acc.sum2 / acc.n - r.nll_mean * r.nll_mean) / (acc.n - 1) : 0;
   r.ppl_err = std::sqrt(std::max(0.0, var)) * r.ppl;
   if (base) r.kld = finish_kld(kacc);
+  r.kv_bytes = session.kv_bytes();
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return r;
 }

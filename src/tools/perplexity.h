@@ -48,6 +48,7 @@ struct PerplexityResult {
   int64_t n_text_tokens = 0;
   int n_ctx = 0;
   double seconds = 0;
+  size_t kv_bytes = 0;     // KV cache bytes held after the last chunk (n_ctx positions)
   std::vector<float> nll;  // [chunks, n_ctx - 1] when want_all_nll (unscored positions included)
   std::optional<KldStats> kld;
 };
