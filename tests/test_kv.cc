@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <random>
 
+#include "backends/kv_cache.h"
 #include "backends/kv_codec.h"
 #include "kernels/dequant.h"
 #include "kernels/quantize.h"
@@ -102,12 +103,78 @@ TEST(KvCache, QuantizedCacheStepsEqualOnePass) {
   }
 }
 
+// The fast backend stores the cache as the type's bytes: decoding steps read every past
+// key and value from the packed store, while a one-pass prefill reads only the current
+// step's rows (the encode -> decode round trip in float, the cache as it was before the
+// store was packed). Equal logits prove the stored bytes decode to exactly those values;
+// tiny-e (sliding window 8, 3 KV-shared layers) decodes past its ring's wrap at 264.
+TEST(KvCache, PackedStoreEqualsRoundedFloatRows) {
+  struct Case {
+    const char* model;
+    int64_t n, from;
+    std::vector<KvType> types;
+  };
+  const Case cases[] = {
+      {"tiny-e", 280, 262, {KvType::F16, KvType::BF16, KvType::IQ4_NL, KvType::Rot4, KvType::Rot3}},
+      {"brown-mini", 72, 64, all_kv_types()},
+  };
+  for (const auto& c : cases) {
+    Model m = load_model(test::model_dir(c.model));
+    std::vector<int32_t> ids(static_cast<size_t>(c.n));
+    for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>((i * 37 + 11) % m.spec.vocab);
+    ids[0] = m.spec.bos_id;
+    for (KvType t : c.types) {
+      ForwardOptions fo{Precision::Fast};
+      fo.cache_type_k = fo.cache_type_v = t;
+      const auto all = Session(m, fo).eval(ids).logits;
+      Session s(m, fo);
+      s.eval(std::span(ids).subspan(0, static_cast<size_t>(c.from)));
+      double worst = 0, scale = 0;
+      for (int64_t i = c.from; i < c.n; ++i) {
+        const auto l = s.eval_last(std::span(ids).subspan(static_cast<size_t>(i), 1));
+        for (int64_t j = 0; j < m.spec.vocab; ++j) {
+          worst = std::max(worst, std::fabs(double(l[j]) - all[i * m.spec.vocab + j]));
+          scale = std::max(scale, std::fabs(double(all[i * m.spec.vocab + j])));
+        }
+      }
+      std::printf("[%s %s] decoding from the packed store vs rounded float rows: max|diff| %.3g (max|logit| %.3g)\n",
+                  c.model, kv_type_name(t), worst, scale);
+      EXPECT_EQ(worst, 0.0) << c.model << " " << kv_type_name(t);
+    }
+  }
+}
+
+// The packed store holds the type's bytes: held and reserved bytes drop by the type's ratio.
+TEST(KvCache, PackedBytesDropByTheTypesRatio) {
+  Model m = load_model(test::model_dir("brown-mini"));
+  std::vector<int32_t> ids(100);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>((i * 37 + 11) % m.spec.vocab);
+  const size_t f32_reserved = KvCache<float>(m.spec, 8, 512).reserved_bytes();
+  for (KvType t : all_kv_types()) {
+    ForwardOptions fo{Precision::Fast};
+    fo.cache_type_k = fo.cache_type_v = t;
+    Session s(m, fo);
+    s.eval(ids);
+    const double per_token = kv_bytes_per_token(m.spec, t);
+    const size_t reserved = KvCache<float>(m.spec, 8, 512, std::pair{t, t}).reserved_bytes();
+    std::printf("%-7s %6.0f bytes/token; 100 tokens hold %7zu bytes; n_ctx 512 reserves %8zu bytes (f32: %zu, ratio %.4f)\n",
+                kv_type_name(t), per_token, s.kv_bytes(), reserved, f32_reserved, double(reserved) / f32_reserved);
+    EXPECT_EQ(double(s.kv_bytes()), 100 * per_token) << kv_type_name(t);  // window 64 + 256 rewind slots: no wrap yet
+    EXPECT_EQ(double(reserved) / f32_reserved, kv_bits_per_value(t) / 32) << kv_type_name(t);
+  }
+  // tiny-e's 16-value sliding heads are one block each: 2 + 8 bytes for rot4 (5 bits/value).
+  EXPECT_EQ(kv_row_bytes(KvType::Rot4, 16), 10);
+  EXPECT_EQ(kv_row_bytes(KvType::Rot3, 16), 8);
+  EXPECT_EQ(kv_row_bytes(KvType::IQ4_NL, 256), 8 * 18);
+}
+
 TEST(KvStudy, BrownMiniTable) {
   Model m = load_model(test::model_dir("brown-mini"));
   KvStudyOptions o;
   o.contexts = {64};
   o.max_chunks = 2;
   o.types = {KvType::F16, KvType::Q8_0, KvType::Q4_0, KvType::Rot4};
+  o.kld_bucket = 16;
   const KvStudyResult r = run_kv_study(m, read_text_file(test::fixture("brown-heldout.txt")), o);
   std::printf("%s", format_kv_study(r, "brown-mini").c_str());
   ASSERT_EQ(r.rows.size(), 5u);  // f32 reference + 4
@@ -117,6 +184,17 @@ TEST(KvStudy, BrownMiniTable) {
   EXPECT_LE(r.rows[2].at[0].kld, 3e-4);   // q8_0, observed ~3e-5
   EXPECT_GE(r.rows[3].at[0].kld, 1e-4);   // q4_0 costs visibly more (observed ~6e-3)
   EXPECT_EQ(r.rows[2].bytes_per_token * 32 / 8.5, r.rows[0].bytes_per_token);
+  // Drift by position over every position 0..62 of each chunk: 4 buckets of 16.
+  for (const auto& row : r.rows) {
+    const auto& b = row.at[0].by_position;
+    ASSERT_EQ(b.size(), 4u) << kv_type_name(row.type);
+    int64_t n = 0;
+    for (const auto& x : b) n += x.n;
+    EXPECT_EQ(n, r.chunks[0] * 63);
+    EXPECT_EQ(b.back().n, r.chunks[0] * 15);
+    if (row.type == KvType::F32) EXPECT_EQ(b[2].kld(), 0.0);
+    if (row.type == KvType::Q4_0) EXPECT_GT(b[2].kld(), 1e-4);
+  }
 }
 
 }  // namespace

@@ -40,6 +40,13 @@ TEST(Ladder, RungsAgainstF64OnTinyDense) {
   EXPECT_GE(rung("bf16").nmse, 1e-5);
   EXPECT_LE(rung("bf16").nmse, 5e-3);
   EXPECT_LE(rung("fast").nmse, 1e-10);
+  // Drift by position over the scored positions 31..62: buckets 0-63 of 64 pool to the mean.
+  for (const auto& g : r.rungs) {
+    ASSERT_EQ(g.by_position.size(), 1u) << g.name;
+    EXPECT_EQ(g.by_position[0].n, 2 * 32);
+    EXPECT_NEAR(g.by_position[0].kld(), g.kld, 1e-12 * g.kld + 1e-300) << g.name;
+    EXPECT_EQ(g.by_position[0].top1(), g.top1) << g.name;
+  }
 
   // The f64 rung's PPL is perplexity's on the same chunks (the same protocol).
   PerplexityOptions po;

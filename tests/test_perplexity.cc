@@ -106,6 +106,51 @@ TEST(Perplexity, KlDivergenceOfAModelAgainstItselfIsZero) {
   EXPECT_GE(r32.kld->same_top, 0.999);
 }
 
+// Drift by position: the buckets partition the scored positions and pool to the overall
+// mean; brown-mini with a q4_0 KV cache against its f32-cache base shows them.
+TEST(Perplexity, KldByPositionBucketsPartitionAndPool) {
+  test::ScratchDir d;
+  Model m = load_model(test::model_dir("brown-mini"));
+  PerplexityOptions base;
+  base.n_ctx = 256;
+  base.max_chunks = 3;
+  base.forward.precision = Precision::Fast;
+  base.kld_base_out = d.str("f32cache.kld");
+  run_perplexity(m, heldout(), base);
+
+  PerplexityOptions q4 = base;
+  q4.kld_base_out.clear();
+  q4.kld_base_in = d.str("f32cache.kld");
+  q4.kld_bucket = 32;
+  q4.forward.cache_type_k = q4.forward.cache_type_v = KvType::Q4_0;
+  const auto r = run_perplexity(m, "", q4);
+  ASSERT_TRUE(r.kld);
+  const KldStats& k = *r.kld;
+  std::printf("[q4_0 KV vs f32 KV, brown-mini c=256, 3 chunks] mean KLD %.4e, same top %.2f%%\n%s", k.kld,
+              100 * k.same_top, position_buckets_table(k.by_position).c_str());
+  // Scored positions 127..254: buckets 96-127 (1 position), 128-159, ..., 224-255 (31).
+  ASSERT_EQ(k.by_position.size(), 5u);
+  EXPECT_EQ(k.by_position.front().lo, 96);
+  EXPECT_EQ(k.by_position.front().n, 3);  // position 127 of each chunk
+  EXPECT_EQ(k.by_position.back().n, 3 * 31);
+  int64_t n = 0, same = 0;
+  double sum = 0;
+  for (const auto& b : k.by_position) {
+    EXPECT_EQ(b.hi - b.lo, 32);
+    n += b.n;
+    same += b.top_equal;
+    sum += b.kld_sum;
+  }
+  EXPECT_EQ(n, k.n);
+  EXPECT_EQ(n, 3 * 128);
+  std::printf("pooled: %ld positions, mean KLD %.12e (overall %.12e), top-1 %.6f (overall %.6f)\n", static_cast<long>(n),
+              sum / n, k.kld, static_cast<double>(same) / n, k.same_top);
+  EXPECT_NEAR(sum / n, k.kld, 1e-12 * k.kld);
+  EXPECT_EQ(static_cast<double>(same) / n, k.same_top);
+  for (const auto& b : k.by_position) EXPECT_GT(b.kld(), 1e-5);  // q4_0 costs at every position (observed ~1e-3)
+  EXPECT_NE(test::error_of([&] { PositionDrift(0); }).find("--kld-bucket 0"), std::string::npos);
+}
+
 using test::error_of;
 
 TEST(Perplexity, BadInputsAreCleanErrors) {

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <optional>
 #include <unordered_map>
 #include <vector>
 
@@ -24,8 +25,12 @@ namespace g4 {
 template <typename T>
 class RefBackend : public Backend {
  public:
-  RefBackend(const Model& m, const BackendOptions& opt)
+  // pack_kv: store the KV cache as the cache type's bytes (kv_cache.h; float backends
+  // whose attention decodes them, i.e. the fast backend).
+  RefBackend(const Model& m, const BackendOptions& opt, bool pack_kv = false)
       : m_(m), s_(m.spec), opt_(opt), f32_islands_(opt.hf_float32_islands && std::is_same_v<T, double>) {
+    if (pack_kv && std::is_same_v<T, float> && (opt.cache_type_k != KvType::F32 || opt.cache_type_v != KvType::F32))
+      packed_ = std::pair{opt.cache_type_k, opt.cache_type_v};
     // Small tensors (norm weights, scales) converted once to the compute type.
     for (const auto& [name, t] : m.by_hf_name)
       if (t.shape.size() == 1) consts_.emplace(&t, ops::to_vector<T>(t));
@@ -34,7 +39,7 @@ class RefBackend : public Backend {
       if (l.owns_kv && !codecs_.count(l.head_dim))
         codecs_.emplace(l.head_dim, std::pair{KvCodec(opt.cache_type_k, l.head_dim), KvCodec(opt.cache_type_v, l.head_dim)});
     }
-    seqs_.push_back(std::make_unique<KvCache<T>>(s_, opt.n_batch, opt.n_ctx));
+    seqs_.push_back(std::make_unique<KvCache<T>>(s_, opt.n_batch, opt.n_ctx, packed_));
     for (const auto& l : s_.layers) max_head_dim_ = std::max<int64_t>(max_head_dim_, l.head_dim);
     const int64_t E = s_.n_experts;
     route_idx_.resize(static_cast<size_t>(E));
@@ -143,7 +148,7 @@ class RefBackend : public Backend {
   }
 
   int kv_seq_add(int64_t max_step) override {
-    auto kv = std::make_unique<KvCache<T>>(s_, max_step, opt_.n_ctx);
+    auto kv = std::make_unique<KvCache<T>>(s_, max_step, opt_.n_ctx, packed_);
     for (size_t i = 0; i < seqs_.size(); ++i)
       if (!seqs_[i]) {
         seqs_[i] = std::move(kv);
@@ -166,6 +171,19 @@ class RefBackend : public Backend {
     for (int64_t t = 0; t < k.rows; ++t) {
       T* pk = &kv.pending_k[static_cast<size_t>(t * kv.width)];
       T* pv = &kv.pending_v[static_cast<size_t>(t * kv.width)];
+      if constexpr (std::is_same_v<T, float>) {
+        if (kv.packed()) {  // the stored bytes, and the values they decode to for this step's queries
+          for (int64_t h = 0; h < kv.width / hd; ++h) {
+            uint8_t* bk = &kv.pending_kb[static_cast<size_t>(t * kv.k_row_bytes + h * kv.k_head_bytes)];
+            uint8_t* bv = &kv.pending_vb[static_cast<size_t>(t * kv.v_row_bytes + h * kv.v_head_bytes)];
+            ck.encode(row(k, t) + h * hd, bk);
+            cv.encode(row(v, t) + h * hd, bv);
+            ck.decode(bk, pk + h * hd);
+            cv.decode(bv, pv + h * hd);
+          }
+          continue;
+        }
+      }
       std::copy_n(row(k, t), kv.width, pk);
       std::copy_n(row(v, t), kv.width, pv);
       for (int64_t h = 0; h < kv.width; h += hd) {  // what the cache type stores of each head row
@@ -263,6 +281,10 @@ class RefBackend : public Backend {
     int64_t start, head_off;
     const T* key(int64_t p) const { return (p < start ? src->k_at(p) : &src->pending_k[(p - start) * src->width]) + head_off; }
     const T* val(int64_t p) const { return (p < start ? src->v_at(p) : &src->pending_v[(p - start) * src->width]) + head_off; }
+    // Packed caches: the stored bytes of a committed position (p < start); the current
+    // step's rows (p >= start) come decoded from key()/val().
+    const uint8_t* key_bytes(int64_t p) const { return src->kb_at(p) + head_off / hd * src->k_head_bytes; }
+    const uint8_t* val_bytes(int64_t p) const { return src->vb_at(p) + head_off / hd * src->v_head_bytes; }
   };
   // Calls f(Query) for every (token, head) of q ([tokens*heads, hd]) in parallel, with the
   // per-thread scratch reserved for the longest key range.
@@ -321,6 +343,7 @@ class RefBackend : public Backend {
   std::unordered_map<const TensorView*, std::vector<T>> consts_;
   std::vector<std::vector<float>> inv_freq_;
   std::map<int64_t, std::pair<KvCodec, KvCodec>> codecs_;  // by head_dim: K, V
+  std::optional<std::pair<KvType, KvType>> packed_;        // K, V types of packed caches
   std::vector<char> route_idx_;
   std::vector<std::vector<T>> scores_;
   std::vector<std::vector<T>> qround_;  // per-thread Q row rounded to f16 (emulation)

@@ -31,7 +31,7 @@ void register_compare(CLI::App& app) {
   struct Opts {
     std::vector<std::string> models;
     std::string file, tokens, tokens_file, precision = "f64", precision_b;
-    int n_ctx = 128, threads = 0;
+    int n_ctx = 128, threads = 0, kld_bucket = 64;
     bool json = false, lenient = false;
   };
   auto o = std::make_shared<Opts>();
@@ -41,6 +41,7 @@ void register_compare(CLI::App& app) {
   cmd->add_option("-c,--ctx-size", o->n_ctx, "tokens taken from the text (default 128)");
   cmd->add_option("--tokens", o->tokens, "comma-separated token ids");
   cmd->add_option("--tokens-file", o->tokens_file, "JSON array of token ids");
+  cmd->add_option("--kld-bucket", o->kld_bucket, "KLD and top-1 per this many positions (default 64)");
   auto* prec = cmd->add_option("--precision", o->precision, "precision of A (and of B unless --precision-b)")->check(CLI::IsMember(kPrecisionNames));
   cmd->add_option("--precision-b", o->precision_b, "precision of B")->check(CLI::IsMember(kPrecisionNames));
   auto dev = std::make_shared<DeviceFlags>();
@@ -58,7 +59,7 @@ void register_compare(CLI::App& app) {
     const Precision pb = o->precision_b.empty() ? pa : parse_precision(o->precision_b);
     const ForwardOptions fa{pa};
     const ForwardOptions fb{pb};
-    const auto r = compare_models(a, b, toks, fa, fb);
+    const auto r = compare_models(a, b, toks, fa, fb, o->kld_bucket);
     if (o->json) std::printf("%s\n", compare_json(r).dump(2).c_str());
     else std::fputs(format_compare(r, o->models[0], o->models[1]).c_str(), stdout);
   });

@@ -30,6 +30,7 @@ void register_ladder(CLI::App& app) {
                   "an engine's llama-perplexity --kl-divergence-base file: its chunks are used, and every rung is also "
                   "compared with it");
   cmd->add_option("-t,--threads", o->threads, "threads (default: all cores)");
+  cmd->add_option("--kld-bucket", o->l.kld_bucket, "KLD by position per this many chunk positions (default 64)");
   cmd->add_flag("--json", o->json, "machine-readable result");
   cmd->final_callback([o] {
     set_threads(o->threads);
@@ -44,7 +45,7 @@ void register_ladder(CLI::App& app) {
     for (const auto& g : r.rungs)
     {
       json j{{"rung", g.name}, {"what", g.what}, {"nmse", g.nmse}, {"kld", g.kld}, {"top1", g.top1}, {"ppl", g.ppl},
-             {"seconds", g.seconds}};
+             {"seconds", g.seconds}, {"by_position", position_buckets_json(g.by_position)}};
       if (r.base) {
         j["kld_engine"] = g.kld_base;
         j["top1_engine"] = g.top1_base;
@@ -102,6 +103,7 @@ void register_kv_study(CLI::App& app) {
   cmd->add_option("--chunks", o->k.max_chunks, "chunks per context (default 4)");
   cmd->add_option("--types", o->types, "cache types (default: all; f32 is always the reference)");
   cmd->add_option("--precision", o->precision, "compute precision (default fast)");
+  cmd->add_option("--kld-bucket", o->k.kld_bucket, "KLD by position per this many chunk positions (default 64)");
   cmd->add_option("-t,--threads", o->threads, "threads (default: all cores)");
   cmd->final_callback([o] {
     set_threads(o->threads);

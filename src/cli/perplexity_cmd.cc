@@ -6,6 +6,7 @@
 #include "cli/commands.h"
 #include "cli/forward_flags.h"
 #include "formats/safetensors.h"
+#include "tools/kv_study.h"
 #include "tools/perplexity.h"
 #include "util/error.h"
 #include "util/json.h"
@@ -23,7 +24,7 @@ void register_perplexity(CLI::App& app) {
   struct Opts {
     std::string model, file, nll_out, kld_base, kld;
     ForwardFlags fwd;
-    int n_ctx = 512, n_batch = 2048, chunks = -1, threads = 0;
+    int n_ctx = 512, n_batch = 2048, chunks = -1, threads = 0, kld_bucket = 64;
     bool json = false, bf16_scale = false, lenient = false, llama_scoring = false;
   };
   auto o = std::make_shared<Opts>();
@@ -39,6 +40,7 @@ void register_perplexity(CLI::App& app) {
   cmd->add_option("--nll-out", o->nll_out, "write every prediction's NLL [chunks, n_ctx-1] to a safetensors file");
   cmd->add_option("--kl-divergence-base", o->kld_base, "save this model's log-probs (llama.cpp's uint16 format) / read them with --kl-divergence");
   cmd->add_flag("--kl-divergence", [o](int64_t) { o->kld = "1"; }, "compare against the --kl-divergence-base file");
+  cmd->add_option("--kld-bucket", o->kld_bucket, "with --kl-divergence: KLD and top-1 per this many chunk positions (default 64)");
   cmd->add_flag("--llama-scoring", o->llama_scoring,
                 "score llama-perplexity's n_ctx/2-1 predictions per chunk instead of the n_ctx/2 of the HF gold protocol");
   cmd->add_flag("--json", o->json, "machine-readable result");
@@ -54,6 +56,7 @@ void register_perplexity(CLI::App& app) {
     po.forward.bf16_embed_scale = o->bf16_scale;
     po.want_all_nll = !o->nll_out.empty();
     po.llama_scoring = o->llama_scoring;
+    po.kld_bucket = o->kld_bucket;
     if (!o->kld.empty()) {
       if (o->kld_base.empty()) fail("--kl-divergence needs --kl-divergence-base FILE (made by a previous run)");
       po.kld_base_in = o->kld_base;
@@ -86,7 +89,9 @@ void register_perplexity(CLI::App& app) {
                         {{"n_ctx", std::to_string(r.n_ctx)}, {"model", o->model}, {"precision", o->fwd.precision}});
     if (o->json) {
       json j{{"ppl", r.ppl}, {"ppl_err", r.ppl_err}, {"nll_mean", r.nll_mean}, {"chunks", r.chunks},
-             {"tokens", r.tokens}, {"n_ctx", r.n_ctx}, {"seconds", r.seconds}, {"precision", o->fwd.precision}};
+             {"tokens", r.tokens}, {"n_ctx", r.n_ctx}, {"seconds", r.seconds}, {"precision", o->fwd.precision},
+             {"kv_bytes", r.kv_bytes},
+             {"kv_bytes_per_token", kv_bytes_per_token(m.spec, po.forward.cache_type_k, po.forward.cache_type_v)}};
       if (r.kld) {
         const auto& k = *r.kld;
         json pct = json::object(), dpp = json::object();
@@ -95,12 +100,16 @@ void register_perplexity(CLI::App& app) {
         j["kld"] = {{"mean", k.kld}, {"mean_err", k.kld_err}, {"percentiles", pct}, {"ppl_base", k.ppl_base},
                     {"ln_ppl_ratio", k.ln_ratio}, {"ln_ppl_ratio_err", k.ln_ratio_err}, {"same_top_p", k.same_top},
                     {"same_top_p_err", k.same_top_err}, {"delta_p_mean_pct", k.dp_mean}, {"delta_p_rms_pct", k.dp_rms},
-                    {"delta_p_percentiles_pct", dpp}, {"positions", k.n}};
+                    {"delta_p_percentiles_pct", dpp}, {"positions", k.n},
+                    {"by_position", position_buckets_json(k.by_position)}, {"bucket", o->kld_bucket}};
       }
       std::printf("%s\n", j.dump(2).c_str());
     } else {
       std::printf("%d chunks of %d tokens (%ld scored) from %ld tokens, %s, %.2f s\n", r.chunks, r.n_ctx,
                   static_cast<long>(r.tokens), static_cast<long>(r.n_text_tokens), o->fwd.precision.c_str(), r.seconds);
+      std::printf("KV cache %s/%s: %.0f bytes per token as the fast backend stores it; %.1f KiB held at %d positions\n", kv_type_name(po.forward.cache_type_k),
+                  kv_type_name(po.forward.cache_type_v), kv_bytes_per_token(m.spec, po.forward.cache_type_k, po.forward.cache_type_v),
+                  r.kv_bytes / 1024.0, r.n_ctx);
       if (r.kld) std::fputs(format_kld_report(*r.kld).c_str(), stdout);
       std::printf("Final estimate: PPL = %.5f +/- %.5f\n", r.ppl, r.ppl_err);
     }

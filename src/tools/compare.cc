@@ -26,7 +26,7 @@ double kl_divergence(const float* p_logits, const float* q_logits, int64_t n) {
 }
 
 CompareReport compare_models(const Model& a, const Model& b, const std::vector<int32_t>& tokens,
-                             const ForwardOptions& fa, const ForwardOptions& fb) {
+                             const ForwardOptions& fa, const ForwardOptions& fb, int64_t kld_bucket) {
   if (a.spec.vocab != b.spec.vocab)
     fail("the models have different vocabularies ({} vs {}); logits cannot be compared", a.spec.vocab, b.spec.vocab);
   if (tokens.empty()) fail("no tokens to compare on");
@@ -40,6 +40,7 @@ CompareReport compare_models(const Model& a, const Model& b, const std::vector<i
   r.n_tokens = T;
   r.logits = compare_arrays(ob.logits, oa.logits, V);
   int64_t same = 0;
+  PositionDrift drift(kld_bucket);
   for (int64_t t = 0; t < T; ++t) {
     const auto row = compare_arrays(std::span(ob.logits).subspan(t * V, V), std::span(oa.logits).subspan(t * V, V), V);
     r.position_nmse.push_back(row.nmse);
@@ -47,7 +48,9 @@ CompareReport compare_models(const Model& a, const Model& b, const std::vector<i
     const double kl = kl_divergence(&oa.logits[t * V], &ob.logits[t * V], V);
     r.kld_mean += kl / T;
     r.kld_max = std::max(r.kld_max, kl);
+    drift.add(t, kl, row.argmax_equal != 0);
   }
+  r.by_position = drift.buckets();
   r.top1 = static_cast<double>(same) / T;
   if (same_geometry) {
     const int64_t H = a.spec.hidden, per = T * H;
@@ -72,6 +75,7 @@ std::string format_compare(const CompareReport& r, const std::string& na, const 
   for (size_t t = 0; t < r.position_nmse.size(); ++t)
     if (r.position_nmse[t] > worst) { worst = r.position_nmse[t]; worst_at = t; }
   o += fmt::format("worst position: {} (NMSE {:.3e})\n", worst_at, worst);
+  o += "\nKL(A || B) and top-1 by position\n" + position_buckets_table(r.by_position);
   if (!r.hidden.empty()) {
     o += "\nhidden states (HF convention: 0 = embeddings, i = output of layer i-1, last after the final norm)\n";
     o += fmt::format("{:>6} {:>12} {:>12}\n", "entry", "NMSE", "cosine");
@@ -97,6 +101,7 @@ json compare_json(const CompareReport& r) {
           {"kld_mean", r.kld_mean},
           {"kld_max", r.kld_max},
           {"top1_agreement", r.top1},
+          {"by_position", position_buckets_json(r.by_position)},
           {"hidden", h},
           {"divergence_layer", r.divergence_layer < 0 ? json(nullptr) : json(r.divergence_layer)}};
 }

@@ -21,13 +21,14 @@ struct CompareReport {
   CompareStats logits;
   std::vector<double> position_nmse;
   double kld_mean = 0, kld_max = 0, top1 = 0;
+  std::vector<PositionBucket> by_position;  // KLD and top-1 per kld_bucket positions
   std::vector<HiddenCompare> hidden;  // empty when the geometries differ
   int divergence_layer = -1;          // first layer whose output NMSE exceeds kDivergenceNmse
   static constexpr double kDivergenceNmse = 1e-6;
 };
 
 CompareReport compare_models(const Model& a, const Model& b, const std::vector<int32_t>& tokens,
-                             const ForwardOptions& fa, const ForwardOptions& fb);
+                             const ForwardOptions& fa, const ForwardOptions& fb, int64_t kld_bucket = 64);
 std::string format_compare(const CompareReport& r, const std::string& name_a, const std::string& name_b);
 json compare_json(const CompareReport& r);
 

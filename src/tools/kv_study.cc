@@ -6,11 +6,11 @@
 
 namespace g4 {
 
-double kv_bytes_per_token(const ModelSpec& s, KvType t) {
-  double values = 0;
+double kv_bytes_per_token(const ModelSpec& s, KvType k, KvType v) {
+  double b = 0;
   for (const auto& l : s.layers)
-    if (l.owns_kv) values += 2.0 * l.n_kv_heads * l.head_dim;
-  return values * kv_bits_per_value(t) / 8;
+    if (l.owns_kv) b += static_cast<double>(l.n_kv_heads) * (kv_row_bytes(k, l.head_dim) + kv_row_bytes(v, l.head_dim));
+  return b;
 }
 
 KvStudyResult run_kv_study(const Model& m, const std::string& text, const KvStudyOptions& opt) {
@@ -35,6 +35,8 @@ KvStudyResult run_kv_study(const Model& m, const std::string& text, const KvStud
     LadderOptions lo;
     lo.n_ctx = c;
     lo.max_chunks = opt.max_chunks;
+    lo.kld_bucket = opt.kld_bucket;
+    lo.drift_all_positions = true;
     const LadderResult lr = compare_rungs(m, tokens, lo, rungs);
     r.contexts.push_back(c);
     r.chunks.push_back(lr.chunks);
@@ -56,6 +58,12 @@ std::string format_kv_study(const KvStudyResult& r, const std::string& model) {
     for (const auto& g : row.at) s += fmt::format(" {:.4f} | {:.2e} | {:.2f}% |", g.ppl, g.kld, 100 * g.top1);
     s += "\n";
   }
+  s += "\nKLD against the f32 cache by position in the chunk (every position 0..c-2, pooled over chunks):\n";
+  for (size_t i = 0; i < r.contexts.size(); ++i)
+    for (const auto& row : r.rows) {
+      if (row.type == KvType::F32) continue;
+      s += fmt::format("c={} {}: {}\n", r.contexts[i], kv_type_name(row.type), position_buckets_line(row.at[i].by_position));
+    }
   s += fmt::format("\nchunks per context:");
   for (size_t i = 0; i < r.contexts.size(); ++i) s += fmt::format(" c={}: {}", r.contexts[i], r.chunks[i]);
   s += "\n";

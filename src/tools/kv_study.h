@@ -14,6 +14,7 @@ struct KvStudyOptions {
   int max_chunks = 4;
   Precision precision = Precision::Fast;
   std::vector<KvType> types;  // empty: every type the model's head dims allow
+  int kld_bucket = 64;        // drift by position over every position of the chunks
 };
 
 struct KvStudyRow {
@@ -29,8 +30,10 @@ struct KvStudyResult {
   std::vector<std::string> skipped;  // types the model cannot use, with the reason
 };
 
-// Bytes the cache of type t holds per token (K and V of every layer that owns a cache).
-double kv_bytes_per_token(const ModelSpec& s, KvType t);
+// Bytes the cache holds per token (K and V of every layer that owns a cache), as the
+// fast backend's packed store holds them (kv_row_bytes per head row).
+double kv_bytes_per_token(const ModelSpec& s, KvType k, KvType v);
+inline double kv_bytes_per_token(const ModelSpec& s, KvType t) { return kv_bytes_per_token(s, t, t); }
 KvStudyResult run_kv_study(const Model& m, const std::string& text, const KvStudyOptions& opt);
 std::string format_kv_study(const KvStudyResult& r, const std::string& model);
 

@@ -94,6 +94,9 @@ LadderResult compare_rungs(const Model& m, const std::vector<int32_t>& tokens, c
     int64_t top = 0, top_base = 0;
   };
   std::vector<Acc> acc(rungs.size());
+  std::vector<PositionDrift> drift(rungs.size(), PositionDrift(opt.kld_bucket));
+  // Logits from `from`: the scored positions, or all of them for the drift buckets.
+  const int from = opt.drift_all_positions ? 0 : first;
   double ref_sum = 0, ref_sq = 0;
   int64_t n = 0;
   std::vector<Session> sessions;
@@ -108,7 +111,7 @@ LadderResult compare_rungs(const Model& m, const std::vector<int32_t>& tokens, c
     std::vector<int32_t> chunk(src.begin() + static_cast<int64_t>(c) * n_ctx, src.begin() + static_cast<int64_t>(c + 1) * n_ctx);
     chunk[0] = m.spec.bos_id;
     EvalRequest req;
-    req.logits_from = first;
+    req.logits_from = from;
     req.logits_f64 = true;
     // The reference first, then each rung against it (two sets of logits in memory).
     auto eval = [&](size_t k) {
@@ -121,28 +124,32 @@ LadderResult compare_rungs(const Model& m, const std::vector<int32_t>& tokens, c
     const std::vector<double> ref = eval(0);
     for (int p = 0; p < rows; ++p)
       for (int64_t j = 0; j < V; ++j) {
-        const double z = ref[static_cast<size_t>(p) * V + j];
+        const double z = ref[static_cast<size_t>(first + p - from) * V + j];
         ref_sum += z;
         ref_sq += z * z;
       }
     n += static_cast<int64_t>(rows) * V;
     for (size_t k = 0; k < rungs.size(); ++k) {
       const std::vector<double> logits = k == 0 ? ref : eval(k);
-      for (int p = 0; p < rows; ++p) {
-        const double* zr = &ref[static_cast<size_t>(p) * V];
-        const double* z = &logits[static_cast<size_t>(p) * V];
+      for (int pos = from; pos <= n_ctx - 2; ++pos) {
+        const double* zr = &ref[static_cast<size_t>(pos - from) * V];
+        const double* z = &logits[static_cast<size_t>(pos - from) * V];
         log_softmax(zr, V, ref_lp);
         log_softmax(z, V, lp);
-        double kl = 0;
+        double kl = 0, sq = 0;
         for (int64_t j = 0; j < V; ++j) {
-          acc[k].sq += (z[j] - zr[j]) * (z[j] - zr[j]);
+          sq += (z[j] - zr[j]) * (z[j] - zr[j]);
           kl += std::exp(ref_lp[j]) * (ref_lp[j] - lp[j]);
         }
+        const bool same_top = (std::max_element(z, z + V) - z) == (std::max_element(zr, zr + V) - zr);
+        drift[k].add(pos, kl, same_top);
+        if (pos < first) continue;  // drift only: the summary is on the scored positions
+        acc[k].sq += sq;
         acc[k].kld += kl;
-        acc[k].nll -= lp[chunk[first + p + 1]];
-        acc[k].top += (std::max_element(z, z + V) - z) == (std::max_element(zr, zr + V) - zr);
+        acc[k].nll -= lp[chunk[pos + 1]];
+        acc[k].top += same_top;
         if (base) {
-          const BaseMatch bm = match_base_record(*base, static_cast<int64_t>(c) * rows + p, z, chunk[first + p + 1]);
+          const BaseMatch bm = match_base_record(*base, static_cast<int64_t>(c) * rows + (pos - first), z, chunk[pos + 1]);
           acc[k].kld_base += bm.kld;
           acc[k].top_base += bm.top == bm.top_base;
         }
@@ -156,6 +163,7 @@ LadderResult compare_rungs(const Model& m, const std::vector<int32_t>& tokens, c
     rungs[k].kld = acc[k].kld / npos;
     rungs[k].top1 = acc[k].top / npos;
     rungs[k].ppl = std::exp(acc[k].nll / npos);
+    rungs[k].by_position = drift[k].buckets();
     if (base) {
       rungs[k].kld_base = acc[k].kld_base / npos;
       rungs[k].top1_base = acc[k].top_base / npos;
@@ -175,6 +183,8 @@ std::string format_ladder(const LadderResult& r, const std::string& model) {
     s += fmt::format("| {} | {:.3e} | {:.3e} | {:.2f}% | {:.4f} |{} {:.2f} | {} |\n", g.name, g.nmse, g.kld, 100 * g.top1,
                      g.ppl, e, g.seconds, g.what);
   }
+  s += "\n";
+  for (const auto& g : r.rungs) s += fmt::format("{}: {}\n", g.name, position_buckets_line(g.by_position));
   return s;
 }
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "runtime/session.h"
+#include "tools/metrics.h"
 
 namespace g4 {
 
@@ -19,6 +20,11 @@ struct LadderOptions {
   // An engine's llama.cpp-format base file: the tokens, n_ctx and scoring come from it, and
   // every rung is also compared with it (how much of the engine's difference it explains).
   std::string kld_base;
+  // Drift by position: KLD/top-1 per this many chunk positions, over the scored positions,
+  // or over every position 0..n_ctx-2 with drift_all_positions (kv-study: error growing
+  // along the whole context).
+  int kld_bucket = 64;
+  bool drift_all_positions = false;
 };
 
 struct LadderRung {
@@ -26,6 +32,7 @@ struct LadderRung {
   ForwardOptions forward;
   double nmse = 0, kld = 0, top1 = 0, ppl = 0, seconds = 0;
   double kld_base = -1, top1_base = -1;  // against the base file (-1: none given)
+  std::vector<PositionBucket> by_position{};  // KLD/top-1 against the first rung per bucket
 };
 
 struct LadderResult {

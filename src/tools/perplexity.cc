@@ -76,14 +76,16 @@ void quantize_log_probs(const T* z, int64_t V, uint16_t* out) {
 }
 
 struct KldAcc {
+  explicit KldAcc(int64_t bucket) : drift(bucket) {}
   Acc nll, nll_base, kld, dp, dp2;
+  PositionDrift drift;
   double nll_x_base = 0;
   int64_t same = 0;
   std::vector<double> klds, dps;
 };
 
 template <typename T>
-void kld_position(const T* z, int64_t V, const uint16_t* rec, int32_t target, KldAcc& a) {
+void kld_position(const T* z, int64_t V, const uint16_t* rec, int32_t target, int64_t pos, KldAcc& a) {
   double mx, lse;
   row_stats(z, V, mx, lse);
   float scale, min_lp;
@@ -108,6 +110,7 @@ void kld_position(const T* z, int64_t V, const uint16_t* rec, int32_t target, Kl
   a.dp.add(dp);
   a.dp2.add(dp * dp);
   a.same += top == top_base;
+  a.drift.add(pos, kld, top == top_base);
   a.klds.push_back(kld);
   a.dps.push_back(dp);
 }
@@ -148,6 +151,7 @@ KldStats finish_kld(KldAcc& a) {
   k.dp_rms_err = k.dp_rms > 0 ? 100 * 0.5 / (k.dp_rms / 100) * a.dp2.unc() : 0;
   k.same_top = n ? static_cast<double>(a.same) / n : 0;
   k.same_top_err = n > 1 ? std::sqrt(k.same_top * (1 - k.same_top) / (n - 1)) : 0;
+  k.by_position = a.drift.buckets();
   return k;
 }
 
@@ -203,7 +207,7 @@ PerplexityResult run_perplexity_tokens(const Model& model, const std::vector<int
   r.n_text_tokens = n_tok;
   if (opt.want_all_nll) r.nll.assign(static_cast<size_t>(n_chunk) * (n_ctx - 1), 0.0f);
   Acc acc;
-  KldAcc kacc;
+  KldAcc kacc(opt.kld_bucket);
   Session session(model, opt.forward);
   const bool f64 = opt.forward.precision == Precision::F64;
   std::vector<uint16_t> rec(words);
@@ -246,8 +250,8 @@ PerplexityResult run_perplexity_tokens(const Model& model, const std::vector<int
         const int64_t idx = static_cast<int64_t>(c) * (n_ctx - 1 - first) + (p - first);
         const auto* brec = reinterpret_cast<const uint16_t*>(base->records + idx * words * 2);
         std::memcpy(rec.data(), brec, words * 2);
-        if (f64) kld_position(&ld[row * V], V, rec.data(), target, kacc);
-        else kld_position(&lf[row * V], V, rec.data(), target, kacc);
+        if (f64) kld_position(&ld[row * V], V, rec.data(), target, p, kacc);
+        else kld_position(&lf[row * V], V, rec.data(), target, p, kacc);
       }
     }
     if (opt.on_chunk) opt.on_chunk(c, n_chunk, std::exp(acc.mean()));
@@ -263,6 +267,7 @@ PerplexityResult run_perplexity_tokens(const Model& model, const std::vector<int
   const double var = acc.n > 1 ? (acc.sum2 / acc.n - r.nll_mean * r.nll_mean) / (acc.n - 1) : 0;
   r.ppl_err = std::sqrt(std::max(0.0, var)) * r.ppl;
   if (base) r.kld = finish_kld(kacc);
+  r.kv_bytes = session.kv_bytes();
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return r;
 }
@@ -284,6 +289,8 @@ std::string format_kld_report(const KldStats& k) {
   for (const auto& [name, v] : k.dp_pct) o += fmt::format("{:<7} Δp: {:8.3f}%\n", name, v);
   o += fmt::format("RMS Δp    : {:8.3f} ± {:.3f} %\n", k.dp_rms, k.dp_rms_err);
   o += fmt::format("Same top p: {:8.3f} ± {:.3f} %  ({} positions)\n", 100 * k.same_top, 100 * k.same_top_err, k.n);
+  o += fmt::format("\n====== KLD and top-1 by position in the chunk (pooled over chunks) ======\n");
+  o += position_buckets_table(k.by_position);
   return o;
 }
 

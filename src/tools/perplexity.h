@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "runtime/session.h"
+#include "tools/metrics.h"
 
 namespace g4 {
 
@@ -24,6 +25,7 @@ struct PerplexityOptions {
   bool want_all_nll = false;        // NLL of every prediction (positions 0..n_ctx-2), for --nll-out
   std::string kld_base_out;         // write base log-probs (llama.cpp's format)
   std::string kld_base_in;          // compare against these base log-probs
+  int kld_bucket = 64;              // drift by position: KLD/top-1 per this many chunk positions
   std::function<void(int chunk, int n_chunks, double ppl_so_far)> on_chunk;
 };
 
@@ -36,6 +38,7 @@ struct KldStats {
   double dp_mean = 0, dp_mean_err = 0, dp_rms = 0, dp_rms_err = 0;
   std::vector<std::pair<std::string, double>> dp_pct;    // in %
   double same_top = 0, same_top_err = 0;                  // fraction
+  std::vector<PositionBucket> by_position;                // pooled over chunks (scored positions only)
 };
 
 struct PerplexityResult {
@@ -45,6 +48,7 @@ struct PerplexityResult {
   int64_t n_text_tokens = 0;
   int n_ctx = 0;
   double seconds = 0;
+  size_t kv_bytes = 0;     // KV cache bytes held after the last chunk (n_ctx positions)
   std::vector<float> nll;  // [chunks, n_ctx - 1] when want_all_nll (unscored positions included)
   std::optional<KldStats> kld;
 };
