@@ -5,7 +5,7 @@
 #include <filesystem>
 
 #include "cli/commands.h"
-#include "cli/forward_flags.h"
+#include "cli/common_flags.h"
 #include "kernels/fast.h"
 #include "tools/bench.h"
 #include "tools/synth.h"
@@ -15,37 +15,33 @@
 namespace g4::cli {
 
 void register_bench(CLI::App& app) {
-  struct Opts { std::string model, precision = "fast"; BenchOptions b; int threads = 0; bool json = false, membw = false; };
+  struct Opts { CommonFlags c; BenchOptions b; bool json = false, membw = false; };
   auto o = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand("bench", "Prompt processing and generation speed (llama-bench style)");
-  cmd->add_option("-m,--model", o->model, "model to benchmark")->required();
-  cmd->add_option("-p,--n-prompt", o->b.n_prompt, "prompt tokens (default 512; 0 skips pp)");
-  cmd->add_option("-n,--n-gen", o->b.n_gen, "generated tokens (default 128; 0 skips tg)");
+  add_common_flags(cmd, o->c, kModel | kThreads | kPrecisionDevice);
+  // -p and -n as llama-bench spells them (token counts, not a prompt and a generation limit).
+  cmd->add_option("-p,--n-prompt", o->b.n_prompt, "prompt tokens (default 512; 0 skips pp; llama-bench's -p)");
+  cmd->add_option("-n,--n-gen", o->b.n_gen, "generated tokens (default 128; 0 skips tg; llama-bench's -n)");
   cmd->add_option("-r,--repetitions", o->b.reps, "repetitions (default 5)");
   cmd->add_option("-d,--n-depth", o->b.depth, "tokens already in the context before each pp/tg run (llama-bench's -d; default 0)");
-  cmd->add_option("-t,--threads", o->threads, "threads (default: all cores)");
-  auto* prec = cmd->add_option("--precision", o->precision, "fast (default), f32, f64 or bf16")->check(CLI::IsMember(kPrecisionNames));
-  auto dev = std::make_shared<DeviceFlags>();
-  add_device_flags(cmd, *dev);
   cmd->add_option("--n-parallel", o->b.n_parallel,
                   "batched decode: N sequences generate -n tokens each, one forward per step for all (llama-batched-bench's -npl; a list: -npl 1,4,16)")
       ->delimiter(',');
   cmd->add_flag("--membw", o->membw, "also measure this machine's memory read bandwidth");
   cmd->add_flag("--json", o->json, "machine-readable output");
-  cmd->final_callback([o, dev, prec] {
-    set_threads(o->threads);
-    Model m = load_model(o->model);
+  cmd->final_callback([o] {
+    Model m = load_model(o->c.model);
     std::string device;
-    o->b.precision = apply_device_flags(*dev, parse_precision(o->precision), prec, &device);
-    o->precision = precision_name(o->b.precision);
+    o->b.precision = apply_device_flags(o->c.fwd.dev, parse_precision(o->c.fwd.precision), o->c.fwd.precision_opt, &device);
+    o->c.fwd.precision = precision_name(o->b.precision);
     const std::string backend = device == "cpu" ? fmt::format("cpu-{}", fast_kernel_isa()) : device;
     const BenchResult r = run_bench(m, o->b);
     const double bw = o->membw ? measure_read_bandwidth_gbps() : 0;
     const int threads = omp_get_max_threads();
-    const std::string name = std::filesystem::path(o->model).filename().string();
+    const std::string name = std::filesystem::path(o->c.model).filename().string();
     if (o->json) {
-      json j{{"model", o->model}, {"n_params", r.n_params}, {"n_bytes", r.n_bytes}, {"threads", threads},
-             {"precision", o->precision}, {"isa", fast_kernel_isa()}, {"device", device}, {"pp", o->b.n_prompt}, {"tg", o->b.n_gen}, {"depth", o->b.depth},
+      json j{{"model", o->c.model}, {"n_params", r.n_params}, {"n_bytes", r.n_bytes}, {"threads", threads},
+             {"precision", o->c.fwd.precision}, {"isa", fast_kernel_isa()}, {"device", device}, {"pp", o->b.n_prompt}, {"tg", o->b.n_gen}, {"depth", o->b.depth},
              {"pp_tps", r.pp_tps}, {"pp_tps_std", r.pp_std}, {"tg_tps", r.tg_tps}, {"tg_tps_std", r.tg_std},
              {"peak_rss_gb", r.peak_rss_gb}, {"decode_gbps", r.decode_gbps}, {"decode_bytes_per_token_gb", r.bytes_per_token_gb}};
       if (o->membw) j["memory_read_gbps"] = bw;
@@ -72,7 +68,7 @@ void register_bench(CLI::App& app) {
 }
 
 void register_synth(CLI::App& app) {
-  struct Opts { SynthOptions s; std::string out, type = "q4_0"; int threads = 0; };
+  struct Opts { SynthOptions s; std::string out, type = "q4_0"; CommonFlags c; };
   auto o = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand("synth", "Write a random-weight Gemma 4 GGUF with a real variant's dimensions (for bench)");
   cmd->add_option("--variant", o->s.variant, "e2b, e4b, 12b, 26b-a4b or 31b")->required();
@@ -83,9 +79,8 @@ void register_synth(CLI::App& app) {
       ->check(CLI::IsMember({"gguf", "safetensors"}));
   cmd->add_option("--seed", o->s.seed, "RNG seed");
   cmd->add_option("-o,--out", o->out, "output .gguf (a directory with --format safetensors)")->required();
-  cmd->add_option("-t,--threads", o->threads, "threads");
+  add_common_flags(cmd, o->c, kThreads);
   cmd->final_callback([o] {
-    set_threads(o->threads);
     if (o->type == "q4_k_m" || o->type == "mixed-8-4") o->s.quant.recipe = o->type;
     else o->s.quant.type = parse_dtype(o->type);
     o->s.quant.on_tensor = Progress::callback("synth");

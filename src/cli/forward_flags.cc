@@ -58,25 +58,33 @@ ForwardOptions ForwardFlags::options() const {
   return fo;
 }
 
-void add_forward_flags(CLI::App* cmd, ForwardFlags& f, const std::string& default_precision) {
+void add_precision_device_flags(CLI::App* cmd, ForwardFlags& f, const std::string& default_precision) {
   f.precision = default_precision;
-  std::vector<std::string> kv;
-  for (KvType t : all_kv_types()) kv.push_back(kv_type_name(t));
   f.precision_opt =
       cmd->add_option("--precision", f.precision,
-                      fmt::format("f64 (reference), f32, fast (SIMD kernels) or bf16 (HF's bf16 forward emulated); default {} "
+                      fmt::format("f64 (reference), f32, fast (SIMD kernels) or bf16 (HF's bf16 forward emulated); default {}{} "
                                   "(f32 with --device vulkan)",
-                                  default_precision))
+                                  default_precision, default_precision == "f64" ? ", as this command computes the reference" : ""))
           ->check(CLI::IsMember(kPrecisionNames));
+  add_device_flags(cmd, f.dev);
+}
+
+void resolve_precision(ForwardFlags& f) {
+  f.precision = precision_name(device_precision(f.dev, parse_precision(f.precision), f.precision_opt));
+}
+
+void add_forward_flags(CLI::App* cmd, ForwardFlags& f, const std::string& default_precision) {
+  add_precision_device_flags(cmd, f, default_precision);
+  std::vector<std::string> kv;
+  for (KvType t : all_kv_types()) kv.push_back(kv_type_name(t));
   cmd->add_option("--cache-type-k", f.cache_k, fmt::format("KV cache type for K: {} (default f32)", fmt::join(kv, ", ")))
       ->check(CLI::IsMember(kv));
   cmd->add_option("--cache-type-v", f.cache_v, "KV cache type for V (default f32; -ctk/-ctv also work)")->check(CLI::IsMember(kv));
   cmd->add_option("--emulate", f.emulate,
                   fmt::format("reproduce another engine's roundings in the f64/f32 reference, a comma-separated list of {}",
                               fmt::join(engine_rounding_items(), ", ")));
-  add_device_flags(cmd, f.dev);
   // The precision the command reports is the one that runs.
-  cmd->parse_complete_callback([&f] { f.precision = precision_name(device_precision(f.dev, parse_precision(f.precision), f.precision_opt)); });
+  cmd->parse_complete_callback([&f] { resolve_precision(f); });
 }
 
 }  // namespace g4::cli

@@ -41,5 +41,9 @@ struct ForwardFlags {
 };
 
 void add_forward_flags(CLI::App* cmd, ForwardFlags& f, const std::string& default_precision);
+// Only --precision and --device/-ngl (tools that build their own ForwardOptions).
+void add_precision_device_flags(CLI::App* cmd, ForwardFlags& f, const std::string& default_precision);
+// After parsing: the precision that runs (an f64 default becomes f32 on a GPU).
+void resolve_precision(ForwardFlags& f);
 
 }  // namespace g4::cli

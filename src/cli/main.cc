@@ -11,6 +11,7 @@
 #include <omp.h>
 
 #include "cli/commands.h"
+#include "cli/common_flags.h"
 #include "kernels/fast.h"
 #include "util/error.h"
 
@@ -20,19 +21,6 @@ const char* build_git_hash();
 const char* build_type();
 }  // namespace g4
 
-namespace {
-
-// llama.cpp's multi-letter single-dash flags, which CLI11 cannot declare: rewritten to
-// their long names before parsing.
-constexpr std::pair<const char*, const char*> kDashAliases[] = {
-    {"-ctk", "--cache-type-k"},
-    {"-ctv", "--cache-type-v"},
-    {"-ngl", "--n-gpu-layers"},
-    {"-npl", "--n-parallel"},
-};
-
-}  // namespace
-
 std::string g4::cli::version_string() {
   return fmt::format("g4 {} (git {}, {} build)", G4_VERSION, g4::build_git_hash(), g4::build_type());
 }
@@ -40,9 +28,13 @@ std::string g4::cli::version_string() {
 int main(int argc, char** argv) {
   std::vector<char*> args(argv, argv + argc);
   for (auto& a : args)
-    for (const auto& [from, to] : kDashAliases)
-      if (std::strcmp(a, from) == 0) a = const_cast<char*>(to);
+    if (const char* to = g4::cli::llama_dash_alias(a)) a = const_cast<char*>(to);
   argv = args.data();
+  // A llama.cpp flag g4 deliberately does not take: why, before any work (usage error).
+  if (const std::string why = g4::cli::llama_difference(argc, argv); !why.empty()) {
+    std::fprintf(stderr, "g4: %s\n", why.c_str());
+    return 2;
+  }
   CLI::App app{"g4: a self-checking inference engine for Gemma 4 text models"};
   app.require_subcommand(1);
   app.set_version_flag("--version", [] {

@@ -2,9 +2,10 @@
 #include <omp.h>
 
 #include <cstdio>
+#include <filesystem>
 
 #include "cli/commands.h"
-#include "cli/forward_flags.h"
+#include "cli/common_flags.h"
 #include "formats/safetensors.h"
 #include "tools/kv_study.h"
 #include "tools/perplexity.h"
@@ -22,20 +23,16 @@ void set_threads(int n) {
 
 void register_perplexity(CLI::App& app) {
   struct Opts {
-    std::string model, file, nll_out, kld_base, kld;
-    ForwardFlags fwd;
-    int n_ctx = 512, n_batch = 2048, chunks = -1, threads = 0, kld_bucket = 64;
+    std::string file, nll_out, kld_base, kld;
+    CommonFlags c;
+    int chunks = -1, kld_bucket = 64;
     bool json = false, bf16_scale = false, lenient = false, llama_scoring = false;
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand("perplexity", "Teacher-forced perplexity (llama-perplexity protocol) and KL divergence");
-  cmd->add_option("-m,--model", o->model, "HF checkpoint directory or .gguf file")->required();
-  cmd->add_option("-f,--file", o->file, "text file to evaluate");
-  cmd->add_option("-c,--ctx-size", o->n_ctx, "context per chunk (default 512)");
-  cmd->add_option("-b,--batch-size", o->n_batch, "tokens per forward call (default 2048)");
-  cmd->add_option("--chunks", o->chunks, "evaluate at most this many chunks");
-  cmd->add_option("-t,--threads", o->threads, "threads (default: all cores)");
-  add_forward_flags(cmd, o->fwd, "fast");
+  add_common_flags(cmd, o->c, kModel | kThreads | kEvalCtx | kBatch | kForward);
+  add_text_file(cmd, o->file, "text file to evaluate");
+  cmd->add_option("--chunks", o->chunks, "evaluate at most this many chunks (default: all)");
   cmd->add_flag("--bf16-embed-scale", o->bf16_scale, "round sqrt(H), sqrt(P) to bf16 as HF does on a bf16 checkpoint");
   cmd->add_option("--nll-out", o->nll_out, "write every prediction's NLL [chunks, n_ctx-1] to a safetensors file");
   cmd->add_option("--kl-divergence-base", o->kld_base, "save this model's log-probs (llama.cpp's uint16 format) / read them with --kl-divergence");
@@ -46,24 +43,25 @@ void register_perplexity(CLI::App& app) {
   cmd->add_flag("--json", o->json, "machine-readable result");
   cmd->add_flag("--lenient", o->lenient, "load despite tensors that contradict the config");
   cmd->final_callback([o] {
-    set_threads(o->threads);
-    Model m = load_model(o->model, LoadOptions{o->lenient});
+    // Every input is checked before the model loads.
+    if (!o->kld.empty() && o->kld_base.empty())
+      throw CLI::ValidationError("--kl-divergence", "needs --kl-divergence-base FILE (made by a previous run)");
+    if (o->kld.empty() && o->file.empty()) throw CLI::ValidationError("-f", "give the text to evaluate with -f FILE");
+    if (!o->kld.empty() && !std::filesystem::is_regular_file(o->kld_base))
+      throw CLI::ValidationError("--kl-divergence-base", fmt::format("{}: no such file", o->kld_base));
     PerplexityOptions po;
-    po.n_ctx = o->n_ctx;
-    po.n_batch = o->n_batch;
+    po.forward = o->c.fwd.options();
+    const std::string text = o->kld.empty() ? read_text_file(o->file) : std::string();
+    Model m = load_model(o->c.model, LoadOptions{o->lenient});
+    po.n_ctx = static_cast<int>(o->c.ctx);
+    po.n_batch = o->c.batch;
     po.max_chunks = o->chunks;
-    po.forward = o->fwd.options();
     po.forward.bf16_embed_scale = o->bf16_scale;
     po.want_all_nll = !o->nll_out.empty();
     po.llama_scoring = o->llama_scoring;
     po.kld_bucket = o->kld_bucket;
-    if (!o->kld.empty()) {
-      if (o->kld_base.empty()) fail("--kl-divergence needs --kl-divergence-base FILE (made by a previous run)");
-      po.kld_base_in = o->kld_base;
-    } else {
-      po.kld_base_out = o->kld_base;
-      if (o->file.empty()) fail("give the text with -f FILE");
-    }
+    if (!o->kld.empty()) po.kld_base_in = o->kld_base;
+    else po.kld_base_out = o->kld_base;
     // llama-perplexity's running values, [1]4.68,[2]5.01,...: on a terminal inside one bar
     // for the whole job (the latest values, rate and ETA); in logs as llama.cpp prints them.
     std::unique_ptr<Progress> bar;
@@ -78,7 +76,6 @@ void register_perplexity(CLI::App& app) {
         std::fprintf(stderr, "[%d]%.4f%s", c + 1, ppl, c + 1 == n ? "\n" : ",");
       }
     };
-    const std::string text = po.kld_base_in.empty() ? read_text_file(o->file) : std::string();
     PerplexityResult r = run_perplexity(m, text, po);
     if (bar) {
       bar->finish();
@@ -86,10 +83,10 @@ void register_perplexity(CLI::App& app) {
     }
     if (!o->nll_out.empty())
       write_safetensors(o->nll_out, {st_f32("nll", {r.chunks, r.n_ctx - 1}, r.nll)},
-                        {{"n_ctx", std::to_string(r.n_ctx)}, {"model", o->model}, {"precision", o->fwd.precision}});
+                        {{"n_ctx", std::to_string(r.n_ctx)}, {"model", o->c.model}, {"precision", o->c.fwd.precision}});
     if (o->json) {
       json j{{"ppl", r.ppl}, {"ppl_err", r.ppl_err}, {"nll_mean", r.nll_mean}, {"chunks", r.chunks},
-             {"tokens", r.tokens}, {"n_ctx", r.n_ctx}, {"seconds", r.seconds}, {"precision", o->fwd.precision},
+             {"tokens", r.tokens}, {"n_ctx", r.n_ctx}, {"seconds", r.seconds}, {"precision", o->c.fwd.precision},
              {"kv_bytes", r.kv_bytes},
              {"kv_bytes_per_token", kv_bytes_per_token(m.spec, po.forward.cache_type_k, po.forward.cache_type_v)}};
       if (r.kld) {
@@ -106,7 +103,7 @@ void register_perplexity(CLI::App& app) {
       std::printf("%s\n", j.dump(2).c_str());
     } else {
       std::printf("%d chunks of %d tokens (%ld scored) from %ld tokens, %s, %.2f s\n", r.chunks, r.n_ctx,
-                  static_cast<long>(r.tokens), static_cast<long>(r.n_text_tokens), o->fwd.precision.c_str(), r.seconds);
+                  static_cast<long>(r.tokens), static_cast<long>(r.n_text_tokens), o->c.fwd.precision.c_str(), r.seconds);
       std::printf("KV cache %s/%s: %.0f bytes per token as the fast backend stores it; %.1f KiB held at %d positions\n", kv_type_name(po.forward.cache_type_k),
                   kv_type_name(po.forward.cache_type_v), kv_bytes_per_token(m.spec, po.forward.cache_type_k, po.forward.cache_type_v),
                   r.kv_bytes / 1024.0, r.n_ctx);

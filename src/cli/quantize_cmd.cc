@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include "cli/commands.h"
+#include "cli/common_flags.h"
 #include "tools/quantize.h"
 #include "util/error.h"
 #include "util/progress.h"
@@ -33,14 +34,14 @@ uint64_t parse_byte_size(const std::string& s, const char* flag) {
 
 void register_quantize(CLI::App& app) {
   struct Opts {
-    std::string in, out, type, recipe, split_max_size, imatrix;
+    CommonFlags c;
+    std::string out, type, recipe, split_max_size, imatrix;
     std::vector<std::string> overrides;
     bool no_verify = false, lenient = false;
-    int threads = 0;
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand("quantize", "Write a GGUF (F32/F16/BF16/Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K/Q6_K/IQ4_NL/IQ4_XS) and verify it tensor by tensor");
-  cmd->add_option("-m,--model", o->in, "source: HF checkpoint directory or GGUF")->required();
+  add_common_flags(cmd, o->c, kModel | kThreads);
   cmd->add_option("-o,--out", o->out, "output .gguf")->required();
   auto* t = cmd->add_option("--type", o->type, "one type for every quantizable tensor");
   auto* r = cmd->add_option("--recipe", o->recipe, "q8_0, q4_0, q4_k_m (llama.cpp's mix) or mixed-8-4");
@@ -52,10 +53,8 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--split-max-size", o->split_max_size,
                   "write a split GGUF, OUT-00001-of-0000N.gguf ..., parts of at most this much tensor data (N, NK, NM or NG)");
   cmd->add_flag("--lenient", o->lenient, "load the source despite tensors that contradict its config");
-  cmd->add_option("-t,--threads", o->threads, "threads");
   cmd->final_callback([o] {
-    set_threads(o->threads);
-    Model src = load_model(o->in, LoadOptions{o->lenient});
+    Model src = load_model(o->c.model, LoadOptions{o->lenient});
     QuantizeOptions qo;
     if (!o->type.empty()) qo.type = parse_dtype(o->type);
     qo.recipe = o->recipe;

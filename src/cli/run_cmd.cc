@@ -10,7 +10,7 @@
 #include <iostream>
 
 #include "cli/commands.h"
-#include "cli/forward_flags.h"
+#include "cli/common_flags.h"
 #include "runtime/generate.h"
 #include "tools/defaults.h"
 #include "tools/token_input.h"
@@ -22,27 +22,10 @@ namespace g4::cli {
 namespace {
 
 struct RunOpts {
-  std::string model, prompt, file, system, reasoning = "auto";
-  ForwardFlags fwd;
-  int n_predict = 256, threads = 0;
-  int64_t ctx = 0;
+  std::string prompt, file, system, reasoning = "auto";
+  CommonFlags c;
   bool chat = false, no_stats = false, ignore_eos = false, think = false;
-  std::optional<float> temp, top_p, min_p, repeat_penalty;
-  std::optional<int> top_k, repeat_last_n;
-  std::optional<uint64_t> seed;
 };
-
-SamplingParams sampling_from(const RunOpts& o, const Model& m) {
-  SamplingParams p = model_sampling_defaults(m);
-  if (o.temp) p.temp = *o.temp;
-  if (o.top_k) p.top_k = *o.top_k;
-  if (o.top_p) p.top_p = *o.top_p;
-  if (o.min_p) p.min_p = *o.min_p;
-  if (o.repeat_penalty) p.repeat_penalty = *o.repeat_penalty;
-  if (o.repeat_last_n) p.repeat_last_n = *o.repeat_last_n;
-  if (o.seed) p.seed = *o.seed;
-  return p;
-}
 
 // Ctrl-C in a chat: the first stops the answer being generated; a second within a
 // second, or one at the prompt, ends the program (llama.cpp's interactive behaviour).
@@ -105,46 +88,43 @@ void register_run(CLI::App& app) {
   auto o = std::make_shared<RunOpts>();
   auto* cmd = app.add_subcommand("run", "Generate text (streams tokens); --chat for a conversation");
   cmd->alias("generate");
-  cmd->add_option("-m,--model", o->model, "HF checkpoint directory or .gguf (default: the bundled brown-mini)");
+  add_common_flags(cmd, o->c, kModelOrBundled | kThreads | kGenCtx | kPredict | kSampling | kForward);
   auto* p = cmd->add_option("-p,--prompt", o->prompt, "prompt text");
-  auto* f = cmd->add_option("-f,--file", o->file, "read the prompt from a file");
+  auto* f = add_text_file(cmd, o->file, "read the prompt from a file");
   p->excludes(f);
-  cmd->add_option("-n,--n-predict", o->n_predict, "tokens to generate per answer (default 256; -1 = until the context is full)");
-  cmd->add_option("-c,--ctx-size", o->ctx, "context size in tokens (default 0 = the model's); a chat drops its oldest turns when full");
   cmd->add_flag("--ignore-eos", o->ignore_eos, "keep generating past end-of-turn/end-of-text tokens");
   cmd->add_flag("--think", o->think, "--chat: the same as --reasoning on (also /think on|off in the chat)");
-  cmd->add_option("--temp", o->temp, "temperature (0 = greedy; default 0.8 or the model's)");
-  cmd->add_option("--top-k", o->top_k, "top-k (default 40 or the model's)");
-  cmd->add_option("--top-p", o->top_p, "top-p (default 0.95)");
-  cmd->add_option("--min-p", o->min_p, "min-p (default 0.05)");
-  cmd->add_option("--repeat-penalty", o->repeat_penalty, "repetition penalty (default 1.0 = off)");
-  cmd->add_option("--repeat-last-n", o->repeat_last_n, "tokens the penalty looks back (default 64)");
-  cmd->add_option("-s,--seed", o->seed, "RNG seed (default random)");
-  cmd->add_flag("--chat", o->chat, "chat with the Gemma 4 template (interactive unless -p is given)");
+  cmd->add_flag("--chat,--conversation", o->chat,
+                "chat with the Gemma 4 template (interactive unless -p is given); llama.cpp's -cnv/--conversation");
   cmd->add_option("--system", o->system, "system message for --chat");
   cmd->add_option("--reasoning", o->reasoning, "thinking for --chat: on, off or auto (= off); thoughts print between <|channel> and <channel|> and are dropped from the history")
       ->check(CLI::IsMember({"on", "off", "auto"}));
-  add_forward_flags(cmd, o->fwd, "fast");
-  cmd->add_option("-t,--threads", o->threads, "threads");
   cmd->add_flag("--no-stats", o->no_stats, "do not print timing to stderr");
   cmd->final_callback([o] {
-    set_threads(o->threads);
-    const std::string path = o->model.empty() ? default_model_path() : o->model;
+    const CommonFlags& c = o->c;
+    if ((o->system.size() || o->think || o->reasoning != "auto") && !o->chat)
+      throw CLI::ValidationError("--system/--think/--reasoning", "these apply to --chat only; add --chat");
+    if (!o->chat && o->prompt.empty() && o->file.empty())
+      throw CLI::ValidationError("-p/-f", "give a prompt with -p TEXT or -f FILE (or use --chat)");
+    ForwardOptions fo = c.fwd.options();  // a bad device or type fails before the model loads
+    // The prompt file is read before the model loads: a bad file costs nothing.
+    std::string prompt = o->prompt;
+    if (!o->file.empty()) prompt = read_text_file(o->file);
+    const std::string path = c.model.empty() ? default_model_path() : c.model;
     Model m = load_model(path);
     Tokenizer tok = load_tokenizer(m);
-    if (o->ctx < 0 || o->ctx > m.spec.max_ctx)
-      fail("-c {} is outside [0, {}] (0 = the model's context, max_position_embeddings)", o->ctx, m.spec.max_ctx);
-    const int64_t n_ctx = o->ctx ? o->ctx : m.spec.max_ctx;
-    ForwardOptions fo = o->fwd.options();
-    fo.n_ctx = o->ctx;
+    if (c.ctx > m.spec.max_ctx)
+      fail("-c {} is outside [0, {}] (0 = the model's context, max_position_embeddings)", c.ctx, m.spec.max_ctx);
+    const int64_t n_ctx = c.ctx ? c.ctx : m.spec.max_ctx;
+    fo.n_ctx = c.ctx;
     Session session(m, fo);
     GenerateOptions go;
-    go.sampling = sampling_from(*o, m);
+    go.sampling = c.sampling(model_sampling_defaults(m));
     if (!o->ignore_eos) go.stop_ids = tok.eog_ids(m.spec.eos_ids);
     // Tokens to generate after a prompt of n: -n, bounded by the context.
     auto budget = [&](size_t n) {
       const int64_t room = n_ctx - static_cast<int64_t>(n);
-      return static_cast<int>(o->n_predict < 0 ? room : std::min<int64_t>(o->n_predict, room));
+      return static_cast<int>(c.n_predict < 0 ? room : std::min<int64_t>(c.n_predict, room));
     };
     std::vector<int32_t> cached;
     auto stats = [&](const GenerateResult& r, double secs) {
@@ -159,10 +139,8 @@ void register_run(CLI::App& app) {
       stats(r, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       return r;
     };
-    std::string prompt = o->prompt;
-    if (!o->file.empty()) prompt = read_text_file(o->file);
     if (!o->chat) {
-      if (prompt.empty()) fail("give a prompt with -p TEXT or -f FILE (or use --chat)");
+      if (prompt.empty()) fail("the prompt is empty ({})", o->file.empty() ? "-p" : o->file);
       const auto ids = tok.encode(prompt, true);
       if (static_cast<int64_t>(ids.size()) >= n_ctx)
         fail("the prompt has {} tokens; the context is {} (-c)", ids.size(), n_ctx);
@@ -240,7 +218,7 @@ void register_run(CLI::App& app) {
       // Context shift: drop the oldest turns (the system turn stays) until the
       // conversation and at least a few answer tokens fit.
       std::vector<int32_t> ids = encode_chat(tok, conv, co);
-      const int64_t want = std::min<int64_t>(o->n_predict < 0 ? 64 : o->n_predict, 64);
+      const int64_t want = std::min<int64_t>(c.n_predict < 0 ? 64 : c.n_predict, 64);
       int dropped = 0;
       while (static_cast<int64_t>(ids.size()) + want > n_ctx) {
         const auto first = std::find_if(conv.begin(), conv.end(), [](const ChatMessage& x) { return x.role != "system"; });

@@ -1,5 +1,7 @@
 #include "runtime/scheduler.h"
 
+#include <omp.h>
+
 #include <algorithm>
 
 #include "util/error.h"
@@ -286,6 +288,8 @@ void Scheduler::run_step() {
 }
 
 void Scheduler::loop() {
+  if (opt_.threads > 0) omp_set_num_threads(opt_.threads);
+  forward_threads_ = omp_get_max_threads();
   for (;;) {
     {
       std::unique_lock<std::mutex> l(mu_);

@@ -32,6 +32,9 @@ struct SchedulerOptions {
   int64_t max_chunk = 512;  // most prompt tokens of one sequence per step (sizes each KV cache's step buffer)
   int max_cached = 4;     // finished sequences kept as a prompt cache
   int max_queue = 64;     // requests waiting for admission beyond the free places; submit() refuses more
+  // OpenMP threads of the forward, set on the scheduler's own thread (the caller's
+  // omp_set_num_threads does not reach it: OpenMP's setting is per thread). 0: all cores.
+  int threads = 0;
 };
 
 // What one token of a request added (Generation::Next, owned): content text, thought
@@ -95,6 +98,8 @@ class Scheduler {
   };
   Stats stats() const;
   const SchedulerOptions& options() const { return opt_; }
+  // OpenMP threads the forward runs with on the scheduler's thread (0 until it started).
+  int forward_threads() const { return forward_threads_.load(); }
 
  private:
   struct Active {
@@ -135,6 +140,7 @@ class Scheduler {
     int64_t prompt, generated;
   };
   std::deque<Tick> recent_;
+  std::atomic<int> forward_threads_{0};
   std::thread thread_;
 };
 

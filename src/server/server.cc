@@ -361,8 +361,11 @@ class Server {
       // One session for every request: the scheduler batches them into its forward steps.
       ForwardOptions fo{parse_precision(opt_.precision)};
       fo.n_batch = opt_.batch_size;
+      fo.cache_type_k = parse_kv_type(opt_.cache_type_k);
+      fo.cache_type_v = parse_kv_type(opt_.cache_type_v);
       session_ = std::make_unique<Session>(*model_, fo);
       SchedulerOptions so;
+      so.threads = opt_.threads;
       so.max_active = opt_.parallel;
       so.n_batch = opt_.batch_size;
       // Each sequence's KV cache holds a step buffer of max_chunk positions: a quarter of
@@ -939,6 +942,9 @@ class Server {
                 {"max_queue", opt_.max_queue},
                 {"max_tokens_limit", opt_.max_tokens_limit},
                 {"precision", opt_.precision},
+                {"cache_type_k", opt_.cache_type_k},
+                {"cache_type_v", opt_.cache_type_v},
+                {"threads", scheduler_->forward_threads()},
                 {"backend", session_->backend_name()},
                 {"request_timeout_s", opt_.request_timeout_s},
                 {"n_ctx_train", model_->spec.max_ctx},

@@ -22,6 +22,8 @@ struct ServeOptions {
   int max_tokens_limit = 4096;    // largest max_tokens a request may ask for
   size_t max_body_bytes = 1 << 20;
   std::string precision = "fast";
+  std::string cache_type_k = "f32", cache_type_v = "f32";  // KV cache types of every sequence
+  int threads = 0;                // OpenMP threads of the forward (0 = all cores), set on the scheduler's thread
   std::string api_key;                    // non-empty: every route but /health needs "Authorization: Bearer KEY"
   std::vector<std::string> cors_origins;  // origins answered with CORS headers ("*": any)
   int max_connections = 256;      // open connections; more are answered 503 and closed

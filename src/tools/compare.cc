@@ -2,8 +2,10 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 
+#include "tools/forensics.h"
 #include "util/error.h"
 
 namespace g4 {
@@ -66,6 +68,56 @@ CompareReport compare_models(const Model& a, const Model& b, const std::vector<i
   return r;
 }
 
+void explain_compare(CompareReport& r, const ForensicsReport& f) {
+  r.explained = true;
+  r.layer_severity = f.anatomy.layer_severity;
+  r.bad_layers = f.damaged_layers;
+  std::sort(r.bad_layers.begin(), r.bad_layers.end());
+  r.first_bad_layer = r.bad_layers.empty() ? -1 : r.bad_layers.front();
+  r.first_bad_why.clear();
+  r.other_findings.clear();
+  // The worst tensor of the first bad layer says what is wrong with it.
+  const TensorFinding* worst = nullptr;
+  for (const auto& t : f.tensors) {
+    if (t.flagged && t.layer == r.first_bad_layer && r.first_bad_layer >= 0 && (!worst || t.severity() > worst->severity())) worst = &t;
+    if (t.flagged && t.layer < 0) r.other_findings.push_back(fmt::format("{}: {}", t.name, t.why));
+  }
+  if (worst) r.first_bad_why = fmt::format("{}: {}", worst->name, worst->why);
+  for (const auto& m : f.missing) r.other_findings.push_back(fmt::format("{}: missing", m));
+  for (const auto& e : f.load_errors) r.other_findings.push_back(e);
+  for (const auto& p : f.permutations)
+    r.other_findings.push_back(fmt::format("{} of layer {} looks like layer {} of A (cosine {:.3f} vs {:.3f})", p.cls, p.artifact_layer,
+                                           p.looks_like_ref_layer, p.cos_best, p.cos_same));
+  for (const auto& h : f.hparams)
+    r.other_findings.push_back(fmt::format("{} ({}): B has {}, A has {}", h.what, h.gguf_key, h.artifact, h.reference));
+  for (const auto& v : f.vocab.findings) r.other_findings.push_back("tokenizer: " + v);
+
+  const double last = r.hidden.empty() ? 0 : r.hidden.back().nmse;
+  if (r.within_expected()) {
+    double s = 0;
+    int at = -1;
+    for (size_t l = 0; l < r.layer_severity.size(); ++l)
+      if (r.layer_severity[l] > s) s = r.layer_severity[l], at = static_cast<int>(l);
+    r.verdict = fmt::format(
+        "within expected quantization error: every tensor of B is within what its quant type explains (worst {:.2f}x, layer {}); "
+        "the hidden states drift to NMSE {:.2e} and the logits to KLD {:.2e} from that alone",
+        s, at, last, r.kld_mean);
+  } else if (r.first_bad_layer >= 0) {
+    const int L = r.first_bad_layer;
+    std::string jump;
+    if (static_cast<size_t>(L + 1) < r.hidden.size())
+      jump = fmt::format("; the hidden-state NMSE goes from {:.2e} into it to {:.2e} out of it", r.hidden[L].nmse, r.hidden[L + 1].nmse);
+    r.verdict = fmt::format("beyond expected quantization error: first bad layer {} ({}){}", L, r.first_bad_why, jump);
+    if (r.bad_layers.size() > 1) {
+      std::vector<std::string> ls;
+      for (int l : r.bad_layers) ls.push_back(std::to_string(l));
+      r.verdict += fmt::format("; bad layers: {}", fmt::join(ls, ", "));
+    }
+  } else {
+    r.verdict = fmt::format("beyond expected quantization error outside the layers: {}", r.other_findings.front());
+  }
+}
+
 std::string format_compare(const CompareReport& r, const std::string& na, const std::string& nb) {
   std::string o = fmt::format("A = {}\nB = {}\n{} tokens\n\n", na, nb, r.n_tokens);
   o += fmt::format("logits (B vs A): {}\n", r.logits.summary());
@@ -78,13 +130,28 @@ std::string format_compare(const CompareReport& r, const std::string& na, const 
   o += "\nKL(A || B) and top-1 by position\n" + position_buckets_table(r.by_position);
   if (!r.hidden.empty()) {
     o += "\nhidden states (HF convention: 0 = embeddings, i = output of layer i-1, last after the final norm)\n";
-    o += fmt::format("{:>6} {:>12} {:>12}\n", "entry", "NMSE", "cosine");
-    for (const auto& h : r.hidden) o += fmt::format("{:>6} {:>12.3e} {:>12.8f}\n", h.entry, h.nmse, h.cosine);
-    if (r.divergence_layer >= 0)
-      o += fmt::format("divergence starts at layer {} (its output is the first with NMSE > {:g})\n", r.divergence_layer,
-                       CompareReport::kDivergenceNmse);
-    else
+    if (r.explained) o += "with, per layer, B's worst tensor error over what its quant type explains (forensics; > 2 is beyond)\n";
+    o += fmt::format("{:>6} {:>12} {:>12}{}\n", "entry", "NMSE", "cosine", r.explained ? fmt::format(" {:>10}", "err/expl") : "");
+    for (const auto& h : r.hidden) {
+      o += fmt::format("{:>6} {:>12.3e} {:>12.8f}", h.entry, h.nmse, h.cosine);
+      const int layer = h.entry - 1;  // entry i is the output of layer i-1
+      if (r.explained && layer >= 0 && layer < static_cast<int>(r.layer_severity.size())) {
+        o += fmt::format(" {:>9.2f}x", r.layer_severity[layer]);
+        if (std::find(r.bad_layers.begin(), r.bad_layers.end(), layer) != r.bad_layers.end())
+          o += layer == r.first_bad_layer ? "  <- first bad layer" : "  <- bad";
+      }
+      o += "\n";
+    }
+    if (r.explained) {
+      o += "verdict: " + r.verdict + "\n";
+      for (const auto& x : r.other_findings) o += "  also: " + x + "\n";
+    } else if (r.divergence_layer >= 0) {
+      o += fmt::format("the hidden states first differ (NMSE > {:g}) at the output of layer {}; "
+                       "no forensics of B against A to say what its quant types explain\n",
+                       CompareReport::kDivergenceNmse, r.divergence_layer);
+    } else {
       o += fmt::format("no layer output differs by more than NMSE {:g}\n", CompareReport::kDivergenceNmse);
+    }
   } else {
     o += "(different geometries: hidden states not compared)\n";
   }
@@ -103,7 +170,15 @@ json compare_json(const CompareReport& r) {
           {"top1_agreement", r.top1},
           {"by_position", position_buckets_json(r.by_position)},
           {"hidden", h},
-          {"divergence_layer", r.divergence_layer < 0 ? json(nullptr) : json(r.divergence_layer)}};
+          {"divergence_layer", r.divergence_layer < 0 ? json(nullptr) : json(r.divergence_layer)},
+          {"explained", r.explained ? json{{"within_expected", r.within_expected()},
+                                           {"first_bad_layer", r.first_bad_layer < 0 ? json(nullptr) : json(r.first_bad_layer)},
+                                           {"first_bad_why", r.first_bad_why},
+                                           {"bad_layers", r.bad_layers},
+                                           {"layer_severity", r.layer_severity},
+                                           {"other_findings", r.other_findings},
+                                           {"verdict", r.verdict}}
+                                    : json(nullptr)}};
 }
 
 }  // namespace g4
