@@ -124,6 +124,14 @@ std::vector<uint8_t> stream_tensor(const TensorSlot& s, uint64_t seed, uint64_t 
   return out;
 }
 
+// A byte-level vocabulary so that the file is a complete model (llama.cpp needs one):
+// five special tokens, the 256 byte tokens, then "t<id>" fillers. Types as GGUF stores them.
+void synth_vocab(int vocab, std::vector<std::string>& tokens, std::vector<int64_t>& types) {
+  for (const char* sp : {"<pad>", "<eos>", "<bos>", "<unk>", "<mask>"}) { tokens.push_back(sp); types.push_back(3); }
+  for (int b = 0; b < 256 && static_cast<int>(tokens.size()) < vocab; ++b) { tokens.push_back(fmt::format("<0x{:02X}>", b)); types.push_back(6); }
+  while (static_cast<int>(tokens.size()) < vocab) { tokens.push_back(fmt::format("t{}", tokens.size())); types.push_back(1); }
+}
+
 }  // namespace
 
 void synth_model(const SynthOptions& opt, const std::string& out_path) {
@@ -137,6 +145,25 @@ void synth_model(const SynthOptions& opt, const std::string& out_path) {
       std::ofstream c(std::filesystem::path(out_path) / "config.json");
       c << json{{hk::kTextConfig, hf_config_json(spec)}, {hk::kModelType, "gemma4"}}.dump(2) << "\n";
       if (!c) fail("cannot write {}/config.json", out_path);
+    }
+    {
+      // The same vocabulary as the GGUF's, as a tokenizer.json (BPE without merges: byte
+      // fallback), so that grade can tokenize its text with the reference.
+      std::vector<std::string> tokens;
+      std::vector<int64_t> types;
+      synth_vocab(spec.vocab, tokens, types);
+      json vocab = json::object(), added = json::array();
+      for (size_t i = 0; i < tokens.size(); ++i) {
+        vocab[tokens[i]] = i;
+        if (types[i] == 3) added.push_back({{"id", i}, {"content", tokens[i]}, {"special", true}});
+      }
+      const json tj = {{"version", "1.0"}, {"added_tokens", added}, {"normalizer", nullptr}, {"pre_tokenizer", nullptr},
+                       {"model", {{"type", "BPE"}, {"byte_fallback", true}, {"vocab", vocab}, {"merges", json::array()}}}};
+      std::ofstream t(std::filesystem::path(out_path) / "tokenizer.json");
+      t << tj.dump() << "\n";
+      std::ofstream tc(std::filesystem::path(out_path) / "tokenizer_config.json");
+      tc << json{{"add_bos_token", true}, {"add_eos_token", false}}.dump(2) << "\n";
+      if (!t || !tc) fail("cannot write {}/tokenizer.json", out_path);
     }
     std::vector<SafetensorsLazy> ts;
     uint64_t seed = opt.seed;
@@ -168,12 +195,9 @@ void synth_model(const SynthOptions& opt, const std::string& out_path) {
   w.set_str(gk::kName, fmt::format("synthetic {} ({} layers, random weights)", opt.variant, spec.n_layers));
   w.set_u32(gk::kFileType, file_type_of(opt.quant));
   write_gemma4_metadata(w, spec);
-  // A byte-level vocabulary so that the file is a complete model (llama.cpp needs one).
   std::vector<std::string> tokens;
   std::vector<int64_t> types;
-  for (const char* sp : {"<pad>", "<eos>", "<bos>", "<unk>", "<mask>"}) { tokens.push_back(sp); types.push_back(3); }
-  for (int b = 0; b < 256 && static_cast<int>(tokens.size()) < spec.vocab; ++b) { tokens.push_back(fmt::format("<0x{:02X}>", b)); types.push_back(6); }
-  while (static_cast<int>(tokens.size()) < spec.vocab) { tokens.push_back(fmt::format("t{}", tokens.size())); types.push_back(1); }
+  synth_vocab(spec.vocab, tokens, types);
   w.set_str(gk::kTokenizerModel, "gemma4");
   w.set_arr_str(gk::kTokens, tokens);
   w.set_arr_f32(gk::kScores, std::vector<double>(tokens.size(), -1000.0));
