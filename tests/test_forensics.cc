@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
 #include <random>
 #include <regex>
 
@@ -12,6 +13,7 @@
 #include "tools/forensics.h"
 #include "tools/grade.h"
 #include "tools/quantize.h"
+#include "tools/synth.h"
 #include "tools/token_input.h"
 #include "util/mapped_file.h"
 
@@ -197,6 +199,55 @@ TEST(Grade, CleanArtifactPassesDamagedFailsWithRestoreRanking) {
   // The >= 8-bit check looks at weight matrices only.
   for (const auto& c : g.checks)
     if (c.name == ">= 8-bit matrices") EXPECT_NE(c.measured.find("matrices: min cosine"), std::string::npos) << c.measured;
+}
+
+
+// Peak-RSS figures of this process from /proc/self/status (kB); VmHWM is reset by
+// writing 5 to /proc/self/clear_refs (Linux >= 4.0), so a peak can be measured per step.
+int64_t status_kb(const char* key) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind(key, 0) == 0) return std::stoll(line.substr(std::string(key).size()));
+  return -1;
+}
+
+TEST(Forensics, StreamsWithMemoryBoundedByBlocksNotTensors) {
+  // A synth e2b cut to 2 layers with a 65536-token vocabulary: its largest tensor, the
+  // token embedding, is 65536 x 1536 (201 MB in BF16, 107 MB in Q8_0). Forensics streams
+  // it a block of rows at a time and drops the pages it has read, so the resident set
+  // must grow by far less than that tensor (it used to grow by the whole model, then by
+  // the largest tensor pair).
+  test::ScratchDir d;
+  SynthOptions o;
+  o.variant = "e2b";
+  o.layers = 2;
+  o.vocab = 65536;
+  o.format = "safetensors";
+  synth_model(o, d.str("ref"));
+  o.format = "gguf";
+  o.quant.type = DType::Q8_0;
+  synth_model(o, d.str("q8.gguf"));
+  Model a = open_model(d.str("q8.gguf")), r = open_model(d.str("ref"));
+  int64_t largest = 0;
+  for (const auto& [hf, t] : r.by_hf_name) largest = std::max(largest, t.nbytes);
+  {
+    std::ofstream clear("/proc/self/clear_refs");
+    clear << "5";
+  }
+  const int64_t before = status_kb("VmRSS:"), reset_peak = status_kb("VmHWM:");
+  if (before < 0 || reset_peak > before + 1024) GTEST_SKIP() << "no /proc/self/clear_refs peak reset here";
+  const auto f = run_forensics(a, r);
+  const int64_t peak = status_kb("VmHWM:");
+  const double growth_mb = static_cast<double>(peak - before) / 1024, largest_mb = static_cast<double>(largest) / 1e6;
+  std::printf("[rss] largest tensor %.1f MB (BF16), %.2f GB of tensors read; resident %.1f MB before, peak growth %.1f MB (%.2f of the largest tensor)\n",
+              largest_mb, static_cast<double>(f.bytes_read) / 1e9, static_cast<double>(before) / 1024, growth_mb,
+              growth_mb / largest_mb);
+  EXPECT_TRUE(f.tensors_clean()) << format_forensics(f);
+  // synth writes the GGUF's vocabulary beside the safetensors too (grade needs one).
+  EXPECT_TRUE(f.vocab.same()) << format_forensics(f);
+  EXPECT_GT(largest, int64_t{190} << 20);
+  EXPECT_LT(growth_mb, 0.25 * largest_mb) << "forensics holds tensors whole";
 }
 
 }  // namespace
