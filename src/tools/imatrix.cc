@@ -97,9 +97,10 @@ ImatrixData compute_imatrix(const Model& model, const std::string& text, const I
   po.forward = opt.forward;
   po.on_chunk = opt.on_chunk;
   po.forward.on_matmul = [&](const MatmulTrace& t) {
-    // llama-imatrix collects blk.* only: the LM head (token_embd, tied) stays out.
-    if (t.layer < 0 && t.global != GlobalTensor::PleModelProj) return;
-    const std::string name = t.layer >= 0 ? gguf_name(t.layer, t.tensor) : std::string(tensor_name(t.global).gguf);
+    // llama-imatrix collects blk.* only: the LM head (token_embd, tied) and per_layer_model_proj
+    // (which both quantizers keep in float) stay out.
+    if (t.layer < 0) return;
+    const std::string name = gguf_name(t.layer, t.tensor);
     ImatrixEntry& e = d.entries[name];
     if (e.counts.empty()) {
       e.n_in = t.n_in;

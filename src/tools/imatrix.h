@@ -44,9 +44,8 @@ struct ImatrixOptions {
 
 // Runs the text through the model in chunks of n_ctx as llama-imatrix does (BOS, then chunks
 // with token 0 := BOS, every token of every chunk collected) and sums the input of every weight
-// matmul of the decoder layers (blk.*, as llama-imatrix; the tied LM head is left out as it is
-// there) plus per_layer_model_proj, which llama-imatrix's name filter drops although
-// llama-quantize uses an entry for it. MoE expert tensors count each expert's routed rows.
+// matmul of the decoder layers (blk.*, as llama-imatrix: the tied LM head and the float
+// per_layer_model_proj are left out). MoE expert tensors count each expert's routed rows.
 ImatrixData compute_imatrix(const Model& model, const std::string& text, const ImatrixOptions& opt);
 
 // llama-imatrix's GGUF layout (general.type = imatrix, imatrix.datasets/chunk_count/chunk_size;
