@@ -22,6 +22,7 @@ void register_kv_study(CLI::App& app);
 void register_niah(CLI::App& app);
 void register_divergence(CLI::App& app);
 void register_devices(CLI::App& app);
+void register_imatrix(CLI::App& app);
 
 // -t N (0 = all cores).
 void set_threads(int n);

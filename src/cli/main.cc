@@ -59,6 +59,7 @@ int main(int argc, char** argv) {
   g4::cli::register_niah(app);
   g4::cli::register_divergence(app);
   g4::cli::register_devices(app);
+  g4::cli::register_imatrix(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

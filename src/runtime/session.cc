@@ -23,6 +23,7 @@ struct Activations {
   // Host-side MoE routing tables, [cap, K].
   std::vector<int32_t> ids, order, rows_in, rows_out, forced;
   std::vector<double> router_logits;  // [cap, E], only for ForwardOptions::on_router
+  std::vector<float> matmul_in;       // [cap, widest input], only for ForwardOptions::on_matmul
   std::vector<double> weights;
   std::vector<int64_t> expert_start;
 };
@@ -116,6 +117,7 @@ struct Session::Impl {
       if (opt.on_router) act.router_logits.resize(static_cast<size_t>(cap * E));
       act.expert_start.resize(static_cast<size_t>(E + 1));
     }
+    if (opt.on_matmul) act.matmul_in.resize(static_cast<size_t>(cap * std::max({H, qw, ff, P})));
     act.logits = matrix(b, 1, s.vocab);
     host_logits.resize(static_cast<size_t>(s.vocab));
     segs.reserve(static_cast<size_t>(cap));
@@ -127,6 +129,18 @@ struct Session::Impl {
   View logits_rows(int64_t n) {
     if (act.logits.rows < n) act.logits = matrix(*be, n, s.vocab);
     return act.logits.sub_rows(0, n);
+  }
+
+  // Reports the input x of a weight matmul to ForwardOptions::on_matmul (nothing when unset).
+  void trace(const View& x, int layer, LayerTensor t, int expert = -1) {
+    if (!opt.on_matmul) return;
+    be->read(x, act.matmul_in.data());
+    opt.on_matmul(MatmulTrace{layer, t, GlobalTensor::Count, expert, x.rows, x.cols, act.matmul_in.data()});
+  }
+  void trace(const View& x, GlobalTensor t) {
+    if (!opt.on_matmul) return;
+    be->read(x, act.matmul_in.data());
+    opt.on_matmul(MatmulTrace{-1, LayerTensor::Count, t, -1, x.rows, x.cols, act.matmul_in.data()});
   }
 
   void check(const View& x, int layer, int64_t pos0) {
@@ -173,6 +187,7 @@ struct Session::Impl {
     //    ple[t, l] = (RMSNorm(W_ple_proj e_t / sqrt(H))[l] + E_ple[tok_t][l] * sqrt(P)) / sqrt(2)
     if (s.ple_dim > 0) {
       const View ple = act.ple.sub_rows(0, n), tok = act.ple_tok.sub_rows(0, n);
+      trace(h, GlobalTensor::PleModelProj);
       b.matmul(*w.ple_model_proj, h, ple);
       b.scale(ple, 1.0 / std::sqrt(static_cast<double>(H)));
       b.rms_norm(ple.reshape(s.ple_dim), w.ple_proj_norm, s.rms_eps, ple.reshape(s.ple_dim));
@@ -193,9 +208,11 @@ struct Session::Impl {
     if (logits && !out_rows.empty()) {
       const View sel = act.x.sub_rows(0, static_cast<int64_t>(out_rows.size()));
       b.gather_rows(h, out_rows, sel);
+      trace(sel, GlobalTensor::Embed);
       b.matmul(*w.embed, sel, *logits);
       if (s.final_softcap) b.softcap(*logits, *s.final_softcap);
     } else if (logits && first < n) {
+      trace(h.sub_rows(first, n - first), GlobalTensor::Embed);
       b.matmul(*w.embed, h.sub_rows(first, n - first), *logits);
       if (s.final_softcap) b.softcap(*logits, *s.final_softcap);
     }
@@ -214,6 +231,7 @@ struct Session::Impl {
     // 1. x = RMSNorm(h; input_layernorm)
     b.rms_norm(h, lw.attn_norm, eps, x);
     // 2. q = RoPE(RMSNorm_head(Wq x; q_norm))
+    trace(x, i, LayerTensor::Q);
     b.matmul(*lw.q, x, q);
     b.rms_norm(q.reshape(hd), lw.q_norm, eps, q.reshape(hd));
     for (const Seg& g : segs) b.rope(i, q.sub_rows(g.row0, g.n).reshape(hd), nh, g.pos0);
@@ -221,8 +239,10 @@ struct Session::Impl {
     //    v = RMSNorm_head(Wv x, or the raw Wk x on k_eq_v layers) without weight.
     if (ls.owns_kv) {
       const View k = mat(act.k, n, nkv * hd), v = mat(act.v, n, nkv * hd);
+      trace(x, i, LayerTensor::K);
       b.matmul(*lw.k, x, k);
       if (lw.v) {
+        trace(x, i, LayerTensor::V);
         b.matmul(*lw.v, x, v);
         b.rms_norm(v.reshape(hd), nullptr, eps, v.reshape(hd));
       } else {
@@ -238,12 +258,13 @@ struct Session::Impl {
     for (const Seg& g : segs)
       b.attention(g.seq, i, q.sub_rows(g.row0, g.n).reshape(hd), nh, attn.sub_rows(g.row0, g.n).reshape(hd));
     // 5-7. a = RMSNorm(Wo o; post_attention_layernorm); h1 = h + a
+    trace(attn, i, LayerTensor::O);
     b.matmul(*lw.o, attn, a);
     b.rms_norm(a, lw.post_attn_norm, eps, a);
     b.add(h, a);
     // 8. y = MLP(RMSNorm(h1; pre_feedforward_layernorm))
     b.rms_norm(h, lw.ffn_norm, eps, x);
-    gated_mlp(*lw.gate, *lw.up, *lw.down, x, ls.ff_width, y);
+    gated_mlp(*lw.gate, *lw.up, *lw.down, x, ls.ff_width, y, i);
     // 9. MoE: y = RMSNorm(y; post_ffn_norm_1) + RMSNorm(Experts(h1); post_ffn_norm_2)
     if (ls.moe) moe_block(i, lw, h, y);
     // 10-11. h2 = h1 + RMSNorm(y; post_feedforward_layernorm)
@@ -253,8 +274,10 @@ struct Session::Impl {
     if (s.ple_dim > 0) {
       const int64_t P = s.ple_dim;
       const View g = act.ple_g.sub_rows(0, n), z = act.ple_z.sub_rows(0, n);
+      trace(h, i, LayerTensor::PleGate);
       b.matmul(*lw.ple_gate, h, g);
       b.gelu_mul(g, act.ple.sub_rows(0, n).sub_cols(int64_t{i} * P, P));
+      trace(g, i, LayerTensor::PleProj);
       b.matmul(*lw.ple_proj, g, z);
       b.rms_norm(z, lw.ple_post_norm, eps, z);
       b.add(h, z);
@@ -263,14 +286,23 @@ struct Session::Impl {
     b.scale(h, layer_scalar[i]);
   }
 
-  // y = down(gelu_tanh(gate x) * up x); gate/up/down rows may be an expert's slice.
+  // y = down(gelu_tanh(gate x) * up x) of layer `layer`; with expert >= 0, gate/up/down rows
+  // are that expert's slice of the stacked tensors.
   void gated_mlp(const TensorView& gate, const TensorView& up, const TensorView& down, const View& x, int64_t width,
-                 const View& y, int64_t gate_row0 = 0, int64_t up_row0 = 0, int64_t down_row0 = 0) {
+                 const View& y, int layer, int expert = -1, int64_t gate_row0 = 0, int64_t up_row0 = 0,
+                 int64_t down_row0 = 0) {
     const int64_t n = x.rows;
     const View g = mat(act.g, n, width), u = mat(act.u, n, width);
+    if (expert >= 0) {
+      trace(x, layer, LayerTensor::ExpertsGateUp, expert);  // one tensor: its input once
+    } else {
+      trace(x, layer, LayerTensor::Gate);
+      trace(x, layer, LayerTensor::Up);
+    }
     be->matmul(gate, x, g, gate_row0);
     be->matmul(up, x, u, up_row0);
     be->gelu_mul(g, u);
+    trace(g, layer, expert >= 0 ? LayerTensor::ExpertsDown : LayerTensor::Down, expert);
     be->matmul(down, g, y, down_row0);
   }
 
@@ -303,6 +335,7 @@ struct Session::Impl {
     const View r = act.ex.sub_rows(0, n), logits = act.router.sub_rows(0, n);
     b.rms_norm(h1, nullptr, eps, r);
     b.mul(r, *lw.router_scale, 1.0 / std::sqrt(static_cast<double>(H)));
+    trace(r, layer, LayerTensor::RouterProj);
     b.matmul(*lw.router_proj, r, logits);
     if (opt.on_router) b.read(logits, act.router_logits.data());  // before moe_route's in-place softmax
     b.moe_route(logits, K, *lw.per_expert_scale, act.ids.data(), act.weights.data(), forced_routes(layer, n));
@@ -331,7 +364,8 @@ struct Session::Impl {
       const View xe = act.ex.sub_rows(0, m), oe = act.eout.sub_rows(0, m);
       b.gather_rows(u, std::span<const int32_t>(act.rows_in.data(), m), xe);
       // experts.gate_up_proj[e]: rows [0, Ie) gate, [Ie, 2Ie) up; down_proj[e]: [H, Ie].
-      gated_mlp(*lw.experts_gate_up, *lw.experts_gate_up, *lw.experts_down, xe, Ie, oe, e * 2 * Ie, e * 2 * Ie + Ie, e * H);
+      gated_mlp(*lw.experts_gate_up, *lw.experts_gate_up, *lw.experts_down, xe, Ie, oe, layer, static_cast<int>(e),
+                e * 2 * Ie, e * 2 * Ie + Ie, e * H);
       b.scatter_rows(oe, std::span<const int32_t>(act.rows_out.data(), m), eo);
     }
     const View experts_out = act.eout.sub_rows(0, n);

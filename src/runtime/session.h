@@ -30,6 +30,19 @@ struct RouterTrace {
   const int32_t* ids = nullptr;
 };
 
+// The input of one weight matmul in a step (g4 imatrix): x [rows, n_in] as a host copy, the
+// weight named by its catalogue slot (GGUF name: gguf_name(layer, tensor), or the global's),
+// and for one expert's slice of a stacked MoE tensor (ffn_gate_up_exps once for gate and up,
+// ffn_down_exps) the expert; its rows are the tokens routed to it.
+struct MatmulTrace {
+  int layer = -1;  // -1: a global tensor
+  LayerTensor tensor = LayerTensor::Count;
+  GlobalTensor global = GlobalTensor::Count;
+  int expert = -1;
+  int64_t rows = 0, n_in = 0;
+  const float* x = nullptr;
+};
+
 struct ForwardOptions {
   Precision precision = Precision::F64;
   // HF holding the bf16 checkpoint as is multiplies the embeddings by bf16(sqrt(H))
@@ -51,6 +64,8 @@ struct ForwardOptions {
   // sees every MoE layer's router logits and choice (off: no cost).
   std::vector<RouteForce> force_routes{};
   std::function<void(const RouterTrace&)> on_router{};
+  // Sees the input of every weight matmul (importance matrices; off: no cost, no buffer).
+  std::function<void(const MatmulTrace&)> on_matmul{};
   // Where the forward runs (BackendOptions::device; "" = the process default).
   std::string device{};
   int n_gpu_layers = -1;  // -ngl (-1 = all layers on the device)
