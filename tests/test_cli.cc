@@ -177,23 +177,11 @@ TEST(Cli, BadInputsFailBeforeAnyWorkOrOutput) {
   }
 }
 
-int free_port() {
-  const int s = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(s);
-  return ntohs(a.sin_port);
-}
-
 // -t reaches the scheduler's thread, where the forward runs (OpenMP's setting is per
 // thread, so the main thread's omp_set_num_threads alone would not).
 TEST(Cli, ServeTakesThreadsAndCacheTypes) {
   test::ScratchDir d;
-  const int port = free_port();
+  const int port = test::free_port();
   const std::string log = d.str("serve.log");
   const pid_t pid = ::fork();
   if (pid == 0) {

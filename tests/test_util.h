@@ -1,6 +1,10 @@
 // Shared helpers for tests: fixture paths, gold tensors, scratch directories.
 #pragma once
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -14,6 +18,19 @@
 #include "util/mapped_file.h"
 
 namespace g4::test {
+
+// A free TCP port on 127.0.0.1 (for servers the tests start).
+inline int free_port() {
+  const int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(s);
+  return ntohs(a.sin_port);
+}
 
 inline std::string fixture(const std::string& rel) { return std::string(G4_FIXTURES) + "/" + rel; }
 inline std::string model_dir(const std::string& name) {

@@ -239,18 +239,7 @@ TEST(Vulkan, UnknownDeviceNamesWhatThereIs) {
 // `g4 serve` on a free loopback port with `extra` flags: a greedy completion of
 // "The jury said" (empty when the server did not come up), then SIGTERM; `log` gets stderr.
 std::string serve_once(const std::vector<std::string>& extra, std::string& log_text) {
-  int port = 0;
-  {
-    const int s = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
-    socklen_t len = sizeof a;
-    ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
-    port = ntohs(a.sin_port);
-    ::close(s);
-  }
+  const int port = test::free_port();
   const std::string log = ::testing::TempDir() + "/g4serve-vulkan-" + std::to_string(port) + ".log";
   std::vector<std::string> args{G4_BINARY, "serve", "-m", test::fixture("gguf/brown-mini-Q8_0.gguf"), "--port",
                                 std::to_string(port), "--parallel", "1"};

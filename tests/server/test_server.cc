@@ -388,18 +388,6 @@ TEST(GgufTokens, TokenListShorterThanEmbeddingIsAnError) {
 
 // ---- g4 serve, as a child process -------------------------------------------------------
 
-int free_port() {
-  const int s = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(s);
-  return ntohs(a.sin_port);
-}
-
 std::string slurp(const std::string& path) {
   std::ifstream in(path);
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -414,7 +402,7 @@ struct ServerProc {
 
   explicit ServerProc(std::vector<std::string> extra, std::string model = std::string(G4_MODELS) + "/brown-mini",
                       bool wait_ready = true) {
-    port = free_port();
+    port = test::free_port();
     log = ::testing::TempDir() + fmt::format("/g4serve-{}.log", port);
     std::vector<std::string> args{G4_BINARY, "serve", "-m", model, "--port", std::to_string(port)};
     if (std::find(extra.begin(), extra.end(), "--parallel") == extra.end()) extra.insert(extra.end(), {"--parallel", "2"});
