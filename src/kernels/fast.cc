@@ -236,13 +236,14 @@ float dot_f32_scalar(const float* w, const float* x, int64_t n) {
   return s;
 }
 
-// The kernels of this build, weakest first: x86-64 scalar < avx2 < avx512vnni, aarch64
-// scalar < neon, anything else scalar only. Each one is a superset of the one before.
-enum class Isa { Scalar, Avx2, Avx512Vnni, Neon };
+// The kernels of this build, weakest first: x86-64 scalar < avx2 < avx512vnni < amx (VNNI,
+// with AMX tiles for batches of 16 tokens and more), aarch64 scalar < neon, anything else
+// scalar only. Each one is a superset of the one before.
+enum class Isa { Scalar, Avx2, Avx512Vnni, Amx, Neon };
 
 #if defined(__x86_64__)
-constexpr Isa kBuilt[] = {Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni};
-constexpr const char* kBuiltNames = "scalar, avx2 or avx512vnni";
+constexpr Isa kBuilt[] = {Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa::Amx};
+constexpr const char* kBuiltNames = "scalar, avx2, avx512vnni or amx";
 #elif defined(__aarch64__)
 constexpr Isa kBuilt[] = {Isa::Scalar, Isa::Neon};
 constexpr const char* kBuiltNames = "scalar or neon";
@@ -264,7 +265,8 @@ Isa best_isa() {
 #if defined(__x86_64__)
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return Isa::Scalar;
-    return cpu_has_avx512_vnni() ? Isa::Avx512Vnni : Isa::Avx2;
+    if (!cpu_has_avx512_vnni()) return Isa::Avx2;
+    return cpu_has_amx() ? Isa::Amx : Isa::Avx512Vnni;
 #elif defined(__aarch64__)
     return Isa::Neon;  // Advanced SIMD is part of every aarch64 CPU
 #else
@@ -276,6 +278,7 @@ Isa best_isa() {
 
 const char* isa_name(Isa i) {
   switch (i) {
+    case Isa::Amx: return "amx";
     case Isa::Avx512Vnni: return "avx512vnni";
     case Isa::Avx2: return "avx2";
     case Isa::Neon: return "neon";
@@ -301,6 +304,9 @@ Isa active_isa() {
   const std::optional<Isa> cap = g_forced ? g_forced : from_env;
   return cap && rank(*cap) < rank(best) ? *cap : best;
 }
+
+// The AVX-512 VNNI kernels (and packed weights) run from avx512vnni up.
+bool vnni(Isa i) { return i == Isa::Avx512Vnni || i == Isa::Amx; }
 
 }  // namespace
 }  // namespace fast_detail
@@ -405,6 +411,18 @@ __attribute__((target("avx2,fma"))) void scores_avx2(const float* q, int64_t q_s
     for (int64_t g = 0; g < G; ++g) scores[g * s_stride + j] = dot_f32_avx2(q + g * q_stride, keys[j], hd);
 }
 
+// Outputs [d0, hd) of the weighted sum, one at a time (head dimensions not a multiple of 64).
+__attribute__((target("avx2,fma"))) void weighted_sum_tail(const float* p, int64_t p_stride, int64_t G,
+                                                        const float* const* vals, int64_t n, int64_t d0, int64_t hd,
+                                                        float* out, int64_t out_stride) {
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t d = d0; d < hd; ++d) {
+      float s = 0;
+      for (int64_t j = 0; j < n; ++j) s += p[g * p_stride + j] * vals[j][d];
+      out[g * out_stride + d] = s;
+    }
+}
+
 // out[g] = sum_j p[g * p_stride + j] * vals[j] for G heads: per 64 outputs, the heads pass
 // over the same value columns one after another (L2-resident after the first).
 __attribute__((target("avx2,fma"))) void weighted_sum_avx2(const float* p, int64_t p_stride, int64_t G,
@@ -413,8 +431,7 @@ __attribute__((target("avx2,fma"))) void weighted_sum_avx2(const float* p, int64
   for (int64_t g = 0; g < G; ++g) {
     const float* pg = p + g * p_stride;
     float* og = out + g * out_stride;
-    int64_t d = 0;
-    for (; d + 64 <= hd; d += 64) {  // 64 outputs stay in registers over all rows
+    for (int64_t d = 0; d + 64 <= hd; d += 64) {  // 64 outputs stay in registers over all rows
       __m256 acc[8];
       for (auto& a : acc) a = _mm256_setzero_ps();
       for (int64_t j = 0; j < n; ++j) {
@@ -423,18 +440,40 @@ __attribute__((target("avx2,fma"))) void weighted_sum_avx2(const float* p, int64
       }
       for (int k = 0; k < 8; ++k) _mm256_storeu_ps(og + d + 8 * k, acc[k]);
     }
-    for (; d < hd; ++d) {
-      float s = 0;
-      for (int64_t j = 0; j < n; ++j) s += pg[j] * vals[j][d];
-      og[d] = s;
-    }
   }
+  weighted_sum_tail(p, p_stride, G, vals, n, hd / 64 * 64, hd, out, out_stride);
+}
+
+// The same sums with AVX-512: 4 heads at a time take each value row from one load (16
+// accumulators of 16 lanes), so prefill attention is bound by FMAs, not loads. Per output
+// the additions are those of weighted_sum_avx2 (in row order, fused), so the bits are equal.
+__attribute__((target("avx512f,fma"))) void weighted_sum_avx512(const float* p, int64_t p_stride, int64_t G,
+                                                             const float* const* vals, int64_t n, int64_t hd, float* out,
+                                                             int64_t out_stride) {
+  for (int64_t d = 0; d + 64 <= hd; d += 64)
+    for (int64_t g = 0; g < G; g += 4) {
+      const int64_t h = std::min<int64_t>(4, G - g);
+      __m512 acc[4][4];
+      for (auto& r : acc)
+        for (auto& a : r) a = _mm512_setzero_ps();
+      for (int64_t j = 0; j < n; ++j) {
+        __m512 v[4];
+        for (int k = 0; k < 4; ++k) v[k] = _mm512_loadu_ps(vals[j] + d + 16 * k);
+        for (int64_t i = 0; i < h; ++i) {
+          const __m512 pj = _mm512_set1_ps(p[(g + i) * p_stride + j]);
+          for (int k = 0; k < 4; ++k) acc[i][k] = _mm512_fmadd_ps(pj, v[k], acc[i][k]);
+        }
+      }
+      for (int64_t i = 0; i < h; ++i)
+        for (int k = 0; k < 4; ++k) _mm512_storeu_ps(out + (g + i) * out_stride + d + 16 * k, acc[i][k]);
+    }
+  weighted_sum_tail(p, p_stride, G, vals, n, hd / 64 * 64, hd, out, out_stride);
 }
 #endif
 
 }  // namespace
 
-// The vector helpers: the AVX2 versions serve AVX-512 too; other ISAs take the scalar loops.
+// The vector helpers: AVX2 versions (the weighted sum also in AVX-512); other ISAs take the scalar loops.
 void fast_scores_group(const float* q, int64_t q_stride, int64_t G, const float* const* keys, int64_t n, int64_t hd,
                        float* scores, int64_t s_stride) {
 #if defined(__x86_64__)
@@ -451,6 +490,7 @@ void fast_scores(const float* q, const float* const* keys, int64_t n, int64_t hd
 void fast_weighted_sum_group(const float* p, int64_t p_stride, int64_t G, const float* const* vals, int64_t n, int64_t hd,
                              float* out, int64_t out_stride) {
 #if defined(__x86_64__)
+  if (vnni(active_isa())) return weighted_sum_avx512(p, p_stride, G, vals, n, hd, out, out_stride);
   if (active_isa() != Isa::Scalar) return weighted_sum_avx2(p, p_stride, G, vals, n, hd, out, out_stride);
 #endif
   for (int64_t g = 0; g < G; ++g) {
@@ -504,8 +544,8 @@ void fast_matmul(const TensorView& w, const float* x, int64_t n_tok, int64_t n_i
   const Isa isa = active_isa();
   const bool f32_acts = float_acts(w.dtype);
 #if defined(__x86_64__)
-  const bool avx2 = isa == Isa::Avx2 || isa == Isa::Avx512Vnni;
-  if (!f32_acts && isa == Isa::Avx512Vnni && matmul_avx512_vnni(w, x, n_tok, n_in, n_out, y, row0)) return;
+  const bool avx2 = isa == Isa::Avx2 || vnni(isa);
+  if (!f32_acts && vnni(isa) && matmul_avx512_vnni(w, x, n_tok, n_in, n_out, y, row0)) return;
 #elif defined(__aarch64__)
   if (!f32_acts && isa == Isa::Neon && matmul_neon(w, x, n_tok, n_in, n_out, y, row0)) return;
 #else
@@ -567,7 +607,7 @@ std::shared_ptr<const PackedMatrix> fast_pack(const TensorView& w) {
     const char* e = std::getenv("G4_NO_REPACK");
     return e && *e && std::strcmp(e, "0") != 0;
   }();
-  if (off || active_isa() != Isa::Avx512Vnni || !w.data) return nullptr;
+  if (off || !vnni(active_isa()) || !w.data) return nullptr;
   // One pack per tensor while someone holds it: sessions of one model share them.
   using Key = std::tuple<const uint8_t*, DType, int64_t>;
   static std::mutex mu;
@@ -610,7 +650,8 @@ std::shared_ptr<const PackedMatrix> fast_pack(const TensorView& w) {
 bool fast_matmul_packed(const PackedMatrix& p, const float* x, int64_t n_tok, int64_t n_in, int64_t n_out, float* y,
                         int64_t row0) {
 #if defined(__x86_64__)
-  return active_isa() == Isa::Avx512Vnni && matmul_packed_avx512(p, x, n_tok, n_in, n_out, y, row0);
+  const Isa isa = active_isa();
+  return vnni(isa) && matmul_packed_avx512(p, x, n_tok, n_in, n_out, y, row0, isa == Isa::Amx);
 #else
   (void)p, (void)x, (void)n_tok, (void)n_in, (void)n_out, (void)y, (void)row0;
   return false;

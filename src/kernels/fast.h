@@ -49,7 +49,7 @@ void fast_weighted_sum_group(const float* p, int64_t p_stride, int64_t G, const 
 void fast_gelu_tanh_mul(float* g, const float* u, int64_t n);  // g = gelu_tanh(g) * u
 void fast_softcap(float* x, int64_t n, float c);                // x = c * tanh(x / c)
 
-// "avx512vnni", "avx2", "neon" or "scalar": what fast_matmul runs on this CPU
+// "amx", "avx512vnni", "avx2", "neon" or "scalar": what fast_matmul runs on this CPU
 // (G4_FORCE_ISA=avx2|scalar|... caps it, e.g. to compare kernels; names of another
 // architecture are an error).
 std::string fast_kernel_isa();

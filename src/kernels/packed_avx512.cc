@@ -23,9 +23,21 @@
 // fast_avx512.cc: the integer dot, then acc += float(dot) * (s * d) (+ m * sx), in
 // block order, so both give the same bits.
 //
+// AMX (Sapphire Rapids and later), for 16 tokens and more: integer tiles (TDPBSUD) would still
+// need the per-32 scales applied in float after every block, which measured no faster than
+// VNNI; so a pair of groups is dequantized once to bf16 (scale, zero point and minimum applied
+// in f32, then rounded to nearest even), the activations are rounded to bf16, and TDPBF16PS
+// accumulates in f32 over the whole row with no per-block step: 2 x 2 tiles of 16 tokens x 16
+// rows. Its numbers are those of bf16 weights and activations, not of q8 activations: the
+// tests bound both paths against the reference.
+//
 // x86-64 only (the whole file).
 #if defined(__x86_64__)
 #include <immintrin.h>
+
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -36,6 +48,7 @@
 #include "util/error.h"
 
 #define G4_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,fma,f16c")))
+#define G4_AMX __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx512vnni,fma,f16c")))
 
 namespace g4::fast_detail {
 namespace {
@@ -251,6 +264,164 @@ G4_AVX512 void tile(const uint8_t* group, int64_t n_units, const Acts& a, int64_
   for (int t = 0; t < T; ++t) _mm512_storeu_ps(out + 16 * t, acc[t]);
 }
 
+// --- AMX ---------------------------------------------------------------------------------
+
+// Expands a group to what the AMX tiles take: per scale block b (bs columns) bs / 4 vectors at
+// w + 16 * bs * b, each 64 bytes of 4 consecutive weights of 16 rows as unsigned bytes (the
+// stored value, before its zero point), and the block's scale s[16 b ..] and, for the types
+// with a minimum, m[16 b ..], computed as the tile kernel computes them.
+template <class L>
+G4_AVX512 void expand(const uint8_t* group, int64_t n_units, uint8_t* w, float* s, float* m) {
+  const __m512i nib = _mm512_set1_epi8(0x0f);
+  for (int64_t u = 0; u < n_units; ++u) {
+    const uint8_t* p = group + u * L::kBytes;
+    if constexpr (L::kType == DType::Q4_0) {
+      uint8_t* o = w + 512 * u;
+      for (int k = 0; k < 4; ++k) {
+        const __m512i v = _mm512_loadu_si512(p + 64 * k);
+        _mm512_storeu_si512(o + 64 * k, _mm512_and_si512(v, nib));
+        _mm512_storeu_si512(o + 64 * (4 + k), _mm512_and_si512(_mm512_srli_epi16(v, 4), nib));
+      }
+      _mm512_storeu_ps(s + 16 * u, f16x16(p + 256));
+    } else if constexpr (L::kType == DType::Q8_0) {
+      std::memcpy(w + 512 * u, p, 512);
+      _mm512_storeu_ps(s + 16 * u, f16x16(p + 512));
+    } else if constexpr (L::kType == DType::Q4_K || L::kType == DType::Q5_K) {
+      const __m512 d = f16x16(p + 2048), mdmin = _mm512_sub_ps(_mm512_setzero_ps(), f16x16(p + 2080));
+      for (int j = 0; j < 8; ++j) {
+        const int64_t b = 8 * u + j;
+        for (int k = 0; k < 8; ++k) {
+          const __m512i v = _mm512_loadu_si512(p + 512 * (j / 2) + 64 * k);
+          __m512i q = j % 2 ? _mm512_and_si512(_mm512_srli_epi16(v, 4), nib) : _mm512_and_si512(v, nib);
+          if constexpr (L::kType == DType::Q5_K) {
+            const __m512i qh = _mm512_loadu_si512(p + 2368 + 64 * k);
+            const __m512i hb = j < 4 ? _mm512_slli_epi16(qh, 4 - j) : _mm512_srli_epi16(qh, j - 4);
+            q = _mm512_ternarylogic_epi32(q, hb, _mm512_set1_epi8(0x10), 0xF8);
+          }
+          _mm512_storeu_si512(w + 512 * b + 64 * k, q);
+        }
+        const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2112 + 16 * j));
+        const __m128i mn = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2240 + 16 * j));
+        _mm512_storeu_ps(s + 16 * b, _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(sc))));
+        _mm512_storeu_ps(m + 16 * b, _mm512_mul_ps(mdmin, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(mn))));
+      }
+    } else {  // Q6_K: scale group g = 8n + 2i + h holds the vectors k = 4h .. 4h + 3 of (n, i)
+      const __m512 d = f16x16(p + 3328);
+      for (int n = 0; n < 2; ++n)
+        for (int i = 0; i < 4; ++i)
+          for (int k = 0; k < 8; ++k) {
+            const __m512i ql = _mm512_loadu_si512(p + 64 * (8 * (2 * n + (i & 1)) + k));
+            const __m512i qh = _mm512_loadu_si512(p + 2048 + 64 * (8 * n + k));
+            const __m512i lo = i < 2 ? _mm512_and_si512(ql, nib) : _mm512_and_si512(_mm512_srli_epi16(ql, 4), nib);
+            const __m512i hb = i == 0   ? _mm512_slli_epi16(qh, 4)
+                               : i == 1 ? _mm512_slli_epi16(qh, 2)
+                               : i == 2 ? qh
+                                        : _mm512_srli_epi16(qh, 2);
+            const int64_t b = 16 * u + 8 * n + 2 * i + k / 4;
+            _mm512_storeu_si512(w + 256 * b + 64 * (k % 4), _mm512_ternarylogic_epi32(lo, hb, _mm512_set1_epi8(0x30), 0xF8));
+          }
+      for (int g = 0; g < 16; ++g) {
+        const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 3072 + 16 * g));
+        _mm512_storeu_ps(s + 16 * (16 * u + g), _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc))));
+      }
+    }
+  }
+}
+
+// One expanded group (expand) as bf16 B tiles: row i of the result holds the weights 2i and
+// 2i + 1 of the 16 rows, w = s * (q - zp) (+ m) in f32, rounded to nearest even.
+template <int kZp, bool kMin>
+G4_AMX void to_bf16(const uint8_t* w, const float* s, const float* m, int64_t nb, int bs, uint16_t* out) {
+  const __m512i byte = _mm512_set1_epi32(0xff);
+  const __m512 zp = _mm512_set1_ps(static_cast<float>(kZp));
+  for (int64_t b = 0; b < nb; ++b) {
+    const __m512 sv = _mm512_loadu_ps(s + 16 * b), mv = kMin ? _mm512_loadu_ps(m + 16 * b) : _mm512_setzero_ps();
+    for (int k = 0; k < bs / 4; ++k) {
+      const __m512i v = _mm512_loadu_si512(w + 16 * bs * b + 64 * k);
+      for (int jp = 0; jp < 2; ++jp) {
+        __m512i h[2];
+        for (int j = 0; j < 2; ++j) {
+          const __m512 q = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(v, 16 * jp + 8 * j), byte));
+          __m512 f = _mm512_mul_ps(sv, _mm512_sub_ps(q, zp));
+          if constexpr (kMin) f = _mm512_add_ps(f, mv);
+          h[j] = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(f));
+        }
+        _mm512_storeu_si512(out + 32 * (b * bs / 2 + 2 * k + jp), _mm512_or_si512(h[0], _mm512_slli_epi32(h[1], 16)));
+      }
+    }
+  }
+}
+
+// The activations of n_tok / 16 * 16 tokens as bf16 A tiles: per 16 tokens, per 32 columns,
+// 16 rows of 32 bf16 (a tile load reads 1 KiB contiguously).
+G4_AMX void acts_bf16(const float* x, int64_t n_tok, int64_t n_in, std::vector<uint16_t>& xt) {
+  uint16_t* o = grown(xt, n_tok / 16 * 16 * n_in);
+  for (int64_t t0 = 0; t0 + 16 <= n_tok; t0 += 16)
+    for (int64_t k = 0; k < n_in; k += 32)
+      for (int t = 0; t < 16; ++t, o += 32) {
+        const float* r = x + (t0 + t) * n_in + k;
+        const __m256i lo = (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(r));
+        const __m256i hi = (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(r + 16));
+        _mm512_storeu_si512(o, _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1));
+      }
+}
+
+// The tile registers: A (tiles 0, 1) 16 tokens x 32 bf16, B (2, 3) 16 rows of 16 x 2 bf16 weights,
+// C (4-7) 16 tokens x 16 f32 for each (A, B) pair.
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+G4_AMX void amx_configure() {
+  TileConfig c;
+  for (int i = 0; i < 8; ++i) c.rows[i] = 16, c.colsb[i] = 64;
+  // GCC 12 does not see that ldtilecfg reads the struct and drops the stores above.
+  __asm__ __volatile__("" : : "r"(&c) : "memory");
+  _tile_loadconfig(&c);
+}
+
+G4_AMX void amx_release() { _tile_release(); }
+
+// C(i, j) = A tile i . B tile j over n_ks steps of 32 columns, for A tiles a[i] (steps 512
+// bf16 apart) and B tiles b[j]; C(i, j) is stored as 16 tokens x 16 f32 at c[i][j], rows
+// stride_c bytes apart. A missing a[1] / b[1] (nullptr) runs as a copy of the first and is
+// not stored.
+G4_AMX void amx_bf16_2x2(const uint16_t* const a[2], const uint16_t* const b[2], int64_t n_ks, float* const c[2][2],
+                         int64_t stride_c) {
+  const uint16_t* a1 = a[1] ? a[1] : a[0];
+  const uint16_t* b1 = b[1] ? b[1] : b[0];
+  _tile_zero(4);
+  _tile_zero(5);
+  _tile_zero(6);
+  _tile_zero(7);
+  for (int64_t k = 0; k < n_ks; ++k) {
+    _tile_loadd(0, a[0] + 512 * k, 64);
+    _tile_loadd(2, b[0] + 512 * k, 64);
+    _tile_dpbf16ps(4, 0, 2);
+    _tile_loadd(3, b1 + 512 * k, 64);
+    _tile_dpbf16ps(5, 0, 3);
+    _tile_loadd(1, a1 + 512 * k, 64);
+    _tile_dpbf16ps(6, 1, 2);
+    _tile_dpbf16ps(7, 1, 3);
+  }
+  _tile_stored(4, c[0][0], stride_c);
+  if (b[1]) _tile_stored(5, c[0][1], stride_c);
+  if (a[1]) _tile_stored(6, c[1][0], stride_c);
+  if (a[1] && b[1]) _tile_stored(7, c[1][1], stride_c);
+}
+
+// AMX-TILE, AMX-BF16 and AVX512-BF16 in CPUID, and Linux's permission to use the tile data
+// (without it the first tile instruction faults).
+bool amx_usable() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 24)) || !(d & (1u << 22))) return false;
+  if (!__get_cpuid_count(7, 1, &a, &b, &c, &d) || !(a & (1u << 5))) return false;
+  constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+}
+
 template <class L>
 void tile_n(int n, const uint8_t* group, int64_t n_units, const Acts& a, int64_t t0, float* out) {
   switch (n) {
@@ -291,27 +462,82 @@ std::shared_ptr<PackedMatrix> pack(const TensorView& w, int64_t rows, int64_t co
   return p;
 }
 
+// The zero point of the expanded bytes (Q8_0's are stored + 128).
 template <class L>
-void run(const PackedMatrix& p, const Acts& a, int64_t n_tok, int64_t n_out, float* y, int64_t row0) {
+constexpr int expanded_zp() { return L::kType == DType::Q8_0 ? 128 : L::kZeroPoint; }
+
+// Tokens [0, n_amx) through AMX in bf16 (x: their f32 activations), stored straight into y:
+// each pair of full groups is expanded to bf16 once, then every pair of token tiles passes
+// over it. (Chunking the columns so that the activations stay in L2 measured slower: the
+// partial sums then go to and from y, which is far larger than the cache at prefill sizes.)
+template <class L>
+void run_amx(const PackedMatrix& p, const float* x, int64_t n_amx, int64_t n_out, float* y, int64_t row0) {
+  const int64_t g0 = row0 / kRows, n_full = n_out / kRows, n_pairs = (n_full + 1) / 2, nb = p.cols / L::kScaleBlock;
+  const int64_t n_units = p.cols / L::kCols;
+  std::vector<uint16_t>& xt = scratch().tiled_acts;
+  acts_bf16(x, n_amx, p.cols, xt);
+#pragma omp parallel
+  {
+    amx_configure();
+    uint8_t* w = grown(scratch().unpacked, 16 * p.cols);
+    float* s = grown(scratch().f32, 2 * 16 * nb);
+    float* m = s + 16 * nb;
+    uint16_t* wb = reinterpret_cast<uint16_t*>(grown(scratch().panel, 2 * 2 * 16 * p.cols));  // two groups in bf16
+#pragma omp for schedule(static)
+    for (int64_t pi = 0; pi < n_pairs; ++pi) {
+      const int64_t gi = 2 * pi, ng = std::min<int64_t>(2, n_full - gi);
+      for (int64_t j = 0; j < ng; ++j) {
+        expand<L>(p.data.get() + (g0 + gi + j) * p.group_bytes, n_units, w, s, m);
+        to_bf16<expanded_zp<L>(), L::kMin>(w, s, m, nb, L::kScaleBlock, wb + j * 16 * p.cols);
+      }
+      __asm__ __volatile__("" ::: "memory");  // GCC's tileloadd does not say it reads memory
+      const uint16_t* b[2] = {wb, ng == 2 ? wb + 16 * p.cols : nullptr};
+      for (int64_t t = 0; t < n_amx; t += 32) {
+        const bool two = t + 16 < n_amx;
+        const uint16_t* a[2] = {xt.data() + t * p.cols, two ? xt.data() + (t + 16) * p.cols : nullptr};
+        float* c[2][2];
+        for (int i = 0; i < 2; ++i)
+          for (int j = 0; j < 2; ++j) c[i][j] = y + (t + 16 * i) * n_out + (gi + j) * kRows;
+        amx_bf16_2x2(a, b, p.cols / 32, c, n_out * 4);
+      }
+    }
+    amx_release();
+  }
+}
+
+// Tokens [t_begin, t_end) x groups [g_begin, ..) through the VNNI tile on a, the q8
+// activations of the tokens from a0 on.
+template <class L>
+void run(const PackedMatrix& p, const Acts& a, int64_t a0, int64_t t_begin, int64_t t_end, int64_t g_begin, int64_t n_out,
+         float* y, int64_t row0) {
   const int64_t n_units = p.cols / L::kCols, g0 = row0 / kRows, n_groups = (n_out + kRows - 1) / kRows;
 #pragma omp parallel for schedule(static)
-  for (int64_t gi = 0; gi < n_groups; ++gi) {
+  for (int64_t gi = g_begin; gi < n_groups; ++gi) {
     const uint8_t* group = p.data.get() + (g0 + gi) * p.group_bytes;
     const int64_t first = gi * kRows, rows = std::min<int64_t>(kRows, n_out - first);
     alignas(64) float out[kTile * kRows];
-    for (int64_t t = 0; t < n_tok; t += kTile) {
-      const int nt = static_cast<int>(std::min<int64_t>(kTile, n_tok - t));
-      tile_n<L>(nt, group, n_units, a, t, out);
+    for (int64_t t = t_begin; t < t_end; t += kTile) {
+      const int nt = static_cast<int>(std::min<int64_t>(kTile, t_end - t));
+      tile_n<L>(nt, group, n_units, a, t - a0, out);
       for (int k = 0; k < nt; ++k) std::memcpy(y + (t + k) * n_out + first, out + kRows * k, static_cast<size_t>(rows) * 4);
     }
   }
 }
 
 template <class L>
-bool matmul(const PackedMatrix& p, const float* x, int64_t n_tok, int64_t n_in, int64_t n_out, float* y, int64_t row0) {
+bool matmul(const PackedMatrix& p, const float* x, int64_t n_tok, int64_t n_in, int64_t n_out, float* y, int64_t row0,
+            bool amx) {
+  // AMX takes each 16 tokens on the full groups of 16 rows; VNNI the other tokens, and every
+  // token on a last partial group, on q8 activations of just the tokens it takes.
+  const int64_t n_full = n_out / kRows, n_amx = amx && n_full ? n_tok / 16 * 16 : 0;
+  const bool partial = n_full * kRows < n_out;
+  if (n_amx) run_amx<L>(p, x, n_amx, n_out, y, row0);
+  const int64_t a0 = partial ? 0 : n_amx;
+  if (a0 == n_tok) return true;
   Acts& acts = scratch().acts;
-  quantize_acts(x, n_tok, n_in, L::kZeroPoint, L::kScaleBlock, L::kMin, quantize_block_avx2, acts);
-  run<L>(p, acts, n_tok, n_out, y, row0);
+  quantize_acts(x + a0 * n_in, n_tok - a0, n_in, L::kZeroPoint, L::kScaleBlock, L::kMin, quantize_block_avx2, acts);
+  if (n_amx && partial) run<L>(p, acts, 0, 0, n_amx, n_full, n_out, y, row0);
+  run<L>(p, acts, a0, n_amx, n_tok, 0, n_out, y, row0);
   return true;
 }
 
@@ -330,15 +556,21 @@ std::shared_ptr<PackedMatrix> pack_avx512(const TensorView& w) {
   }
 }
 
+bool cpu_has_amx() {
+  static const bool v = cpu_has_avx512_vnni() && amx_usable();
+  return v;
+}
+
 bool matmul_packed_avx512(const PackedMatrix& p, const float* x, int64_t n_tok, int64_t n_in, int64_t n_out, float* y,
-                          int64_t row0) {
+                          int64_t row0, bool amx) {
+  amx = amx && cpu_has_amx();
   if (n_in != p.cols || row0 % kRows != 0 || row0 < 0 || row0 + n_out > p.rows || n_tok < 1) return false;
   switch (p.type) {
-    case DType::Q4_0: return matmul<Q4_0L>(p, x, n_tok, n_in, n_out, y, row0);
-    case DType::Q8_0: return matmul<Q8_0L>(p, x, n_tok, n_in, n_out, y, row0);
-    case DType::Q4_K: return matmul<Q4_KL>(p, x, n_tok, n_in, n_out, y, row0);
-    case DType::Q5_K: return matmul<Q5_KL>(p, x, n_tok, n_in, n_out, y, row0);
-    case DType::Q6_K: return matmul<Q6_KL>(p, x, n_tok, n_in, n_out, y, row0);
+    case DType::Q4_0: return matmul<Q4_0L>(p, x, n_tok, n_in, n_out, y, row0, amx);
+    case DType::Q8_0: return matmul<Q8_0L>(p, x, n_tok, n_in, n_out, y, row0, amx);
+    case DType::Q4_K: return matmul<Q4_KL>(p, x, n_tok, n_in, n_out, y, row0, amx);
+    case DType::Q5_K: return matmul<Q5_KL>(p, x, n_tok, n_in, n_out, y, row0, amx);
+    case DType::Q6_K: return matmul<Q6_KL>(p, x, n_tok, n_in, n_out, y, row0, amx);
     default: return false;
   }
 }
