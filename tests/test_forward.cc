@@ -61,12 +61,12 @@ TEST_P(TinyForward, F64b_Bf16EmbedScaleMatchesGold) {
 }
 
 // --precision bf16 emulates HF's native bf16 forward (bf16 weights, every op's output
-// rounded where PyTorch rounds it). The bar is NMSE(g4 bf16, HF bf16) <= 5% of
-// NMSE(HF f64, HF bf16); measured today: tiny-e 38%, tiny-dense 14%, tiny-moe 500% (bf16
-// router probabilities tie often and HF's tie order is not reproduced). What is checked:
-// the leading positions are bit-identical to HF's bf16 logits (all rounding points right
-// until the first 1-ulp disagreement, which then propagates through attention), and the
-// remaining gap stays near what is measured.
+// rounded where PyTorch rounds it, the MoE router in float32). The bar is
+// NMSE(g4 bf16, HF bf16) <= 5% of NMSE(HF f64, HF bf16); measured: tiny-e 38%, tiny-dense
+// 14%, tiny-moe 1.8% (507% when the router probabilities were rounded to bf16). What is
+// checked: the leading positions are bit-identical to HF's bf16 logits (all rounding
+// points right until the first 1-ulp disagreement, GPU reduction order, which then
+// propagates through attention), and the remaining gap stays near what is measured.
 TEST_P(TinyForward, Bf16EmulationReproducesHfBf16) {
   const std::string v = GetParam();
   Model m = load_model(test::model_dir(v));
@@ -85,7 +85,7 @@ TEST_P(TinyForward, Bf16EmulationReproducesHfBf16) {
               v.c_str(), hf_gap.summary().c_str(), v.c_str(), st.summary().c_str(), 100 * st.nmse / hf_gap.nmse,
               static_cast<long>(exact_rows), static_cast<long>(rows));
   struct Bar { int64_t exact_rows; double gap_fraction; };
-  const Bar bar = v == "tiny-e" ? Bar{6, 0.5} : v == "tiny-dense" ? Bar{16, 0.2} : Bar{0, 6.0};
+  const Bar bar = v == "tiny-e" ? Bar{6, 0.5} : v == "tiny-dense" ? Bar{16, 0.2} : Bar{11, 0.03};
   EXPECT_GE(exact_rows, bar.exact_rows);
   EXPECT_LE(st.nmse, bar.gap_fraction * hf_gap.nmse);
 }

@@ -2,7 +2,8 @@
 // op's output rounded to bf16 exactly where a bf16 PyTorch model rounds it (the module
 // code of modeling_gemma4.py, eager attention). Inside an op the arithmetic is float32
 // (PyTorch's "opmath" for bf16), matmuls accumulate in wider precision (as cuBLAS does
-// in f32) and round once. Where HF rounds twice in one of our ops (x * scale * root in
+// in f32) and round once; the MoE router's probabilities and weights stay float32 as in
+// HF. Where HF rounds twice in one of our ops (x * scale * root in
 // the router, gelu(g) * u, q*cos + rotate_half(q)*sin, the softcap's three steps) the
 // emulation rounds at each step.
 // With bf16_weights_only, only the weights are rounded and activations stay float32:
@@ -139,29 +140,17 @@ class Bf16Backend final : public RefBackend<float> {
       }
     });
   }
-  // Gemma4TextRouter in bf16: softmax (float32 inside, bf16 out), topk, weights / sum,
-  // * per_expert_scale, each rounded.
-  void moe_route(const View& logits, int64_t k, const TensorView& per_expert_scale, int32_t* ids,
-                 double* weights, const int32_t* forced) override {
-    if (!full_) return RefBackend<float>::moe_route(logits, k, per_expert_scale, ids, weights, forced);
-    const int64_t E = logits.cols;
-    const float* pes = constant(per_expert_scale);
-    for (int64_t t = 0; t < logits.rows; ++t) {
-      float* z = row(logits, t);
-      ops::softmax(z, E, false);
-      for (int64_t e = 0; e < E; ++e) z[e] = bf(z[e]);
-      select_experts(z, E, k, t, forced, ids);
-      float sum = 0;
-      for (int64_t j = 0; j < k; ++j) sum += z[ids[t * k + j]];
-      sum = bf(sum);
-      for (int64_t j = 0; j < k; ++j) {
-        const int32_t e = ids[t * k + j];
-        weights[t * k + j] = bf(bf(z[e] / sum) * pes[e]);
-      }
-    }
-  }
-  // Gemma4TextExperts (grouped_mm, transformers >= 5 with torch >= 2.9): each output times
-  // its weight rounded, then the k outputs of a token summed in float32 and rounded once.
+  // Gemma4TextRouter: no override. The router computes in float32 from its bf16 logits:
+  // softmax(dtype=float32), topk on the float32 probabilities, the renormalisation and the
+  // product with per_expert_scale (a bf16 parameter, promoted) in float32, which is
+  // RefBackend<float>::moe_route with the bf16-rounded constants. Rounding the
+  // probabilities to bf16 instead (softmax in the activation dtype, as two transformers
+  // revisions we read have it, 0246b4f and c308a30) makes tied probabilities common and
+  // misses HF's logits_bf16 on tiny-moe by 5x HF's own gap; float32 reproduces its
+  // first 11 positions bit for bit (README, "Precision").
+  // Gemma4TextExperts (grouped_mm, transformers >= 5 with torch >= 2.9): each bf16 output
+  // times its float32 weight, rounded to bf16, then the k outputs of a token summed in
+  // float32 and rounded once (index_add_ into bf16 rounds after each add: equal for k = 2).
   void moe_combine(const View& eo, const double* w, int64_t K, const View& out) override {
     if (!full_) return RefBackend<float>::moe_combine(eo, w, K, out);
     for (int64_t t = 0; t < out.rows; ++t) {
