@@ -36,7 +36,7 @@ std::vector<LadderRung> ladder_rungs() {
   weights.bf16_weights_only = true;
   add("bf16 weights", "weights rounded to bf16, float32 activations", weights);
   add("bf16", "HF's native bf16 forward emulated: every op's output rounded to bf16", {Precision::BF16});
-  add("fast", "g4's CPU fast path (8-bit activations against the stored weights)", {Precision::Fast});
+  add("fast", "g4's CPU fast path (the stored weights; 8-bit activations, bf16 AMX tiles for batches where the CPU has them)", {Precision::Fast});
   return r;
 }
 
