@@ -44,21 +44,24 @@ int64_t decode_bytes_per_token(const Model& m) {
 }
 
 double measure_read_bandwidth_gbps() {
-  const size_t n = size_t{1} << 28;  // 2 GiB of doubles? no: 256 Mi floats = 1 GiB
-  std::vector<float> buf(n, 1.0f);
+  // 1 GiB read by every thread's share in parallel. Integer sums over 8 independent lanes, so
+  // the loop is bound by loads (a float sum in order would measure the add latency instead).
+  const size_t n = size_t{1} << 27;  // uint64 words: 1 GiB
+  std::vector<uint64_t> buf(n, 1);
   double best = 0;
   for (int rep = 0; rep < 3; ++rep) {
     const auto t0 = std::chrono::steady_clock::now();
-    double total = 0;
+    uint64_t total = 0;
 #pragma omp parallel for reduction(+ : total) schedule(static)
-    for (int64_t i = 0; i < static_cast<int64_t>(n); i += 16) {
-      float s = 0;
-      for (int k = 0; k < 16; ++k) s += buf[static_cast<size_t>(i + k)];
-      total += s;
+    for (int64_t i = 0; i < static_cast<int64_t>(n); i += 64) {
+      uint64_t s[8] = {};
+      for (int k = 0; k < 64; k += 8)
+        for (int l = 0; l < 8; ++l) s[l] += buf[static_cast<size_t>(i + k + l)];
+      for (uint64_t v : s) total += v;
     }
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (total < 0) fail("impossible");
-    best = std::max(best, n * sizeof(float) / secs / 1e9);
+    if (total != n) fail("bench: the bandwidth probe summed {} words, expected {}", total, n);
+    best = std::max(best, static_cast<double>(n * sizeof(uint64_t)) / secs / 1e9);
   }
   return best;
 }
