@@ -9,14 +9,14 @@ prompt), waits for the end and sends the next. Prints per level: total generated
 Loopback only; every server is stopped at the end, and the whole run is bounded (--budget).
 
   scripts/bench-serving.py [--clients 1,4,16,64] [--duration 30] [--max-tokens 64] [--prompt-words 48]
-                           [--parallel 64] [--ctx 1024] [--threads N] [--variant icelake]
+                           [--parallel 64] [--ctx 1024] [--threads N] [--variant sapphirerapids]
                            [--g4 build/g4] [--no-llama] [--budget 3600] MODEL...
 
 MODEL: a .gguf file (both servers) or an HF checkpoint directory such as models/brown-mini
 (g4 only: llama.cpp 0.7.0 aborts on brown-mini's KV-share layout). llama-server comes from
 ../shared/peers/llama-cpp.sh (LLAMA_PEER, default /tmp/llama-cpp-peer); --variant picks its CPU
-build via GGML_BACKEND_PATH (default: icelake where this CPU has AVX-512, the fastest here
-per scripts/bench-vs-llama.sh; 'auto' measures each with llama-bench first and takes the fastest).
+build via GGML_BACKEND_PATH (default: sapphirerapids where this CPU has AMX, else icelake where it has AVX-512,
+the fastest per scripts/bench-vs-llama.sh; 'auto' measures each with llama-bench first and takes the fastest).
 Make the synth model outside the repo: ./build/g4 synth --variant e2b --type q4_0 -o /tmp/e2b-q4_0.gguf
 """
 import argparse
@@ -69,7 +69,7 @@ def runnable(v):
 def pick_variant(arg, gguf, threads):
     if arg and arg != "auto":
         return arg
-    cands = [v for v in ("icelake", "zen4", "skylakex", "haswell") if runnable(v)]
+    cands = [v for v in ("sapphirerapids", "icelake", "zen4", "skylakex", "haswell") if runnable(v)]
     if arg != "auto":
         return cands[0] if cands else ""
     best, best_ts = "", 0.0
