@@ -3,7 +3,7 @@
 # the same source quantized by llama-quantize to each type, then scripts/bench-vs-llama.sh on all files.
 #
 #   scripts/bench-iq.sh [-r ROUNDS] [-t THREADS] [-p 512] [-n 64] [--src SRC.gguf] [--layers N]
-#                       [--types "IQ4_NL IQ4_XS ..."] [--work DIR] [--g4 build/g4]
+#                       [--types "IQ4_NL IQ4_XS ..."] [--variants "sapphirerapids icelake"] [--work DIR] [--g4 build/g4]
 #
 # Without --src it writes the synth E2B shape in BF16 (`g4 synth --variant e2b`, --layers to shrink it).
 # Every weight gets the type (--pure); the types llama-quantize refuses without an importance matrix
@@ -11,7 +11,7 @@
 # peer (../shared/peers/llama-cpp.sh). Run it on a quiet machine: it is a speed benchmark.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-ROUNDS=2 THREADS=2 NP=512 NG=64 SRC="" LAYERS="" G4=$here/build/g4 WORK=${WORK:-/tmp/g4-bench-iq}
+ROUNDS=2 THREADS=2 NP=512 NG=64 SRC="" LAYERS="" G4=$here/build/g4 WORK=${WORK:-/tmp/g4-bench-iq} VARIANTS=()
 TYPES="Q4_0 IQ4_NL IQ4_XS MXFP4 IQ3_XXS IQ3_S IQ2_XXS IQ2_XS IQ2_S IQ1_S IQ1_M TQ1_0 TQ2_0"
 while (($#)); do
   case $1 in
@@ -22,6 +22,7 @@ while (($#)); do
     --src) SRC=$2; shift 2 ;;
     --layers) LAYERS=$2; shift 2 ;;
     --types) TYPES=$2; shift 2 ;;
+    --variants) VARIANTS=(--variants "$2"); shift 2 ;;  # passed to bench-vs-llama.sh
     --work) WORK=$2; shift 2 ;;
     --g4) G4=$2; shift 2 ;;
     -h|--help) sed -n 2,11p "$0"; exit 0 ;;
@@ -74,4 +75,4 @@ for t in $TYPES; do
   fi
   files+=("$f")
 done
-exec "$here/scripts/bench-vs-llama.sh" -r "$ROUNDS" -t "$THREADS" -p "$NP" -n "$NG" --g4 "$G4" "${files[@]}"
+exec "$here/scripts/bench-vs-llama.sh" -r "$ROUNDS" -t "$THREADS" -p "$NP" -n "$NG" "${VARIANTS[@]}" --g4 "$G4" "${files[@]}"

@@ -8,7 +8,7 @@ prompt), waits for the end and sends the next. Prints per level: total generated
 (all clients), time to first token p50/p99, inter-token latency p50/p99, requests and errors.
 Loopback only; every server is stopped at the end, and the whole run is bounded (--budget).
 
-  scripts/bench-serving.py [--clients 1,4,16,64] [--duration 30] [--max-tokens 64] [--prompt-words 48]
+  scripts/bench-serving.py [--clients 1,4,16,64] [--duration 30] [--max-tokens 64] [--prompt-words 48 | --prompt-tokens N]
                            [--parallel 64] [--ctx 1024] [--threads N] [--variant sapphirerapids]
                            [--g4 build/g4] [--no-llama] [--budget 3600] MODEL...
 
@@ -186,8 +186,11 @@ def run_level(port, n_clients, args):
         k = 0
         while time.time() < end:
             # Each client its own prompt (no shared prefix beyond the first words), fresh each request.
-            words = [WORDS[(i * 7 + k * 3 + j) % len(WORDS)] for j in range(args.prompt_words)]
-            prompt = f"Client {i} request {k}: " + " ".join(words)
+            if args.prompt_tokens:  # token ids: the same prompt length on any vocabulary
+                prompt = [2] + [(i * 7919 + k * 104729 + j * 31) % 3000 + 1000 for j in range(args.prompt_tokens - 1)]
+            else:
+                words = [WORDS[(i * 7 + k * 3 + j) % len(WORDS)] for j in range(args.prompt_words)]
+                prompt = f"Client {i} request {k}: " + " ".join(words)
             k += 1
             try:
                 n, ttft, gaps = one_request(port, prompt, args.max_tokens, timeout=max(60, args.duration * 4))
@@ -219,6 +222,9 @@ def main():
     ap.add_argument("--duration", type=float, default=30, help="seconds per concurrency level")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--prompt-words", type=int, default=48)
+    ap.add_argument("--prompt-tokens", type=int, default=0,
+                    help="send prompts of this many token ids instead of words: a synth model's byte-level vocabulary "
+                         "makes a 52-word prompt 386 tokens, where Gemma 4's tokenizer makes ~65")
     ap.add_argument("--parallel", type=int, default=0, help="--parallel / -np of both servers (default: the most clients)")
     ap.add_argument("--ctx", type=int, default=1024, help="context per request")
     ap.add_argument("--threads", type=int, default=0, help="threads for both (default: each server's own)")
@@ -259,7 +265,8 @@ def main():
                           f"{len(r['errors'])} errors", file=sys.stderr)
             finally:
                 srv.stop()
-    print(f"\nmax_tokens {args.max_tokens}, prompts of ~{args.prompt_words + 4} words, {args.duration:g} s per level, "
+    what = f"{args.prompt_tokens} token ids" if args.prompt_tokens else f"~{args.prompt_words + 4} words"
+    print(f"\nmax_tokens {args.max_tokens}, prompts of {what}, {args.duration:g} s per level, "
           f"--parallel {args.parallel}, context {args.ctx} per request, threads {args.threads or 'default'}\n")
     print("| model | server | clients | total t/s | per client t/s | TTFT p50 / p99 (s) | ITL p50 / p99 (ms) | requests | errors |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -105,7 +105,7 @@ TEST(FastKernels, EveryTypeMatchesTheReferenceMatmul) {
 // Packed weights (fast_pack) through VNNI: the same bits as the unpacked panel kernel (which
 // runs for 4 tokens and more) for every token count, so decode, batches and prefill agree, and
 // a row's result does not depend on which tokens share its call; expert slices (row0) too.
-// Through AMX (bf16 tiles for each 16 tokens, VNNI for the rest): the tail tokens keep VNNI's
+// Through AMX (bf16 tiles for each 16 tokens of 32+ / 64+ token calls, VNNI for the rest): the tail tokens keep VNNI's
 // bits, a token's result does not depend on the tokens beside it, and the AMX tokens are
 // bounded against the f32 reference matmul, next to VNNI's q8 distance (printed).
 TEST(FastKernels, PackedWeightsEqualThePanelKernelForEveryTokenCount) {
@@ -114,7 +114,7 @@ TEST(FastKernels, PackedWeightsEqualThePanelKernelForEveryTokenCount) {
   const bool amx = std::find(isas.begin(), isas.end(), "amx") != isas.end();
   std::mt19937 rng(5);
   std::normal_distribution<float> n(0, 1);
-  constexpr int64_t kTok = 35;
+  constexpr int64_t kTok = 99;
   const int64_t out = 72;  // 4.5 groups of 16 rows: the AMX pair of groups and a lone last group
   int64_t compared = 0;
   double worst_amx = 0, worst_vnni = 0;
@@ -152,12 +152,12 @@ TEST(FastKernels, PackedWeightsEqualThePanelKernelForEveryTokenCount) {
         worst_vnni = std::max(worst_vnni, compare_arrays(panel, ref, rows).nmse);
         fast_force_isa("");
         if (!amx) continue;
-        std::vector<float> y16(static_cast<size_t>(16 * rows));
-        ASSERT_TRUE(fast_matmul_packed(*packed, x.data(), 16, in, rows, y16.data(), row0));
-        for (int64_t ntok : {16, 19, 32, 35}) {
+        std::vector<float> y64(static_cast<size_t>(64 * rows));
+        ASSERT_TRUE(fast_matmul_packed(*packed, x.data(), 64, in, rows, y64.data(), row0));
+        for (int64_t ntok : {64, 67, 96, 99}) {  // AMX from 32 (K-quants) or 64 (Q4_0, Q8_0) tokens
           std::vector<float> y(static_cast<size_t>(ntok * rows));
           ASSERT_TRUE(fast_matmul_packed(*packed, x.data(), ntok, in, rows, y.data(), row0));
-          for (int64_t i = 0; i < 16 * rows; ++i) ASSERT_EQ(y[i], y16[i]) << "AMX token depends on its neighbours, ntok " << ntok;
+          for (int64_t i = 0; i < 64 * rows; ++i) ASSERT_EQ(y[i], y64[i]) << "AMX token depends on its neighbours, ntok " << ntok;
           for (int64_t i = ntok / 16 * 16 * rows; i < ntok * rows; ++i) ASSERT_EQ(y[i], panel[i]) << "tail token off VNNI's bits";
           const int64_t n_amx = ntok / 16 * 16 * rows;
           const double e = compare_arrays(std::span(y).first(n_amx), std::span(ref).first(n_amx), rows).nmse;
@@ -175,7 +175,7 @@ TEST(FastKernels, PackedWeightsEqualThePanelKernelForEveryTokenCount) {
       fast_force_isa("");
     }
   std::printf("packed Q4_0/Q8_0/Q4_K/Q5_K/Q6_K: %lld outputs checked; VNNI equal to the panel kernel bit for bit (1..35 "
-              "tokens), NMSE vs the f32 reference %.2e; AMX bf16 tiles %s%.2e (bound 1e-4)\n",
+              "tokens), NMSE vs the f32 reference %.2e; AMX bf16 tiles (64..99 tokens) %s%.2e (bound 1e-4)\n",
               static_cast<long long>(compared), worst_vnni, amx ? "" : "(no AMX on this CPU) ", worst_amx);
 }
 
