@@ -286,7 +286,7 @@ G4_AVX512 void tile(const uint8_t* group, int64_t n_units, const Acts& a, int64_
 
 // --- AMX ---------------------------------------------------------------------------------
 
-// Expands a group to what the AMX tiles take: per scale block b (bs columns) bs / 4 vectors at
+// Expands a group for to_bf16 (below): per scale block b (bs columns) bs / 4 vectors at
 // w + 16 * bs * b, each 64 bytes of 4 consecutive weights of 16 rows as unsigned bytes (the
 // stored value, before its zero point), and the block's scale s[16 b ..] and, for the types
 // with a minimum, m[16 b ..], computed as the tile kernel computes them.
