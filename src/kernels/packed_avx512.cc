@@ -23,13 +23,14 @@
 // fast_avx512.cc: the integer dot, then acc += float(dot) * (s * d) (+ m * sx), in
 // block order, so both give the same bits.
 //
-// AMX (Sapphire Rapids and later), for 16 tokens and more: integer tiles (TDPBSUD) would still
-// need the per-32 scales applied in float after every block, which measured no faster than
-// VNNI; so a pair of groups is dequantized once to bf16 (scale, zero point and minimum applied
-// in f32, then rounded to nearest even), the activations are rounded to bf16, and TDPBF16PS
-// accumulates in f32 over the whole row with no per-block step: 2 x 2 tiles of 16 tokens x 16
-// rows. Its numbers are those of bf16 weights and activations, not of q8 activations: the
-// tests bound both paths against the reference.
+// AMX (Sapphire Rapids and later), for calls of 64 tokens and more (32 for the K-quants):
+// integer tiles (TDPBSUD) would still need the per-32 scales applied in float after every
+// block, which measured no faster than VNNI; so a pair of groups is dequantized once to bf16
+// (scale, zero point and minimum applied in f32, then rounded to nearest even), the
+// activations are rounded to bf16, and TDPBF16PS accumulates in f32 over the whole row with
+// no per-block step: 2 x 2 tiles of 16 tokens x 16 rows. Its numbers are those of bf16
+// weights and activations, not of q8 activations: the tests bound both paths against the
+// reference.
 //
 // x86-64 only (the whole file).
 #if defined(__x86_64__)
@@ -191,8 +192,9 @@ G4_AVX512 void tile(const uint8_t* group, int64_t n_units, const Acts& a, int64_
   for (auto& v : acc) v = _mm512_setzero_ps();
   const int8_t* x[T];
   for (int t = 0; t < T; ++t) x[t] = a.tok(t0 + t);
-  // Two accumulator chains per token (dot[t], dot[T + t]): with few tokens one chain of
-  // vpdpbusd (5 cycles each) would bound decode below the memory's pace.
+  // Two accumulator chains per token (dot[t], dot[T + t]), so that with few tokens the
+  // vpdpbusd latency is not one serial chain (same bits; no decode change measured on
+  // Sapphire Rapids, where decode is bound by memory).
   __m512i dot[2 * T];
   for (int64_t u = 0; u < n_units; ++u) {
     const uint8_t* p = group + u * L::kBytes;
@@ -482,10 +484,6 @@ std::shared_ptr<PackedMatrix> pack(const TensorView& w, int64_t rows, int64_t co
   return p;
 }
 
-// The zero point of the expanded bytes (Q8_0's are stored + 128).
-template <class L>
-constexpr int expanded_zp() { return L::kType == DType::Q8_0 ? 128 : L::kZeroPoint; }
-
 // Tokens [0, n_amx) through AMX in bf16 (x: their f32 activations), stored straight into y:
 // each pair of full groups is expanded to bf16 once, then every pair of token tiles passes
 // over it. (Chunking the columns so that the activations stay in L2 measured slower: the
@@ -508,7 +506,7 @@ void run_amx(const PackedMatrix& p, const float* x, int64_t n_amx, int64_t n_out
       const int64_t gi = 2 * pi, ng = std::min<int64_t>(2, n_full - gi);
       for (int64_t j = 0; j < ng; ++j) {
         expand<L>(p.data.get() + (g0 + gi + j) * p.group_bytes, n_units, w, s, m);
-        to_bf16<expanded_zp<L>(), L::kMin>(w, s, m, nb, L::kScaleBlock, wb + j * 16 * p.cols);
+        to_bf16<L::kZeroPoint, L::kMin>(w, s, m, nb, L::kScaleBlock, wb + j * 16 * p.cols);
       }
       __asm__ __volatile__("" ::: "memory");  // GCC's tileloadd does not say it reads memory
       const uint16_t* b[2] = {wb, ng == 2 ? wb + 16 * p.cols : nullptr};
