@@ -213,6 +213,10 @@ class Server {
 
     if (!front.bind_to_port(opt_.host, opt_.port))
       fail("cannot listen on {}:{} (in use, or no permission)", opt_.host, opt_.port);
+    // Debian's compiled cpp-httplib listens with a backlog of 5: a burst of new connections
+    // (64 clients at once) overflowed it and the kernel reset some. Linux takes a second
+    // listen() on the bound socket as a new backlog (capped by net.core.somaxconn).
+    ::listen(front.listener(), opt_.max_connections + 64);
     svr.share_listener(front.listener());
     std::thread watchdog([this] { watch_connections(); });
     std::thread signals([this, sigs] { wait_for_signal(sigs); });

@@ -590,6 +590,45 @@ TEST(Serve, ConnectionsOverTheCapAreAnswered503) {  // row 3
   EXPECT_EQ(s.stop(), 0);
 }
 
+TEST(Serve, ABurstOfConnectionsWhileTheServerIsBusyIsAllAnswered) {
+  // 64 benchmark clients connecting at once while the forward held both cores got
+  // "Connection reset by peer": httplib's listen backlog of 5 overflowed. Freeze the server
+  // (SIGSTOP) so that nothing is accepted, connect 100 times, then let it run: every
+  // connection must be answered.
+  ServerProc s({"--max-connections", "256"});
+  ASSERT_EQ(::kill(s.pid, SIGSTOP), 0);
+  std::vector<int> conns;
+  for (int i = 0; i < 100; ++i) {
+    const int c = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<uint16_t>(s.port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::connect(c, reinterpret_cast<sockaddr*>(&a), sizeof a);  // EINPROGRESS: the kernel completes it
+    conns.push_back(c);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  for (int c : conns) send_all(c, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  ASSERT_EQ(::kill(s.pid, SIGCONT), 0);
+  const auto t0 = Clock::now();
+  int answered = 0;
+  std::vector<bool> done(conns.size(), false);
+  while (answered < static_cast<int>(conns.size()) && secs(t0) < 8) {
+    for (size_t i = 0; i < conns.size(); ++i) {
+      if (done[i]) continue;
+      char buf[16] = {};
+      const ssize_t n = ::recv(conns[i], buf, sizeof buf - 1, MSG_DONTWAIT | MSG_PEEK);
+      if (n > 0 && std::string(buf).rfind("HTTP/1.1 200", 0) == 0) done[i] = true, ++answered;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  std::printf("%d of %zu connections made while the server was stopped answered 200 within %.1f s\n", answered,
+              conns.size(), secs(t0));
+  EXPECT_EQ(answered, static_cast<int>(conns.size()));
+  for (int c : conns) ::close(c);
+  EXPECT_EQ(s.stop(), 0);
+}
+
 TEST(Serve, ClientThatLeavesStopsItsNonStreamingGeneration) {  // row 5
   ServerProc s({});
   const int c = connect_to(s.port);
