@@ -297,7 +297,10 @@ class Server {
       for (auto& [id, c] : conns_) {
         if (c.fd < 0) continue;
         const bool expired = !c.handling && now > c.deadline;
-        if (!expired && !(draining_ && !c.handling) && !cancel_all_) continue;
+        // Cancelled requests get a moment to write their error event before their socket
+        // is shut (which only unblocks a handler stuck writing to a client that never reads).
+        const bool cut = cancel_all_ && (!c.handling || now > cancel_at_ + std::chrono::seconds(2));
+        if (!expired && !(draining_ && !c.handling) && !cut) continue;
         if (expired) {
           metrics_.conn_timed_out++;
           send_raw(c.fd, 408, "Request Timeout",
@@ -330,6 +333,7 @@ class Server {
       if (handling == 0) break;
       if (Clock::now() >= deadline && !cancel_all_) {
         std::fprintf(stderr, "g4 serve: shutdown timeout: cancelling %d in-flight request%s\n", handling, handling == 1 ? "" : "s");
+        cancel_at_ = Clock::now();
         cancel_all_ = true;
       }
       conn_cv_.wait_for(l, std::chrono::milliseconds(50));
@@ -985,6 +989,7 @@ class Server {
   std::map<uint64_t, Conn> conns_;
   uint64_t conn_seq_ = 0;
   std::atomic<bool> draining_{false}, cancel_all_{false}, stopping_{false};
+  Clock::time_point cancel_at_;  // when cancel_all_ was set (under conn_mu_)
 };
 
 bool FrontHttp::process_and_close_socket(socket_t sock) {
