@@ -58,7 +58,7 @@ void BM_Matmul(benchmark::State& state, g4::DType t, bool packed) {
 
 // e2b shapes: the FFN up/gate (6144 x 1536) and down (1536 x 6144).
 void shapes(benchmark::internal::Benchmark* b) {
-  for (int n : {1, 2, 4, 8, 16, 32, 128})
+  for (int n : {1, 2, 4, 8, 16, 32, 64, 128})
     for (auto [r, c] : {std::pair{6144, 1536}, std::pair{1536, 6144}}) b->Args({n, r, c});
 }
 

@@ -23,10 +23,11 @@
 // fast_avx512.cc: the integer dot, then acc += float(dot) * (s * d) (+ m * sx), in
 // block order, so both give the same bits.
 //
-// AMX (Sapphire Rapids and later), for calls of 64 tokens and more (32 for the K-quants):
+// AMX (Sapphire Rapids and later), for calls of 32 tokens and more (16 for Q4_K and Q6_K):
 // integer tiles (TDPBSUD) would still need the per-32 scales applied in float after every
 // block, which measured no faster than VNNI; so a pair of groups is dequantized once to bf16
-// (scale, zero point and minimum applied in f32, then rounded to nearest even), the
+// (scale, zero point and minimum applied in f32, then rounded to nearest even; the 4-bit types
+// by a vpermps table lookup straight from the packed bytes), the
 // activations are rounded to bf16, and TDPBF16PS accumulates in f32 over the whole row with
 // no per-block step: 2 x 2 tiles of 16 tokens x 16 rows. Its numbers are those of bf16
 // weights and activations, not of q8 activations: the tests bound both paths against the
@@ -84,7 +85,7 @@ void put_f16(const uint8_t* const* rows, int64_t off, uint8_t* out) {
 struct Q4_0L {
   static constexpr DType kType = DType::Q4_0;
   static constexpr int kCols = 32, kBytes = 288, kZeroPoint = 8, kScaleBlock = 32;
-  static constexpr int kAmxMinTokens = 64;  // below, dequantizing to bf16 per call costs more than VNNI
+  static constexpr int kAmxMinTokens = 32;  // below, dequantizing to bf16 per call costs more than VNNI
   static constexpr bool kMin = false;
   // rows[r]: row r's block for this unit.
   static void pack(const uint8_t* const* rows, uint8_t* out) {
@@ -96,7 +97,7 @@ struct Q4_0L {
 struct Q8_0L {
   static constexpr DType kType = DType::Q8_0;
   static constexpr int kCols = 32, kBytes = 544, kZeroPoint = 128, kScaleBlock = 32;
-  static constexpr int kAmxMinTokens = 64;
+  static constexpr int kAmxMinTokens = 32;
   static constexpr bool kMin = false;
   static void pack(const uint8_t* const* rows, uint8_t* out) {
     for (int k = 0; k < 8; ++k) interleave(rows, offsetof(block_q8_0, qs) + 4 * k, out + 64 * k, 0x80808080u);
@@ -109,7 +110,7 @@ template <class B, DType kT, int kUnitBytes>
 struct KQuantL {
   static constexpr DType kType = kT;
   static constexpr int kCols = 256, kBytes = kUnitBytes, kZeroPoint = 0, kScaleBlock = 32;
-  static constexpr int kAmxMinTokens = 32;
+  static constexpr int kAmxMinTokens = kT == DType::Q4_K ? 16 : 32;  // Q5_K goes through expand (slower)
   static constexpr bool kMin = true;
   static void pack(const uint8_t* const* rows, uint8_t* out) {
     for (int c = 0; c < 4; ++c)
@@ -133,7 +134,7 @@ using Q5_KL = KQuantL<block_q5_k, DType::Q5_K, 2880>;
 struct Q6_KL {
   static constexpr DType kType = DType::Q6_K;
   static constexpr int kCols = 256, kBytes = 3360, kZeroPoint = 32, kScaleBlock = 16;
-  static constexpr int kAmxMinTokens = 32;
+  static constexpr int kAmxMinTokens = 16;
   static constexpr bool kMin = false;
   static void pack(const uint8_t* const* rows, uint8_t* out) {
     for (int n = 0; n < 2; ++n)
@@ -288,39 +289,27 @@ G4_AVX512 void tile(const uint8_t* group, int64_t n_units, const Acts& a, int64_
 
 // --- AMX ---------------------------------------------------------------------------------
 
-// Expands a group for to_bf16 (below): per scale block b (bs columns) bs / 4 vectors at
-// w + 16 * bs * b, each 64 bytes of 4 consecutive weights of 16 rows as unsigned bytes (the
-// stored value, before its zero point), and the block's scale s[16 b ..] and, for the types
-// with a minimum, m[16 b ..], computed as the tile kernel computes them.
+// Expands a Q5_K or Q6_K group for to_bf16 (below): per scale block b (bs columns) bs / 4
+// vectors at w + 16 * bs * b, each 64 bytes of 4 consecutive weights of 16 rows as unsigned
+// bytes (the stored value, before its zero point), and the block's scale s[16 b ..] and, for
+// Q5_K, its minimum m[16 b ..], computed as the tile kernel computes them. (Q4_0, Q4_K and
+// Q8_0 need no expansion: group_bf16 reads their packed bytes.)
 template <class L>
 G4_AVX512 void expand(const uint8_t* group, int64_t n_units, uint8_t* w, float* s, float* m) {
+  static_assert(L::kType == DType::Q5_K || L::kType == DType::Q6_K);
   const __m512i nib = _mm512_set1_epi8(0x0f);
   for (int64_t u = 0; u < n_units; ++u) {
     const uint8_t* p = group + u * L::kBytes;
-    if constexpr (L::kType == DType::Q4_0) {
-      uint8_t* o = w + 512 * u;
-      for (int k = 0; k < 4; ++k) {
-        const __m512i v = _mm512_loadu_si512(p + 64 * k);
-        _mm512_storeu_si512(o + 64 * k, _mm512_and_si512(v, nib));
-        _mm512_storeu_si512(o + 64 * (4 + k), _mm512_and_si512(_mm512_srli_epi16(v, 4), nib));
-      }
-      _mm512_storeu_ps(s + 16 * u, f16x16(p + 256));
-    } else if constexpr (L::kType == DType::Q8_0) {
-      std::memcpy(w + 512 * u, p, 512);
-      _mm512_storeu_ps(s + 16 * u, f16x16(p + 512));
-    } else if constexpr (L::kType == DType::Q4_K || L::kType == DType::Q5_K) {
+    if constexpr (L::kType == DType::Q5_K) {
       const __m512 d = f16x16(p + 2048), mdmin = _mm512_sub_ps(_mm512_setzero_ps(), f16x16(p + 2080));
       for (int j = 0; j < 8; ++j) {
         const int64_t b = 8 * u + j;
         for (int k = 0; k < 8; ++k) {
           const __m512i v = _mm512_loadu_si512(p + 512 * (j / 2) + 64 * k);
-          __m512i q = j % 2 ? _mm512_and_si512(_mm512_srli_epi16(v, 4), nib) : _mm512_and_si512(v, nib);
-          if constexpr (L::kType == DType::Q5_K) {
-            const __m512i qh = _mm512_loadu_si512(p + 2368 + 64 * k);
-            const __m512i hb = j < 4 ? _mm512_slli_epi16(qh, 4 - j) : _mm512_srli_epi16(qh, j - 4);
-            q = _mm512_ternarylogic_epi32(q, hb, _mm512_set1_epi8(0x10), 0xF8);
-          }
-          _mm512_storeu_si512(w + 512 * b + 64 * k, q);
+          const __m512i q = j % 2 ? _mm512_and_si512(_mm512_srli_epi16(v, 4), nib) : _mm512_and_si512(v, nib);
+          const __m512i qh = _mm512_loadu_si512(p + 2368 + 64 * k);
+          const __m512i hb = j < 4 ? _mm512_slli_epi16(qh, 4 - j) : _mm512_srli_epi16(qh, j - 4);
+          _mm512_storeu_si512(w + 512 * b + 64 * k, _mm512_ternarylogic_epi32(q, hb, _mm512_set1_epi8(0x10), 0xF8));
         }
         const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2112 + 16 * j));
         const __m128i mn = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2240 + 16 * j));
@@ -350,27 +339,105 @@ G4_AVX512 void expand(const uint8_t* group, int64_t n_units, uint8_t* w, float* 
   }
 }
 
+// A B-tile row of 32 bf16 from the f32 weights k (f0) and k + 1 (f1) of 16 rows: lanes 2r
+// and 2r + 1 hold row r's pair. Rounded to nearest even.
+G4_AMX inline __m512i bf16_pairs(__m512 f0, __m512 f1) {
+  alignas(64) static constexpr uint16_t kIdx[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                                    8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  return _mm512_permutexvar_epi16(_mm512_load_si512(kIdx), (__m512i)_mm512_cvtne2ps_pbh(f1, f0));
+}
+
+// Rows 2k + jp (jp = 0, 1) of a block in bf16 from vector k of byte values q:
+// (q - zp) * s (+ m). A byte becomes a float without a conversion: vpshufb moves byte j of
+// each lane to its low byte (zeros above), and those bits OR 0x4B000000 are 2^23 + q.
+template <int kZp, bool kMin>
+struct ByteRows {
+  __m512i sel[4], magic = _mm512_set1_epi32(0x4B000000);
+  __m512 bias = _mm512_set1_ps(8388608.0f + kZp);
+  G4_AMX ByteRows() {
+    for (int j = 0; j < 4; ++j)
+      sel[j] = _mm512_set4_epi32(static_cast<int>(0x80808000u | (12 + j)), static_cast<int>(0x80808000u | (8 + j)),
+                                 static_cast<int>(0x80808000u | (4 + j)), static_cast<int>(0x80808000u | j));
+  }
+  G4_AMX void operator()(__m512i v, __m512 sv, __m512 mv, uint16_t* out) const {
+    for (int jp = 0; jp < 2; ++jp) {
+      __m512 f[2];
+      for (int j = 0; j < 2; ++j) {
+        const __m512 q = _mm512_castsi512_ps(_mm512_or_si512(_mm512_shuffle_epi8(v, sel[2 * jp + j]), magic));
+        f[j] = _mm512_mul_ps(sv, _mm512_sub_ps(q, bias));
+        if constexpr (kMin) f[j] = _mm512_add_ps(f[j], mv);
+      }
+      _mm512_storeu_si512(out + 32 * jp, bf16_pairs(f[0], f[1]));
+    }
+  }
+};
+
 // One expanded group (expand) as bf16 B tiles: row i of the result holds the weights 2i and
 // 2i + 1 of the 16 rows, w = s * (q - zp) (+ m) in f32, rounded to nearest even.
 template <int kZp, bool kMin>
 G4_AMX void to_bf16(const uint8_t* w, const float* s, const float* m, int64_t nb, int bs, uint16_t* out) {
-  const __m512i byte = _mm512_set1_epi32(0xff);
-  const __m512 zp = _mm512_set1_ps(static_cast<float>(kZp));
+  const ByteRows<kZp, kMin> rows;
   for (int64_t b = 0; b < nb; ++b) {
     const __m512 sv = _mm512_loadu_ps(s + 16 * b), mv = kMin ? _mm512_loadu_ps(m + 16 * b) : _mm512_setzero_ps();
-    for (int k = 0; k < bs / 4; ++k) {
-      const __m512i v = _mm512_loadu_si512(w + 16 * bs * b + 64 * k);
-      for (int jp = 0; jp < 2; ++jp) {
-        __m512i h[2];
-        for (int j = 0; j < 2; ++j) {
-          const __m512 q = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(v, 16 * jp + 8 * j), byte));
-          __m512 f = _mm512_mul_ps(sv, _mm512_sub_ps(q, zp));
-          if constexpr (kMin) f = _mm512_add_ps(f, mv);
-          h[j] = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(f));
-        }
-        _mm512_storeu_si512(out + 32 * (b * bs / 2 + 2 * k + jp), _mm512_or_si512(h[0], _mm512_slli_epi32(h[1], 16)));
+    for (int k = 0; k < bs / 4; ++k) rows(_mm512_loadu_si512(w + 16 * bs * b + 64 * k), sv, mv, out + 32 * (b * bs / 2 + 2 * k));
+  }
+}
+
+// Rows 2k + jp (jp = 0, 1) of a 32-weight block in bf16 from vector k of 4-bit values at
+// bit `sh` of each byte: (tab[q] = q - zp) * s (+ m). vpermps reads the low 4 bits of each
+// lane, so a shift picks the nibble and no mask or conversion is needed.
+template <bool kMin>
+G4_AMX inline void nibble_rows(__m512i v, int sh, __m512 tab, __m512 sv, __m512 mv, uint16_t* out) {
+  for (int jp = 0; jp < 2; ++jp) {
+    __m512 f[2];
+    for (int j = 0; j < 2; ++j) {
+      f[j] = _mm512_mul_ps(sv, _mm512_permutexvar_ps(_mm512_srli_epi32(v, 16 * jp + 8 * j + sh), tab));
+      if constexpr (kMin) f[j] = _mm512_add_ps(f[j], mv);
+    }
+    _mm512_storeu_si512(out + 32 * jp, bf16_pairs(f[0], f[1]));
+  }
+}
+
+// A group as bf16 B tiles (to_bf16's layout and bits). Q4_0, Q4_K and Q8_0 go straight from
+// the packed bytes; Q5_K and Q6_K through expand (w, s, m: its scratch) and to_bf16.
+template <class L>
+G4_AMX void group_bf16(const uint8_t* group, int64_t n_units, uint8_t* w, float* s, float* m, uint16_t* out) {
+  if constexpr (L::kType == DType::Q4_0) {
+    const __m512 tab = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
+    for (int64_t u = 0; u < n_units; ++u) {
+      const uint8_t* p = group + u * L::kBytes;
+      const __m512 sv = f16x16(p + 256);
+      for (int k = 0; k < 4; ++k) {
+        const __m512i v = _mm512_loadu_si512(p + 64 * k);
+        nibble_rows<false>(v, 0, tab, sv, sv, out + 32 * (16 * u + 2 * k));      // elements 4k ..
+        nibble_rows<false>(v, 4, tab, sv, sv, out + 32 * (16 * u + 8 + 2 * k));  // elements 16 + 4k ..
       }
     }
+  } else if constexpr (L::kType == DType::Q4_K) {
+    const __m512 tab = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    for (int64_t u = 0; u < n_units; ++u) {
+      const uint8_t* p = group + u * L::kBytes;
+      const __m512 d = f16x16(p + 2048), mdmin = _mm512_sub_ps(_mm512_setzero_ps(), f16x16(p + 2080));
+      for (int j = 0; j < 8; ++j) {
+        const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2112 + 16 * j));
+        const __m128i mn = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2240 + 16 * j));
+        const __m512 sv = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(sc)));
+        const __m512 mv = _mm512_mul_ps(mdmin, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(mn)));
+        for (int k = 0; k < 8; ++k)
+          nibble_rows<true>(_mm512_loadu_si512(p + 512 * (j / 2) + 64 * k), 4 * (j % 2), tab, sv, mv,
+                            out + 32 * (16 * (8 * u + j) + 2 * k));
+      }
+    }
+  } else if constexpr (L::kType == DType::Q8_0) {
+    const ByteRows<L::kZeroPoint, false> rows;
+    for (int64_t u = 0; u < n_units; ++u) {
+      const uint8_t* p = group + u * L::kBytes;
+      const __m512 sv = f16x16(p + 512);
+      for (int k = 0; k < 8; ++k) rows(_mm512_loadu_si512(p + 64 * k), sv, sv, out + 32 * (16 * u + 2 * k));
+    }
+  } else {
+    expand<L>(group, n_units, w, s, m);
+    to_bf16<L::kZeroPoint, L::kMin>(w, s, m, n_units * L::kCols / L::kScaleBlock, L::kScaleBlock, out);
   }
 }
 
@@ -505,8 +572,7 @@ void run_amx(const PackedMatrix& p, const float* x, int64_t n_amx, int64_t n_out
     for (int64_t pi = 0; pi < n_pairs; ++pi) {
       const int64_t gi = 2 * pi, ng = std::min<int64_t>(2, n_full - gi);
       for (int64_t j = 0; j < ng; ++j) {
-        expand<L>(p.data.get() + (g0 + gi + j) * p.group_bytes, n_units, w, s, m);
-        to_bf16<L::kZeroPoint, L::kMin>(w, s, m, nb, L::kScaleBlock, wb + j * 16 * p.cols);
+        group_bf16<L>(p.data.get() + (g0 + gi + j) * p.group_bytes, n_units, w, s, m, wb + j * 16 * p.cols);
       }
       __asm__ __volatile__("" ::: "memory");  // GCC's tileloadd does not say it reads memory
       const uint16_t* b[2] = {wb, ng == 2 ? wb + 16 * p.cols : nullptr};
@@ -547,8 +613,9 @@ bool matmul(const PackedMatrix& p, const float* x, int64_t n_tok, int64_t n_in, 
             bool amx) {
   // AMX takes each 16 tokens on the full groups of 16 rows; VNNI the other tokens, and every
   // token on a last partial group, on q8 activations of just the tokens it takes. Below
-  // kAmxMinTokens VNNI takes all (6144x1536, 1 thread: Q4_0 at 16 / 32 tokens 0.8 / 1.5 ms on
-  // VNNI against 2.6 / 2.0 on AMX, at 128 6.7 against 5.0; Q4_K at 32 4.1 against 2.0).
+  // kAmxMinTokens VNNI takes all. Measured, 6144x1536, 1 thread, ms VNNI / AMX: Q4_0 at 16
+  // tokens 0.69 / 1.06, at 32 1.35-1.43 / 1.04-1.41, at 128 5.4 / 3.5; Q8_0 at 16 1.57 / 1.71,
+  // at 32 3.16 / 1.67; Q4_K at 16 1.95 / 1.52; Q6_K at 16 2.38 / 1.89.
   const int64_t n_full = n_out / kRows, n_amx = amx && n_full && n_tok >= L::kAmxMinTokens ? n_tok / 16 * 16 : 0;
   const bool partial = n_full * kRows < n_out;
   if (n_amx) run_amx<L>(p, x, n_amx, n_out, y, row0);
