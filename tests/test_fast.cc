@@ -265,8 +265,18 @@ TEST(FastKernels, AttentionAndActivationHelpersMatchTheReference) {
       std::mt19937 rq(11);
       for (auto& e : qg) e = n(rq);
       fast_scores_group(qg.data(), hd, G, rows.data(), nk, hd, sg.data(), nk);
+      // Keys split over calls at a multiple of 4 (the tiled attention's blocks): one call's bits.
+      std::vector<float> split(sg.size());
+      fast_scores_group(qg.data(), hd, G, rows.data(), 4, hd, split.data(), nk);
+      fast_scores_group(qg.data(), hd, G, rows.data() + 4, nk - 4, hd, split.data() + 4, nk);
+      for (size_t i = 0; i < sg.size(); ++i) ASSERT_EQ(split[i], sg[i]) << isa << " scores split at 4, " << i;
       for (int64_t h = 0; h < G; ++h) fast_softmax(sg.data() + h * nk, nk);
       fast_weighted_sum_group(sg.data(), nk, G, rows.data(), nk, hd, og.data(), hd);
+      // Rows split over calls, the second accumulating: one call's bits.
+      std::vector<float> acc(og.size(), std::numeric_limits<float>::quiet_NaN());
+      fast_weighted_sum_group(sg.data(), nk, G, rows.data(), 3, hd, acc.data(), hd);
+      fast_weighted_sum_group(sg.data() + 3, nk, G, rows.data() + 3, nk - 3, hd, acc.data(), hd, /*accumulate=*/true);
+      for (size_t i = 0; i < og.size(); ++i) ASSERT_EQ(acc[i], og[i]) << isa << " weighted sum split at 3, " << i;
       if (isa == "avx2") og_avx2 = og;
       if ((isa == "avx512vnni" || isa == "amx") && !og_avx2.empty()) {
         std::vector<float> o2(og.size());

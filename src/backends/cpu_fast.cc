@@ -37,94 +37,121 @@ class FastBackend final : public RefBackend<float> {
     for (int64_t r = 0; r < x.rows; ++r) fast_softcap(row(x, r), x.cols, static_cast<float>(c));
   }
 
-  // Grouped-query attention: the query heads that share a KV head run together, so each
-  // key and value row is read (and, in a packed cache, decoded) once per group, not once
-  // per head (e2b: 8 heads on one KV head). Each head's numbers are those of a
-  // single-head pass. A packed cache is decoded in blocks of keys: up to one block the
-  // result equals the float cache's bit for bit; beyond it the blocks' weighted V sums are
-  // added (float reordering only).
+  // Grouped-query attention, tiled: the query heads that share a KV head, and up to
+  // kTileTokens consecutive tokens of the step, form one work item; keys and values are
+  // read (and, in a packed cache, decoded) in blocks of kBlock rows, once per item for all
+  // its tokens and heads rather than once per token and head (e2b: 8 heads on one KV head),
+  // so a long prefill streams its K and V from L2, not from memory. Each (token, head)
+  // computes exactly what one query alone would: its scores (blocks split at multiples of 4
+  // keys from its first key, fast_scores_group's grouping), an exact softmax over all of
+  // them, and one chain of additions over its value rows (continued across blocks). So the
+  // result does not depend on the tiling, the block size, the number of tokens in the step
+  // or the threads, and a packed cache gives the bits of a float cache holding its decoded
+  // rows.
   void attention(int seq, int layer, const View& q, int64_t heads, const View& out) override {
     const LayerSpec& ls = s_.layers[layer];
     const KvCache<float>& c = kv(seq);
     const LayerKv<float>& src = c.layers[ls.kv_source];
     const int64_t hd = q.cols, G = ls.n_heads / ls.n_kv_heads, n = q.rows / heads, start = c.n_past;
-    const int64_t n_kv = heads / G;
-    reserve_attention(c.max_keys(ls, start + n - 1));
+    const int64_t n_kv = heads / G, max_keys = c.max_keys(ls, start + n - 1);
     const bool stored = src.packed();
     const KvCodec* ck = stored ? &codecs_.at(s_.layers[ls.kv_source].head_dim).first : nullptr;
     const KvCodec* cv = stored ? &codecs_.at(s_.layers[ls.kv_source].head_dim).second : nullptr;
+    const int64_t tq = std::min(n, tile_tokens(G, max_keys)), tiles = (n + tq - 1) / tq;
+    reserve_attention(max_keys);
     // A group is split into parts only as far as needed to give every thread work
     // (decode: one token, often one KV head).
     const int64_t threads = omp_get_max_threads();
     int64_t parts = 1;
-    while (n * n_kv * parts < threads && G % (2 * parts) == 0) parts *= 2;
+    while (tiles * n_kv * parts < threads && G % (2 * parts) == 0) parts *= 2;
     const int64_t per = G / parts, q_stride = q.rows > 1 ? q.stride : hd, out_stride = out.rows > 1 ? out.stride : hd;
-#pragma omp parallel for collapse(3) schedule(static)
-    for (int64_t t = 0; t < n; ++t)
+#pragma omp parallel for collapse(3) schedule(dynamic, 1)
+    for (int64_t tile = 0; tile < tiles; ++tile)
       for (int64_t k = 0; k < n_kv; ++k)
         for (int64_t part = 0; part < parts; ++part) {
-          const int64_t pos = start + t, r = t * heads + k * G + part * per;
-          const int64_t lo = ls.window > 0 ? std::max<int64_t>(0, pos - ls.window + 1) : 0;
-          const Query a{row(q, r), row(out, r), hd, pos, lo, &src, start, k * hd};
+          const int64_t t0 = tile * tq, nt = std::min(tq, n - t0), h0 = k * G + part * per;
           const int tid = omp_get_thread_num();
-          const float** ptr = keys_[tid].data();
-          float* scores = gscores_[tid].data();
+          auto lo_of = [&](int64_t pos) { return ls.window > 0 ? std::max<int64_t>(0, pos - ls.window + 1) : 0; };
+          const int64_t lo_min = lo_of(start + t0), hi = start + t0 + nt - 1, span = hi - lo_min + 1;
+          const Query a{nullptr, nullptr, hd, hi, lo_min, &src, start, k * hd};
+          const float** ptr = keys_[tid].data();  // ptr[p - lo_min]: key or value row of position p
           float* dec = decoded_[tid].data();
-          float* part_sum = dec + kDecodeBlock * hd;  // a later block's weighted V sums, per head
-          const int64_t nk = a.pos - a.lo + 1, block = stored ? kDecodeBlock : nk;
-          // ptr[0..nb) := rows of keys (or values) b0..b0+nb-1; stored ones decoded into dec.
-          auto rows = [&](int64_t b0, int64_t nb, bool values) {
-            for (int64_t i = 0; i < nb; ++i) {
-              const int64_t p = a.lo + b0 + i;
-              if (!stored || p >= a.start) {
-                ptr[i] = values ? a.val(p) : a.key(p);
+          float* scores = gscores_[tid].data();  // token i, head g: scores + (i * per + g) * span, from its first key
+          // ptr[p0 - lo_min .. p1 - lo_min) := rows p0..p1-1; stored ones decoded into dec.
+          auto rows = [&](int64_t p0, int64_t p1, bool values) {
+            for (int64_t p = p0; p < p1; ++p) {
+              if (!stored || p >= start) {
+                ptr[p - lo_min] = values ? a.val(p) : a.key(p);
               } else {
-                float* d = dec + i * hd;
+                float* d = dec + (p - p0) * hd;
                 if (values) cv->decode(a.val_bytes(p), d);
                 else ck->decode(a.key_bytes(p), d);
-                ptr[i] = d;
+                ptr[p - lo_min] = d;
               }
             }
           };
-          for (int64_t b0 = 0; b0 < nk; b0 += block) {
-            const int64_t nb = std::min(block, nk - b0);
-            rows(b0, nb, false);
-            fast_scores_group(a.q, q_stride, per, ptr, nb, hd, scores + b0, nk);
-          }
-          for (int64_t g = 0; g < per; ++g) fast_softmax(scores + g * nk, nk);
-          for (int64_t b0 = 0; b0 < nk; b0 += block) {
-            const int64_t nb = std::min(block, nk - b0);
-            rows(b0, nb, true);
-            if (b0 == 0) {
-              fast_weighted_sum_group(scores, nk, per, ptr, nb, hd, a.out, out_stride);
-              continue;
+          int64_t cur[kTileTokens];  // each token's next key to score
+          for (int64_t i = 0; i < nt; ++i) cur[i] = lo_of(start + t0 + i);
+          if (!stored) rows(lo_min, hi + 1, false);
+          for (int64_t b0 = lo_min; b0 <= hi; b0 += kBlock) {
+            const int64_t e = std::min(b0 + kBlock, hi + 1);
+            if (stored) rows(std::max(lo_min, b0 - 3), e, false);  // a token may still need the 3 rows before
+            for (int64_t i = 0; i < nt; ++i) {
+              const int64_t pos = start + t0 + i, lo = lo_of(pos);
+              const int64_t end = pos < e ? pos + 1 : cur[i] + (e - cur[i]) / 4 * 4;
+              if (end <= cur[i]) continue;
+              fast_scores_group(row(q, (t0 + i) * heads + h0), q_stride, per, ptr + (cur[i] - lo_min), end - cur[i], hd,
+                                scores + i * per * span + (cur[i] - lo), span);
+              cur[i] = end;
             }
-            fast_weighted_sum_group(scores + b0, nk, per, ptr, nb, hd, part_sum, hd);
-            for (int64_t g = 0; g < per; ++g)
-              for (int64_t d = 0; d < hd; ++d) a.out[g * out_stride + d] += part_sum[g * hd + d];
+          }
+          for (int64_t i = 0; i < nt; ++i) {
+            const int64_t pos = start + t0 + i, nk = pos - lo_of(pos) + 1;
+            for (int64_t g = 0; g < per; ++g) fast_softmax(scores + (i * per + g) * span, nk);
+          }
+          if (!stored) rows(lo_min, hi + 1, true);
+          for (int64_t b0 = lo_min; b0 <= hi; b0 += kBlock) {
+            const int64_t e = std::min(b0 + kBlock, hi + 1);
+            if (stored) rows(b0, e, true);
+            for (int64_t i = 0; i < nt; ++i) {
+              const int64_t pos = start + t0 + i, lo = lo_of(pos), r0 = std::max(b0, lo), r1 = std::min(e, pos + 1);
+              if (r1 <= r0) continue;
+              fast_weighted_sum_group(scores + i * per * span + (r0 - lo), span, per, ptr + (r0 - lo_min), r1 - r0, hd,
+                                      row(out, (t0 + i) * heads + h0), out_stride, /*accumulate=*/r0 > lo);
+            }
           }
         }
   }
 
  protected:
   void reserve_attention(int64_t keys) override {
-    RefBackend<float>::reserve_attention(keys);
+    RefBackend<float>::reserve_attention(keys);  // grows the key capacity geometrically
+    const int64_t cap = static_cast<int64_t>(scores_[0].size());
+    int64_t group = 1;
+    for (const auto& l : s_.layers) group = std::max<int64_t>(group, l.n_heads / std::max<int64_t>(1, l.n_kv_heads));
+    // A work item's scores: tq * G * (keys + tq - 1) floats, which tile_tokens keeps within
+    // kScoreFloats, or G * keys where even one token exceeds it.
+    const int64_t score_floats = std::max(group * cap, std::min(kScoreFloats, kTileTokens * group * (cap + kTileTokens)));
     keys_.resize(scores_.size());
     gscores_.resize(scores_.size());
     decoded_.resize(scores_.size());
-    int64_t group = 1;
-    for (const auto& l : s_.layers) group = std::max<int64_t>(group, l.n_heads / std::max<int64_t>(1, l.n_kv_heads));
     for (size_t i = 0; i < scores_.size(); ++i) {
-      keys_[i].resize(scores_[i].size());
-      gscores_[i].resize(scores_[i].size() * static_cast<size_t>(group));
-      decoded_[i].resize(static_cast<size_t>((kDecodeBlock + group) * max_head_dim_));
+      keys_[i].resize(static_cast<size_t>(std::max<int64_t>(static_cast<int64_t>(keys_[i].size()), cap + kTileTokens)));
+      gscores_[i].resize(static_cast<size_t>(std::max<int64_t>(static_cast<int64_t>(gscores_[i].size()), score_floats)));
+      decoded_[i].resize(static_cast<size_t>((kBlock + 3) * max_head_dim_));
     }
   }
 
  private:
-  // Keys decoded per block of a packed cache (a multiple of 4, fast_scores' group, so that
-  // the scores equal one call over all keys).
-  static constexpr int64_t kDecodeBlock = 1024;
+  // Key and value rows per block: a block of K or V stays in L2 while every token and head
+  // of a work item passes over it (e2b full layers: 128 rows x 512 x 4 B = 256 KiB).
+  static constexpr int64_t kBlock = 128;
+  static constexpr int64_t kTileTokens = 16;
+  static constexpr int64_t kScoreFloats = int64_t{1} << 20;  // per-thread scores of a work item (4 MiB)
+  // Tokens per work item: as many as keep its scores within kScoreFloats.
+  static int64_t tile_tokens(int64_t G, int64_t keys) {
+    return std::clamp<int64_t>(kScoreFloats / (G * (keys + kTileTokens)), 1, kTileTokens);
+  }
 
   // The packed copy of a weight (kernels/fast.h: fast_pack), made at its first use.
   const PackedMatrix* packed(const TensorView& w) {
@@ -133,9 +160,9 @@ class FastBackend final : public RefBackend<float> {
     return it->second.get();
   }
 
-  std::vector<std::vector<const float*>> keys_;  // per thread: key or value rows of a block
-  std::vector<std::vector<float>> gscores_;      // per thread: a group's scores, [heads of the group][keys]
-  std::vector<std::vector<float>> decoded_;      // per thread: kDecodeBlock decoded rows + a group's partial sums
+  std::vector<std::vector<const float*>> keys_;  // per thread: a work item's key or value rows
+  std::vector<std::vector<float>> gscores_;      // per thread: a work item's scores, [tokens][heads][keys]
+  std::vector<std::vector<float>> decoded_;      // per thread: kBlock + 3 decoded rows of a packed cache
   std::unordered_map<const uint8_t*, std::shared_ptr<const PackedMatrix>> packs_;
 };
 

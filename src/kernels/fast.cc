@@ -414,26 +414,28 @@ __attribute__((target("avx2,fma"))) void scores_avx2(const float* q, int64_t q_s
 // Outputs [d0, hd) of the weighted sum, one at a time (head dimensions not a multiple of 64).
 __attribute__((target("avx2,fma"))) void weighted_sum_tail(const float* p, int64_t p_stride, int64_t G,
                                                         const float* const* vals, int64_t n, int64_t d0, int64_t hd,
-                                                        float* out, int64_t out_stride) {
+                                                        float* out, int64_t out_stride, bool acc) {
   for (int64_t g = 0; g < G; ++g)
     for (int64_t d = d0; d < hd; ++d) {
-      float s = 0;
+      float s = acc ? out[g * out_stride + d] : 0.0f;
       for (int64_t j = 0; j < n; ++j) s += p[g * p_stride + j] * vals[j][d];
       out[g * out_stride + d] = s;
     }
 }
 
-// out[g] = sum_j p[g * p_stride + j] * vals[j] for G heads: per 64 outputs, the heads pass
-// over the same value columns one after another (L2-resident after the first).
+// out[g] = sum_j p[g * p_stride + j] * vals[j] for G heads (acc: out[g] + the sum, the chain
+// of additions continued, so rows split over calls give the bits of one call): per 64
+// outputs, the heads pass over the same value columns one after another (L2-resident after
+// the first).
 __attribute__((target("avx2,fma"))) void weighted_sum_avx2(const float* p, int64_t p_stride, int64_t G,
                                                         const float* const* vals, int64_t n, int64_t hd, float* out,
-                                                        int64_t out_stride) {
+                                                        int64_t out_stride, bool acc_in) {
   for (int64_t g = 0; g < G; ++g) {
     const float* pg = p + g * p_stride;
     float* og = out + g * out_stride;
     for (int64_t d = 0; d + 64 <= hd; d += 64) {  // 64 outputs stay in registers over all rows
       __m256 acc[8];
-      for (auto& a : acc) a = _mm256_setzero_ps();
+      for (int k = 0; k < 8; ++k) acc[k] = acc_in ? _mm256_loadu_ps(og + d + 8 * k) : _mm256_setzero_ps();
       for (int64_t j = 0; j < n; ++j) {
         const __m256 pj = _mm256_set1_ps(pg[j]);
         for (int k = 0; k < 8; ++k) acc[k] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vals[j] + d + 8 * k), acc[k]);
@@ -441,7 +443,7 @@ __attribute__((target("avx2,fma"))) void weighted_sum_avx2(const float* p, int64
       for (int k = 0; k < 8; ++k) _mm256_storeu_ps(og + d + 8 * k, acc[k]);
     }
   }
-  weighted_sum_tail(p, p_stride, G, vals, n, hd / 64 * 64, hd, out, out_stride);
+  weighted_sum_tail(p, p_stride, G, vals, n, hd / 64 * 64, hd, out, out_stride, acc_in);
 }
 
 // The same sums with AVX-512: 4 heads at a time take each value row from one load (16
@@ -449,13 +451,14 @@ __attribute__((target("avx2,fma"))) void weighted_sum_avx2(const float* p, int64
 // the additions are those of weighted_sum_avx2 (in row order, fused), so the bits are equal.
 __attribute__((target("avx512f,fma"))) void weighted_sum_avx512(const float* p, int64_t p_stride, int64_t G,
                                                              const float* const* vals, int64_t n, int64_t hd, float* out,
-                                                             int64_t out_stride) {
+                                                             int64_t out_stride, bool acc_in) {
   for (int64_t d = 0; d + 64 <= hd; d += 64)
     for (int64_t g = 0; g < G; g += 4) {
       const int64_t h = std::min<int64_t>(4, G - g);
       __m512 acc[4][4];
-      for (auto& r : acc)
-        for (auto& a : r) a = _mm512_setzero_ps();
+      for (int64_t i = 0; i < 4; ++i)
+        for (int k = 0; k < 4; ++k)
+          acc[i][k] = acc_in && i < h ? _mm512_loadu_ps(out + (g + i) * out_stride + d + 16 * k) : _mm512_setzero_ps();
       for (int64_t j = 0; j < n; ++j) {
         __m512 v[4];
         for (int k = 0; k < 4; ++k) v[k] = _mm512_loadu_ps(vals[j] + d + 16 * k);
@@ -467,7 +470,7 @@ __attribute__((target("avx512f,fma"))) void weighted_sum_avx512(const float* p, 
       for (int64_t i = 0; i < h; ++i)
         for (int k = 0; k < 4; ++k) _mm512_storeu_ps(out + (g + i) * out_stride + d + 16 * k, acc[i][k]);
     }
-  weighted_sum_tail(p, p_stride, G, vals, n, hd / 64 * 64, hd, out, out_stride);
+  weighted_sum_tail(p, p_stride, G, vals, n, hd / 64 * 64, hd, out, out_stride, acc_in);
 }
 #endif
 
@@ -488,14 +491,14 @@ void fast_scores(const float* q, const float* const* keys, int64_t n, int64_t hd
 }
 
 void fast_weighted_sum_group(const float* p, int64_t p_stride, int64_t G, const float* const* vals, int64_t n, int64_t hd,
-                             float* out, int64_t out_stride) {
+                             float* out, int64_t out_stride, bool accumulate) {
 #if defined(__x86_64__)
-  if (vnni(active_isa())) return weighted_sum_avx512(p, p_stride, G, vals, n, hd, out, out_stride);
-  if (active_isa() != Isa::Scalar) return weighted_sum_avx2(p, p_stride, G, vals, n, hd, out, out_stride);
+  if (vnni(active_isa())) return weighted_sum_avx512(p, p_stride, G, vals, n, hd, out, out_stride, accumulate);
+  if (active_isa() != Isa::Scalar) return weighted_sum_avx2(p, p_stride, G, vals, n, hd, out, out_stride, accumulate);
 #endif
   for (int64_t g = 0; g < G; ++g) {
     float* og = out + g * out_stride;
-    std::fill(og, og + hd, 0.0f);
+    if (!accumulate) std::fill(og, og + hd, 0.0f);
     for (int64_t j = 0; j < n; ++j)
       for (int64_t d = 0; d < hd; ++d) og[d] += p[g * p_stride + j] * vals[j][d];
   }

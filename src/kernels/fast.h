@@ -41,11 +41,13 @@ void fast_weighted_sum(const float* p, const float* const* vals, int64_t n, int6
 // The same for G heads that share a KV head (grouped-query attention): head g's query at
 // q + g * q_stride, its scores at scores + g * s_stride (p likewise), its output at
 // out + g * out_stride. Each key and value row is read from memory once for the group;
-// every head's result equals the single-head call's bit for bit.
+// every head's result equals the single-head call's bit for bit. Scores of keys split over
+// calls at multiples of 4 from the first key equal one call's. `accumulate` adds the sum to
+// out, continuing its chain of additions: rows split over calls give one call's bits.
 void fast_scores_group(const float* q, int64_t q_stride, int64_t G, const float* const* keys, int64_t n, int64_t hd,
                        float* scores, int64_t s_stride);
 void fast_weighted_sum_group(const float* p, int64_t p_stride, int64_t G, const float* const* vals, int64_t n, int64_t hd,
-                             float* out, int64_t out_stride);
+                             float* out, int64_t out_stride, bool accumulate = false);
 void fast_gelu_tanh_mul(float* g, const float* u, int64_t n);  // g = gelu_tanh(g) * u
 void fast_softcap(float* x, int64_t n, float c);                // x = c * tanh(x / c)
 
