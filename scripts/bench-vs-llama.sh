@@ -92,6 +92,7 @@ for b in files:
     L = llama(b)
     for test, key in (("pp", "pp_tps"), ("tg", "tg_tps")):
         n = NP if test == "pp" else NG
+        if n == 0: continue  # -p 0 or -n 0: that test was not run
         g = g4("g4", b, key)
         if not g: continue
         l = L.get(test)
