@@ -237,7 +237,7 @@ float dot_f32_scalar(const float* w, const float* x, int64_t n) {
 }
 
 // The kernels of this build, weakest first: x86-64 scalar < avx2 < avx512vnni < amx (VNNI,
-// with AMX bf16 tiles for packed matmuls of 32/64 tokens and more), aarch64 scalar < neon, anything else
+// with AMX bf16 tiles for packed matmuls of 16/32 tokens and more), aarch64 scalar < neon, anything else
 // scalar only. Each one is a superset of the one before.
 enum class Isa { Scalar, Avx2, Avx512Vnni, Amx, Neon };
 

@@ -139,7 +139,7 @@ const char* neon_dot_kind();
 // Packed copies for the AVX-512 VNNI kernels (packed_avx512.cc: the layouts): nullptr where
 // the type has no packed layout; false where the call does not fit the pack.
 std::shared_ptr<PackedMatrix> pack_avx512(const TensorView& w);
-// amx: in calls of 64 tokens or more (K-quants: 32), each 16 tokens go through AMX in bf16
+// amx: in calls of 32 tokens or more (Q4_K, Q6_K: 16), each 16 tokens go through AMX in bf16
 // (where cpu_has_amx()), the rest through VNNI.
 bool matmul_packed_avx512(const PackedMatrix& p, const float* x, int64_t n_tok, int64_t n_in, int64_t n_out, float* y,
                           int64_t row0, bool amx);

@@ -26,12 +26,11 @@
 // AMX (Sapphire Rapids and later), for calls of 32 tokens and more (16 for Q4_K and Q6_K):
 // integer tiles (TDPBSUD) would still need the per-32 scales applied in float after every
 // block, which measured no faster than VNNI; so a pair of groups is dequantized once to bf16
-// (scale, zero point and minimum applied in f32, then rounded to nearest even; the 4-bit types
-// by a vpermps table lookup straight from the packed bytes), the
-// activations are rounded to bf16, and TDPBF16PS accumulates in f32 over the whole row with
-// no per-block step: 2 x 2 tiles of 16 tokens x 16 rows. Its numbers are those of bf16
-// weights and activations, not of q8 activations: the tests bound both paths against the
-// reference.
+// (scale, zero point and minimum applied in f32, then rounded to nearest even; Q4_0, Q4_K and
+// Q8_0 straight from the packed bytes), the activations are rounded to bf16, and TDPBF16PS
+// accumulates in f32 over the whole row with no per-block step: 2 x 2 tiles of 16 tokens x 16
+// rows. Its numbers are those of bf16 weights and activations, not of q8 activations: the
+// tests bound both paths against the reference.
 //
 // x86-64 only (the whole file).
 #if defined(__x86_64__)
@@ -159,6 +158,15 @@ G4_AVX512 inline __m512 f16x16(const uint8_t* p) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
 
+// Sub-block j's scale d * sc and minimum -dmin * m of the 16 rows of a Q4_K/Q5_K unit p
+// (d, mdmin = -dmin: the unit's f16 d and dmin as f32).
+G4_AVX512 inline void kquant_scale_min(const uint8_t* p, int j, __m512 d, __m512 mdmin, __m512& s, __m512& m) {
+  const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2112 + 16 * j));
+  const __m128i mn = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2240 + 16 * j));
+  s = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(sc)));
+  m = _mm512_mul_ps(mdmin, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(mn)));
+}
+
 G4_AVX512 inline __m512i load(const uint8_t* p) {
   _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetch, _MM_HINT_T0);
   return _mm512_loadu_si512(p);
@@ -241,10 +249,8 @@ G4_AVX512 void tile(const uint8_t* group, int64_t n_units, const Acts& a, int64_
             dot[T * (k & 1) + t] = _mm512_dpbusd_epi32(dot[T * (k & 1) + t], w, bcast(x[t] + e0 + 32 * j + 4 * k));
         }
         fold_dot<T>(dot);
-        const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2112 + 16 * j));
-        const __m128i mn = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2240 + 16 * j));
-        const __m512 s = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(sc)));
-        const __m512 m = _mm512_mul_ps(mdmin, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(mn)));
+        __m512 s, m;
+        kquant_scale_min(p, j, d, mdmin, s, m);
         scale_add<T>(dot, s, a, t0, b, acc);
         for (int t = 0; t < T; ++t) acc[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(a.sx[a.at(t0 + t, b)]), acc[t]);
       }
@@ -311,10 +317,10 @@ G4_AVX512 void expand(const uint8_t* group, int64_t n_units, uint8_t* w, float* 
           const __m512i hb = j < 4 ? _mm512_slli_epi16(qh, 4 - j) : _mm512_srli_epi16(qh, j - 4);
           _mm512_storeu_si512(w + 512 * b + 64 * k, _mm512_ternarylogic_epi32(q, hb, _mm512_set1_epi8(0x10), 0xF8));
         }
-        const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2112 + 16 * j));
-        const __m128i mn = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2240 + 16 * j));
-        _mm512_storeu_ps(s + 16 * b, _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(sc))));
-        _mm512_storeu_ps(m + 16 * b, _mm512_mul_ps(mdmin, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(mn))));
+        __m512 sv, mv;
+        kquant_scale_min(p, j, d, mdmin, sv, mv);
+        _mm512_storeu_ps(s + 16 * b, sv);
+        _mm512_storeu_ps(m + 16 * b, mv);
       }
     } else {  // Q6_K: scale group g = 8n + 2i + h holds the vectors k = 4h .. 4h + 3 of (n, i)
       const __m512 d = f16x16(p + 3328);
@@ -419,10 +425,8 @@ G4_AMX void group_bf16(const uint8_t* group, int64_t n_units, uint8_t* w, float*
       const uint8_t* p = group + u * L::kBytes;
       const __m512 d = f16x16(p + 2048), mdmin = _mm512_sub_ps(_mm512_setzero_ps(), f16x16(p + 2080));
       for (int j = 0; j < 8; ++j) {
-        const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2112 + 16 * j));
-        const __m128i mn = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2240 + 16 * j));
-        const __m512 sv = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(sc)));
-        const __m512 mv = _mm512_mul_ps(mdmin, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(mn)));
+        __m512 sv, mv;
+        kquant_scale_min(p, j, d, mdmin, sv, mv);
         for (int k = 0; k < 8; ++k)
           nibble_rows<true>(_mm512_loadu_si512(p + 512 * (j / 2) + 64 * k), 4 * (j % 2), tab, sv, mv,
                             out + 32 * (16 * (8 * u + j) + 2 * k));
