@@ -64,6 +64,7 @@ void shapes(benchmark::internal::Benchmark* b) {
 
 BENCHMARK_CAPTURE(BM_Matmul, Q4_0, g4::DType::Q4_0, false)->Apply(shapes)->UseRealTime()->MinTime(0.3);
 BENCHMARK_CAPTURE(BM_Matmul, Q4_0_packed, g4::DType::Q4_0, true)->Apply(shapes)->UseRealTime()->MinTime(0.3);
+BENCHMARK_CAPTURE(BM_Matmul, Q5_0_packed, g4::DType::Q5_0, true)->Apply(shapes)->UseRealTime()->MinTime(0.3);
 BENCHMARK_CAPTURE(BM_Matmul, Q8_0, g4::DType::Q8_0, false)->Apply(shapes)->UseRealTime()->MinTime(0.3);
 BENCHMARK_CAPTURE(BM_Matmul, Q8_0_packed, g4::DType::Q8_0, true)->Apply(shapes)->UseRealTime()->MinTime(0.3);
 BENCHMARK_CAPTURE(BM_Matmul, Q4_K, g4::DType::Q4_K, false)->Apply(shapes)->UseRealTime()->MinTime(0.3);

@@ -119,8 +119,8 @@ TEST(FastKernels, PackedWeightsEqualThePanelKernelForEveryTokenCount) {
   int64_t compared = 0;
   double worst_amx = 0, worst_vnni = 0;
   for (int64_t in : {512, 544})
-    for (DType t : {DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
-      if (in % 256 && (t != DType::Q4_0 && t != DType::Q8_0)) continue;
+    for (DType t : {DType::Q4_0, DType::Q5_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
+      if (in % 256 && (t != DType::Q4_0 && t != DType::Q5_0 && t != DType::Q8_0)) continue;
       std::vector<float> w(static_cast<size_t>(in * out)), x(static_cast<size_t>(kTok * in));
       for (auto& v : w) v = 0.05f * n(rng);
       for (auto& v : x) v = n(rng);
@@ -154,13 +154,15 @@ TEST(FastKernels, PackedWeightsEqualThePanelKernelForEveryTokenCount) {
         if (!amx) continue;
         std::vector<float> y64(static_cast<size_t>(64 * rows));
         ASSERT_TRUE(fast_matmul_packed(*packed, x.data(), 64, in, rows, y64.data(), row0));
-        // AMX from 16 tokens (Q4_K, Q6_K) or 32 (Q4_0, Q8_0, Q5_K); fewer stay on VNNI's bits.
-        const int64_t amx_from = t == DType::Q4_K || t == DType::Q6_K ? 16 : 32;
+        // AMX in bf16 from 16 tokens (Q4_K, Q6_K), 32 (Q4_0, Q5_0, Q5_K) or 64 (Q8_0); fewer stay on
+        // VNNI's bits (Q8_0 at 16-63 tokens through integer tiles, which keep them too).
+        const int64_t amx_from = t == DType::Q4_K || t == DType::Q6_K ? 16 : t == DType::Q8_0 ? 64 : 32;
         for (int64_t ntok : {16, 19, 32, 35, 64, 67, 96, 99}) {
           std::vector<float> y(static_cast<size_t>(ntok * rows));
           ASSERT_TRUE(fast_matmul_packed(*packed, x.data(), ntok, in, rows, y.data(), row0));
           if (ntok < amx_from) {
-            for (int64_t i = 0; i < ntok * rows; ++i) ASSERT_EQ(y[i], panel[i]) << dtype_name(t) << " below AMX's size, ntok " << ntok;
+            for (int64_t i = 0; i < ntok * rows; ++i)
+              ASSERT_EQ(y[i], panel[i]) << dtype_name(t) << " below AMX's bf16 size, ntok " << ntok << " at " << i;
             continue;
           }
           for (int64_t i = 0; i < std::min<int64_t>(ntok / 16 * 16, 64) * rows; ++i)
@@ -181,7 +183,7 @@ TEST(FastKernels, PackedWeightsEqualThePanelKernelForEveryTokenCount) {
       EXPECT_FALSE(fast_pack(tv)) << "no pack below AVX-512 VNNI";
       fast_force_isa("");
     }
-  std::printf("packed Q4_0/Q8_0/Q4_K/Q5_K/Q6_K: %lld outputs checked; VNNI equal to the panel kernel bit for bit (1..35 "
+  std::printf("packed Q4_0/Q5_0/Q8_0/Q4_K/Q5_K/Q6_K: %lld outputs checked; VNNI equal to the panel kernel bit for bit (1..35 "
               "tokens), NMSE vs the f32 reference %.2e; AMX bf16 tiles (16..99 tokens) %s%.2e (bound 1e-4)\n",
               static_cast<long long>(compared), worst_vnni, amx ? "" : "(no AMX on this CPU) ", worst_amx);
 }

@@ -1,5 +1,5 @@
 // Packed weights for the AVX-512 VNNI kernels (llama.cpp's CPU backend calls this
-// "repacking"): a Q4_0, Q8_0, Q4_K, Q5_K or Q6_K matrix re-laid out once, 16 rows at a time, so
+// "repacking"): a Q4_0, Q5_0, Q8_0, Q4_K, Q5_K or Q6_K matrix re-laid out once, 16 rows at a time, so
 // that one 64-byte vector holds 4 consecutive weights (still in their stored bits) of 16
 // rows. One vpdpbusd against 4 broadcast activation bytes then advances 16 row dots, for
 // decode (one token) and batches alike: nothing is unpacked or transposed per call, and
@@ -10,6 +10,8 @@
 // of ..." below means 64 bytes whose bytes 4r..4r+3 are bytes 4k..4k+3 of row r's field.
 //   Q4_0 unit (288 B = 16 blocks): vectors 0-3 of qs (low nibbles: elements 4k..4k+3, high:
 //        16+4k..), then the 16 f16 scales d.
+//   Q5_0 unit (352 B = 16 blocks): vectors 0-3 of qs as Q4_0; the fifth bits, 4 bytes per row
+//        (Q5_0L: byte i, bit j = element 4j + i); then the 16 f16 d.
 //   Q8_0 unit (544 B): vectors 0-7 of qs XOR 0x80 (int8 + 128), then the 16 f16 d.
 //   Q4_K unit (2368 B, +3% over the blocks): for each 32-byte qs chunk c (0-3) its vectors
 //        0-7 (low nibbles: sub-block 2c, high: 2c+1); d[16] and dmin[16] f16; the 6-bit
@@ -23,14 +25,14 @@
 // fast_avx512.cc: the integer dot, then acc += float(dot) * (s * d) (+ m * sx), in
 // block order, so both give the same bits.
 //
-// AMX (Sapphire Rapids and later), for calls of 32 tokens and more (16 for Q4_K and Q6_K):
-// integer tiles (TDPBSUD) would still need the per-32 scales applied in float after every
-// block, which measured no faster than VNNI; so a pair of groups is dequantized once to bf16
-// (scale, zero point and minimum applied in f32, then rounded to nearest even; Q4_0, Q4_K and
-// Q8_0 straight from the packed bytes), the activations are rounded to bf16, and TDPBF16PS
-// accumulates in f32 over the whole row with no per-block step: 2 x 2 tiles of 16 tokens x 16
-// rows. Its numbers are those of bf16 weights and activations, not of q8 activations: the
-// tests bound both paths against the reference.
+// AMX (Sapphire Rapids and later), for calls of 32 tokens and more (16 for Q4_K and Q6_K, 64
+// for Q8_0): integer tiles (TDPBSUD) need the per-32 scales applied in float after every block,
+// through memory, which beats VNNI only for Q8_0 (16-63 tokens: amx_int8_tile, VNNI's bits); so
+// a pair of groups is dequantized once to bf16 (scale, zero point and minimum applied in f32,
+// then rounded to nearest even; Q4_0, Q5_0, Q4_K and Q8_0 straight from the packed bytes), the
+// activations are rounded to bf16, and TDPBF16PS accumulates in f32 over the whole row with no
+// per-block step: 2 x 2 tiles of 16 tokens x 16 rows. Its numbers are those of bf16 weights and
+// activations, not of q8 activations: the tests bound both paths against the reference.
 //
 // x86-64 only (the whole file).
 #if defined(__x86_64__)
@@ -48,8 +50,12 @@
 #include "kernels/fast_internal.h"
 #include "util/error.h"
 
+// GCC 12 warns that _mm512_undefined_ps, the pass-through of every unmasked conversion, may be
+// used uninitialized: a false positive (it is never read).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 #define G4_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,fma,f16c")))
-#define G4_AMX __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx512vnni,fma,f16c")))
+#define G4_AMX __attribute__((target("amx-tile,amx-int8,amx-bf16,avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx512vnni,fma,f16c")))
 
 namespace g4::fast_detail {
 namespace {
@@ -86,6 +92,7 @@ struct Q4_0L {
   static constexpr int kCols = 32, kBytes = 288, kZeroPoint = 8, kScaleBlock = 32;
   static constexpr int kAmxMinTokens = 32;  // below, dequantizing to bf16 per call costs more than VNNI
   static constexpr bool kMin = false;
+  static constexpr int kInt8TilesBelow = 0;
   // rows[r]: row r's block for this unit.
   static void pack(const uint8_t* const* rows, uint8_t* out) {
     for (int k = 0; k < 4; ++k) interleave(rows, offsetof(block_q4_0, qs) + 4 * k, out + 64 * k);
@@ -93,11 +100,35 @@ struct Q4_0L {
   }
 };
 
+// Q5_0: the Q4_0 nibbles, then the fifth bits transposed so that one shift and a mask put
+// them beside any nibble vector: byte i of row r's word holds in bit j the fifth bit of
+// element 4j + i (vector k's low nibbles take bit k, its high nibbles bit 4 + k).
+struct Q5_0L {
+  static constexpr DType kType = DType::Q5_0;
+  static constexpr int kCols = 32, kBytes = 352, kZeroPoint = 16, kScaleBlock = 32;
+  static constexpr int kAmxMinTokens = 32;
+  static constexpr bool kMin = false;
+  static constexpr int kInt8TilesBelow = 0;
+  static void pack(const uint8_t* const* rows, uint8_t* out) {
+    for (int k = 0; k < 4; ++k) interleave(rows, offsetof(block_q5_0, qs) + 4 * k, out + 64 * k);
+    for (int r = 0; r < kRows; ++r) {
+      const uint32_t qh = rows[r] ? load_qh(rows[r] + offsetof(block_q5_0, qh)) : 0;
+      for (int i = 0; i < 4; ++i) {
+        uint8_t b = 0;
+        for (int j = 0; j < 8; ++j) b = static_cast<uint8_t>(b | (((qh >> (4 * j + i)) & 1) << j));
+        out[256 + 4 * r + i] = b;
+      }
+    }
+    put_f16(rows, offsetof(block_q5_0, d), out + 320);
+  }
+};
+
 struct Q8_0L {
   static constexpr DType kType = DType::Q8_0;
   static constexpr int kCols = 32, kBytes = 544, kZeroPoint = 128, kScaleBlock = 32;
-  static constexpr int kAmxMinTokens = 32;
+  static constexpr int kAmxMinTokens = 16;
   static constexpr bool kMin = false;
+  static constexpr int kInt8TilesBelow = 64;  // AMX in integer tiles below 64 tokens, in bf16 from 64
   static void pack(const uint8_t* const* rows, uint8_t* out) {
     for (int k = 0; k < 8; ++k) interleave(rows, offsetof(block_q8_0, qs) + 4 * k, out + 64 * k, 0x80808080u);
     put_f16(rows, offsetof(block_q8_0, d), out + 512);
@@ -111,6 +142,7 @@ struct KQuantL {
   static constexpr int kCols = 256, kBytes = kUnitBytes, kZeroPoint = 0, kScaleBlock = 32;
   static constexpr int kAmxMinTokens = kT == DType::Q4_K ? 16 : 32;  // Q5_K goes through expand (slower)
   static constexpr bool kMin = true;
+  static constexpr int kInt8TilesBelow = 0;
   static void pack(const uint8_t* const* rows, uint8_t* out) {
     for (int c = 0; c < 4; ++c)
       for (int k = 0; k < 8; ++k) interleave(rows, offsetof(B, qs) + 32 * c + 4 * k, out + 512 * c + 64 * k);
@@ -135,6 +167,7 @@ struct Q6_KL {
   static constexpr int kCols = 256, kBytes = 3360, kZeroPoint = 32, kScaleBlock = 16;
   static constexpr int kAmxMinTokens = 16;
   static constexpr bool kMin = false;
+  static constexpr int kInt8TilesBelow = 0;
   static void pack(const uint8_t* const* rows, uint8_t* out) {
     for (int n = 0; n < 2; ++n)
       for (int h = 0; h < 2; ++h)
@@ -165,6 +198,19 @@ G4_AVX512 inline void kquant_scale_min(const uint8_t* p, int j, __m512 d, __m512
   const __m128i mn = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2240 + 16 * j));
   s = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(sc)));
   m = _mm512_mul_ps(mdmin, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(mn)));
+}
+
+// Vector k of a Q4_0 / Q5_0 unit as bytes: lo the elements 4k .. 4k + 3 of each row, hi the
+// elements 16 + 4k ..; Q5_0 ORs in the fifth bits (qh: the unit's transposed bits).
+template <bool kFive>
+G4_AVX512 inline void small_values(__m512i v, __m512i qh, int k, __m512i& lo, __m512i& hi) {
+  const __m512i nib = _mm512_set1_epi8(0x0f);
+  lo = _mm512_and_si512(v, nib);
+  hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
+  if constexpr (kFive) {  // lo | (qh << 4 - k & 0x10), hi | (qh >> k & 0x10)
+    lo = _mm512_ternarylogic_epi32(lo, _mm512_slli_epi16(qh, 4 - k), _mm512_set1_epi8(0x10), 0xF8);
+    hi = _mm512_ternarylogic_epi32(hi, _mm512_srli_epi16(qh, k), _mm512_set1_epi8(0x10), 0xF8);
+  }
 }
 
 G4_AVX512 inline __m512i load(const uint8_t* p) {
@@ -208,19 +254,22 @@ G4_AVX512 void tile(const uint8_t* group, int64_t n_units, const Acts& a, int64_
   for (int64_t u = 0; u < n_units; ++u) {
     const uint8_t* p = group + u * L::kBytes;
     const int64_t e0 = u * L::kCols;  // first column of the unit
-    if constexpr (L::kType == DType::Q4_0) {
+    if constexpr (L::kType == DType::Q4_0 || L::kType == DType::Q5_0) {
       init_dot<T>(dot, a, t0, u);
+      constexpr bool five = L::kType == DType::Q5_0;
+      const __m512i qh = five ? load(p + 256) : _mm512_setzero_si512();
       for (int k = 0; k < 4; ++k) {
-        const __m512i v = load(p + 64 * k);
-        const __m512i lo = _mm512_and_si512(v, nib), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
+        __m512i lo, hi;
+        small_values<five>(load(p + 64 * k), qh, k, lo, hi);
         for (int t = 0; t < T; ++t) {
           dot[t] = _mm512_dpbusd_epi32(dot[t], lo, bcast(x[t] + e0 + 4 * k));
           dot[T + t] = _mm512_dpbusd_epi32(dot[T + t], hi, bcast(x[t] + e0 + 16 + 4 * k));
         }
       }
-      _mm_prefetch(reinterpret_cast<const char*>(p) + 256 + kPrefetch, _MM_HINT_T0);
+      constexpr int scales = five ? 320 : 256;
+      _mm_prefetch(reinterpret_cast<const char*>(p) + scales + kPrefetch, _MM_HINT_T0);
       fold_dot<T>(dot);
-      scale_add<T>(dot, f16x16(p + 256), a, t0, u, acc);
+      scale_add<T>(dot, f16x16(p + scales), a, t0, u, acc);
     } else if constexpr (L::kType == DType::Q8_0) {
       init_dot<T>(dot, a, t0, u);
       for (int k = 0; k < 8; ++k) {
@@ -391,13 +440,17 @@ G4_AMX void to_bf16(const uint8_t* w, const float* s, const float* m, int64_t nb
 
 // Rows 2k + jp (jp = 0, 1) of a 32-weight block in bf16 from vector k of 4-bit values at
 // bit `sh` of each byte: (tab[q] = q - zp) * s (+ m). vpermps reads the low 4 bits of each
-// lane, so a shift picks the nibble and no mask or conversion is needed.
-template <bool kMin>
-G4_AMX inline void nibble_rows(__m512i v, int sh, __m512 tab, __m512 sv, __m512 mv, uint16_t* out) {
+// lane, so a shift picks the nibble and no mask or conversion is needed. With tab2 (5-bit
+// values, bits above them clear), vpermt2ps reads 5 bits from the tables tab, tab2.
+template <bool kMin, bool kFive = false>
+G4_AMX inline void nibble_rows(__m512i v, int sh, __m512 tab, __m512 sv, __m512 mv, uint16_t* out,
+                               __m512 tab2 = _mm512_setzero_ps()) {
   for (int jp = 0; jp < 2; ++jp) {
     __m512 f[2];
     for (int j = 0; j < 2; ++j) {
-      f[j] = _mm512_mul_ps(sv, _mm512_permutexvar_ps(_mm512_srli_epi32(v, 16 * jp + 8 * j + sh), tab));
+      const __m512i idx = _mm512_srli_epi32(v, 16 * jp + 8 * j + sh);
+      const __m512 q = kFive ? _mm512_permutex2var_ps(tab, idx, tab2) : _mm512_permutexvar_ps(idx, tab);
+      f[j] = _mm512_mul_ps(sv, q);
       if constexpr (kMin) f[j] = _mm512_add_ps(f[j], mv);
     }
     _mm512_storeu_si512(out + 32 * jp, bf16_pairs(f[0], f[1]));
@@ -417,6 +470,20 @@ G4_AMX void group_bf16(const uint8_t* group, int64_t n_units, uint8_t* w, float*
         const __m512i v = _mm512_loadu_si512(p + 64 * k);
         nibble_rows<false>(v, 0, tab, sv, sv, out + 32 * (16 * u + 2 * k));      // elements 4k ..
         nibble_rows<false>(v, 4, tab, sv, sv, out + 32 * (16 * u + 8 + 2 * k));  // elements 16 + 4k ..
+      }
+    }
+  } else if constexpr (L::kType == DType::Q5_0) {
+    const __m512 tab = _mm512_setr_ps(-16, -15, -14, -13, -12, -11, -10, -9, -8, -7, -6, -5, -4, -3, -2, -1);
+    const __m512 tab2 = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    for (int64_t u = 0; u < n_units; ++u) {
+      const uint8_t* p = group + u * L::kBytes;
+      const __m512 sv = f16x16(p + 320);
+      const __m512i qh = _mm512_loadu_si512(p + 256);
+      for (int k = 0; k < 4; ++k) {
+        __m512i lo, hi;
+        small_values<true>(_mm512_loadu_si512(p + 64 * k), qh, k, lo, hi);
+        nibble_rows<false, true>(lo, 0, tab, sv, sv, out + 32 * (16 * u + 2 * k), tab2);
+        nibble_rows<false, true>(hi, 0, tab, sv, sv, out + 32 * (16 * u + 8 + 2 * k), tab2);
       }
     }
   } else if constexpr (L::kType == DType::Q4_K) {
@@ -505,11 +572,104 @@ G4_AMX void amx_bf16_2x2(const uint16_t* const a[2], const uint16_t* const b[2],
   if (a[1] && b[1]) _tile_stored(7, c[1][1], stride_c);
 }
 
+// --- AMX int8 (Q8_0 at 16-63 tokens) ---
+// Q8_0's packed vectors 0-7 (the int8 values + 128, vector k: weights 4k .. 4k + 3 of 16 rows)
+// are as they stand a TDPBSUD B tile of one block. Measured, 6144 x 1536, 1 thread, ms VNNI /
+// int8 tiles / bf16 tiles: 16 tokens 1.55 / 0.59-0.65 / 1.08, 32 3.19 / 1.24 / 1.36, 64 6.88 /
+// 2.43 / 1.51. (Q4_0 and Q5_0 at 16 tokens: VNNI 0.69 and 0.74, int8 tiles on bytes expanded
+// per group 0.97 and 1.15: VNNI keeps them.) Per block the C tile goes through memory to be
+// scaled, which bounds this path; bf16 tiles need no per-block step and win from 64 tokens.
+// The tile registers: A (0, 1) 16 tokens x 32 int8 activations (one block), B (2, 3) the block's
+// 32 weights of 16 rows as 8 rows of 16 x 4 unsigned bytes, C (4, 5) 16 tokens x 16 int32 dots.
+G4_AMX void amx_configure_int8() {
+  TileConfig c;
+  for (int i = 0; i < 6; ++i) {
+    c.rows[i] = i == 2 || i == 3 ? 8 : 16;
+    c.colsb[i] = i < 2 ? 32 : 64;
+  }
+  __asm__ __volatile__("" : : "r"(&c) : "memory");
+  _tile_loadconfig(&c);
+}
+
+// acc[t] += float(C row t + corr) * (s * d[t, u]) from a stored C tile: the tile kernel's
+// scale_add on the same integer dots, so the bits are VNNI's.
+G4_AMX inline void int8_block_add(const int32_t* c, const uint8_t* p_scales, const Acts& a, int64_t t0, int64_t u,
+                                  __m512* acc) {
+  const __m512 s = f16x16(p_scales);
+  for (int t = 0; t < 16; ++t) {
+    const __m512i dot = _mm512_add_epi32(_mm512_load_si512(c + 16 * t), _mm512_set1_epi32(a.corr[a.at(t0 + t, u)]));
+    const __m512 scale = _mm512_mul_ps(s, _mm512_set1_ps(a.d[a.at(t0 + t, u)]));
+    acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[t]);
+  }
+}
+
+// out[t * 16 + r] = row r of the Q8_0 group . token t0 + t (16 tokens): one TDPBSUD per block
+// of 32 (q8 activations x the stored weights + 128), its C tile stored and scaled in f32 as
+// VNNI does.
+G4_AMX void amx_int8_tile(const uint8_t* group, int64_t n_units, const Acts& a, int64_t t0, float* out) {
+  using L = Q8_0L;
+  alignas(64) int32_t c[2][256];
+  __m512 acc[16];
+  for (auto& v : acc) v = _mm512_setzero_ps();
+  const int8_t* x = a.tok(t0);
+  const int64_t stride = a.n_in;
+  // Software-pipelined: block u + 1's product is issued before block u's tile is stored, so the
+  // tile unit's latency overlaps (a plain loop measured latency-bound on the tile instructions).
+#define G4_INT8_DOT(A, B, C, u)                 \
+  _tile_zero(C);                                \
+  _tile_loadd(A, x + 32 * (u), stride);         \
+  _tile_loadd(B, group + (u) * L::kBytes, 64);  \
+  _tile_dpbsud(C, A, B)
+#define G4_INT8_ADD(C, i, u)                                                    \
+  _tile_stored(C, c[i], 64);                                                    \
+  __asm__ __volatile__("" ::: "memory"); /* GCC's tilestored does not say it writes memory */ \
+  int8_block_add(c[i], group + (u) * L::kBytes + 512, a, t0, u, acc)
+  G4_INT8_DOT(0, 2, 4, 0);
+  int64_t u = 0;
+  for (; u + 2 < n_units; u += 2) {
+    G4_INT8_DOT(1, 3, 5, u + 1);
+    G4_INT8_ADD(4, 0, u);
+    G4_INT8_DOT(0, 2, 4, u + 2);
+    G4_INT8_ADD(5, 1, u + 1);
+  }
+  if (u + 1 < n_units) {
+    G4_INT8_DOT(1, 3, 5, u + 1);
+    G4_INT8_ADD(4, 0, u);
+    G4_INT8_ADD(5, 1, u + 1);
+  } else {
+    G4_INT8_ADD(4, 0, u);
+  }
+#undef G4_INT8_DOT
+#undef G4_INT8_ADD
+  for (int t = 0; t < 16; ++t) _mm512_storeu_ps(out + 16 * t, acc[t]);
+}
+
+// Tokens [0, n_amx) (a multiple of 16) x every group of a Q8_0 matrix through amx_int8_tile,
+// on the q8 activations a of all the call's tokens.
+void run_amx_int8(const PackedMatrix& p, const Acts& a, int64_t n_amx, int64_t n_out, float* y, int64_t row0) {
+  const int64_t n_units = p.cols / Q8_0L::kCols, g0 = row0 / kRows, n_groups = (n_out + kRows - 1) / kRows;
+#pragma omp parallel
+  {
+    amx_configure_int8();
+    alignas(64) float out[16 * kRows];
+#pragma omp for schedule(static)
+    for (int64_t gi = 0; gi < n_groups; ++gi) {
+      const uint8_t* group = p.data.get() + (g0 + gi) * p.group_bytes;
+      const int64_t first = gi * kRows, rows = std::min<int64_t>(kRows, n_out - first);
+      for (int64_t t = 0; t < n_amx; t += 16) {
+        amx_int8_tile(group, n_units, a, t, out);
+        for (int k = 0; k < 16; ++k) std::memcpy(y + (t + k) * n_out + first, out + kRows * k, static_cast<size_t>(rows) * 4);
+      }
+    }
+    amx_release();
+  }
+}
+
 // AMX-TILE, AMX-BF16 and AVX512-BF16 in CPUID, and Linux's permission to use the tile data
 // (without it the first tile instruction faults).
 bool amx_usable() {
   unsigned a, b, c, d;
-  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 24)) || !(d & (1u << 22))) return false;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 24)) || !(d & (1u << 22)) || !(d & (1u << 25))) return false;
   if (!__get_cpuid_count(7, 1, &a, &b, &c, &d) || !(a & (1u << 5))) return false;
   constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
   return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
@@ -617,10 +777,21 @@ bool matmul(const PackedMatrix& p, const float* x, int64_t n_tok, int64_t n_in, 
             bool amx) {
   // AMX takes each 16 tokens on the full groups of 16 rows; VNNI the other tokens, and every
   // token on a last partial group, on q8 activations of just the tokens it takes. Below
-  // kAmxMinTokens VNNI takes all. Measured, 6144x1536, 1 thread, ms VNNI / AMX: Q4_0 at 16
-  // tokens 0.69 / 1.06, at 32 1.35-1.43 / 1.04-1.41, at 128 5.4 / 3.5; Q8_0 at 16 1.57 / 1.71,
-  // at 32 3.16 / 1.67; Q4_K at 16 1.95 / 1.52; Q6_K at 16 2.38 / 1.89.
-  const int64_t n_full = n_out / kRows, n_amx = amx && n_full && n_tok >= L::kAmxMinTokens ? n_tok / 16 * 16 : 0;
+  // kAmxMinTokens VNNI takes all. Measured, 6144x1536, 1 thread, ms VNNI / AMX bf16: Q4_0 at 16
+  // tokens 0.69 / 0.97, at 32 1.48 / 1.00, at 128 5.3 / 3.1; Q5_0 at 16 0.74 / 1.02, at 32
+  // 1.51 / 1.08; Q4_K at 16 1.95 / 1.52; Q6_K at 16 2.38 / 1.89 (Q8_0: amx_int8_tile).
+  if constexpr (L::kInt8TilesBelow > 0) {
+    if (amx && n_tok >= L::kAmxMinTokens && n_tok < L::kInt8TilesBelow) {  // VNNI's bits for every token
+      Acts& acts = scratch().acts;
+      quantize_acts(x, n_tok, n_in, L::kZeroPoint, L::kScaleBlock, L::kMin, quantize_block_avx2, acts);
+      const int64_t n_amx = n_tok / 16 * 16;
+      run_amx_int8(p, acts, n_amx, n_out, y, row0);
+      if (n_amx < n_tok) run<L>(p, acts, 0, n_amx, n_tok, 0, n_out, y, row0);
+      return true;
+    }
+  }
+  const int64_t min_tokens = std::max(L::kAmxMinTokens, L::kInt8TilesBelow);
+  const int64_t n_full = n_out / kRows, n_amx = amx && n_full && n_tok >= min_tokens ? n_tok / 16 * 16 : 0;
   const bool partial = n_full * kRows < n_out;
   if (n_amx) run_amx<L>(p, x, n_amx, n_out, y, row0);
   const int64_t a0 = partial ? 0 : n_amx;
@@ -639,6 +810,7 @@ std::shared_ptr<PackedMatrix> pack_avx512(const TensorView& w) {
   const int64_t cols = w.shape.back(), rows = w.numel() / cols;
   switch (w.dtype) {
     case DType::Q4_0: return cols % Q4_0L::kCols ? nullptr : pack<Q4_0L>(w, rows, cols);
+    case DType::Q5_0: return cols % Q5_0L::kCols ? nullptr : pack<Q5_0L>(w, rows, cols);
     case DType::Q8_0: return cols % Q8_0L::kCols ? nullptr : pack<Q8_0L>(w, rows, cols);
     case DType::Q4_K: return cols % Q4_KL::kCols ? nullptr : pack<Q4_KL>(w, rows, cols);
     case DType::Q5_K: return cols % Q5_KL::kCols ? nullptr : pack<Q5_KL>(w, rows, cols);
@@ -658,6 +830,7 @@ bool matmul_packed_avx512(const PackedMatrix& p, const float* x, int64_t n_tok, 
   if (n_in != p.cols || row0 % kRows != 0 || row0 < 0 || row0 + n_out > p.rows || n_tok < 1) return false;
   switch (p.type) {
     case DType::Q4_0: return matmul<Q4_0L>(p, x, n_tok, n_in, n_out, y, row0, amx);
+    case DType::Q5_0: return matmul<Q5_0L>(p, x, n_tok, n_in, n_out, y, row0, amx);
     case DType::Q8_0: return matmul<Q8_0L>(p, x, n_tok, n_in, n_out, y, row0, amx);
     case DType::Q4_K: return matmul<Q4_KL>(p, x, n_tok, n_in, n_out, y, row0, amx);
     case DType::Q5_K: return matmul<Q5_KL>(p, x, n_tok, n_in, n_out, y, row0, amx);
