@@ -102,6 +102,41 @@ TEST(FastKernels, EveryTypeMatchesTheReferenceMatmul) {
   fast_force_isa("");
 }
 
+// Float weights on AVX-512 (4 rows x 4 tokens per pass) give dot_f32_avx2's bits for every
+// row and token count, so a token's result does not depend on the batch it came in.
+TEST(FastKernels, FloatWeightsOnAvx512EqualAvx2BitForBit) {
+  const auto isas = fast_available_isas();
+  if (std::find(isas.begin(), isas.end(), "avx512vnni") == isas.end()) GTEST_SKIP() << "no AVX-512 on this CPU";
+  std::mt19937 rng(11);
+  std::normal_distribution<float> n(0, 1);
+  int64_t compared = 0;
+  for (int64_t in : {1536, 40, 7})  // whole 16-float steps, and tails of 8 and 7
+    for (DType t : {DType::F32, DType::F16, DType::BF16}) {
+      const int64_t out = 23;  // blocks of 4 rows and a remainder of 3
+      std::vector<float> w(static_cast<size_t>(in * out)), x(static_cast<size_t>(9 * in));
+      for (auto& v : w) v = n(rng);
+      for (auto& v : x) v = n(rng);
+      auto bytes = quantize_rows(t, w.data(), out, in);
+      TensorView tv;
+      tv.name = "w";
+      tv.dtype = t;
+      tv.shape = {out, in};
+      tv.data = bytes.data();
+      tv.nbytes = static_cast<int64_t>(bytes.size());
+      for (int64_t ntok = 1; ntok <= 9; ++ntok) {
+        std::vector<float> a(static_cast<size_t>(ntok * out)), b(a.size());
+        fast_force_isa("avx2");
+        fast_matmul(tv, x.data(), ntok, in, out, a.data());
+        fast_force_isa("avx512vnni");
+        fast_matmul(tv, x.data(), ntok, in, out, b.data());
+        fast_force_isa("");
+        for (size_t i = 0; i < a.size(); ++i) ASSERT_EQ(a[i], b[i]) << dtype_name(t) << " in " << in << " ntok " << ntok << " at " << i;
+        compared += static_cast<int64_t>(a.size());
+      }
+    }
+  std::printf("float weights: %lld outputs of the AVX-512 kernel equal to AVX2's bit for bit\n", static_cast<long long>(compared));
+}
+
 // Packed weights (fast_pack) through VNNI: the same bits as the unpacked panel kernel (which
 // runs for 4 tokens and more) for every token count, so decode, batches and prefill agree, and
 // a row's result does not depend on which tokens share its call; expert slices (row0) too.

@@ -223,9 +223,7 @@ __attribute__((target("avx2,fma"))) float dot_f32_avx2(const float* w, const flo
     a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
     a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
   }
-  float s = hsum256(_mm256_add_ps(a0, a1));
-  for (; i < n; ++i) s += w[i] * x[i];
-  return s;
+  return dot_tail(w, x, i, n, hsum256(_mm256_add_ps(a0, a1)));
 }
 
 #endif
@@ -574,6 +572,12 @@ void fast_matmul(const TensorView& w, const float* x, int64_t n_tok, int64_t n_i
             rows[r] = buf + r * n_in;
           }
         }
+#if defined(__x86_64__)
+        if (vnni(isa)) {
+          f32_rows_avx512(rows, nr, x, n_tok, n_in, y + o0, n_out);
+          continue;
+        }
+#endif
         for (int64_t t = 0; t < n_tok; ++t)
           for (int64_t r = 0; r < nr; ++r) {
 #if defined(__x86_64__)

@@ -331,7 +331,58 @@ PanelTile panel_tile_for(int bs, bool min) {
   return min ? panel_tile<32, true> : panel_tile<32, false>;
 }
 
+// acc[r][t] over whole 16-float steps of rows r and tokens t; lanes 0-7 of a zmm accumulator
+// are dot_f32_avx2's a0 and lanes 8-15 its a1, so the sums are that function's bits.
+template <int R, int T>
+G4_AVX512 void f32_block(const float* const* rows, const float* x, int64_t n_in, float* y, int64_t y_stride) {
+  __m512 acc[R][T];
+  for (auto& ar : acc)
+    for (auto& v : ar) v = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n_in; i += 16) {
+    __m512 w[R];
+    for (int r = 0; r < R; ++r) w[r] = _mm512_loadu_ps(rows[r] + i);
+    for (int t = 0; t < T; ++t) {
+      const __m512 xv = _mm512_loadu_ps(x + t * n_in + i);
+      for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(w[r], xv, acc[r][t]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) {
+      const __m256 lo = _mm512_castps512_ps256(acc[r][t]), hi = _mm512_extractf32x8_ps(acc[r][t], 1);
+      y[t * y_stride + r] = dot_tail(rows[r], x + t * n_in, i, n_in, hsum256(_mm256_add_ps(lo, hi)));
+    }
+}
+
+template <int R>
+void f32_block_t(int t, const float* const* rows, const float* x, int64_t n_in, float* y, int64_t y_stride) {
+  switch (t) {
+    case 1: return f32_block<R, 1>(rows, x, n_in, y, y_stride);
+    case 2: return f32_block<R, 2>(rows, x, n_in, y, y_stride);
+    case 3: return f32_block<R, 3>(rows, x, n_in, y, y_stride);
+    default: return f32_block<R, 4>(rows, x, n_in, y, y_stride);
+  }
+}
+
 }  // namespace
+
+void f32_rows_avx512(const float* const* rows, int64_t n_rows, const float* x, int64_t n_tok, int64_t n_in, float* y,
+                     int64_t y_stride) {
+  // 4 rows x 4 tokens per pass: 16 accumulators, 8 loads per 16 FMAs.
+  for (int64_t r = 0; r < n_rows; r += 4)
+    for (int64_t t = 0; t < n_tok; t += 4) {
+      const int nt = static_cast<int>(std::min<int64_t>(4, n_tok - t));
+      const float* const* rr = rows + r;
+      const float* xt = x + t * n_in;
+      float* yt = y + t * y_stride + r;
+      switch (std::min<int64_t>(4, n_rows - r)) {
+        case 1: f32_block_t<1>(nt, rr, xt, n_in, yt, y_stride); break;
+        case 2: f32_block_t<2>(nt, rr, xt, n_in, yt, y_stride); break;
+        case 3: f32_block_t<3>(nt, rr, xt, n_in, yt, y_stride); break;
+        default: f32_block_t<4>(nt, rr, xt, n_in, yt, y_stride); break;
+      }
+    }
+}
 
 bool cpu_has_avx512_vnni() {
   __builtin_cpu_init();

@@ -5,6 +5,7 @@
 #include <immintrin.h>
 #endif
 
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
@@ -37,6 +38,13 @@ __attribute__((target("avx2,fma"))) inline float hsum256(__m256 v) {
   return _mm_cvtss_f32(lo);
 }
 #endif
+
+// The last n - i products of a float dot, fused (std::fma), so that every kernel that ends a
+// dot here rounds them alike whatever the compiler contracts elsewhere.
+inline float dot_tail(const float* w, const float* x, int64_t i, int64_t n, float s) {
+  for (; i < n; ++i) s = std::fma(w[i], x[i], s);
+  return s;
+}
 
 // The quantized weight types the integer kernels know.
 constexpr bool is_quantized(DType t) {
@@ -128,6 +136,10 @@ bool matmul_avx2(const TensorView& w, const float* x, int64_t n_tok, int64_t n_i
 bool matmul_avx512_vnni(const TensorView& w, const float* x, int64_t n_tok, int64_t n_in, int64_t n_out, float* y,
                         int64_t row0);
 bool cpu_has_avx512_vnni();
+// y[t * y_stride + r] = rows[r] . x[t] for float rows (n_rows, n_tok any): dot_f32_avx2's bits,
+// 4 rows x 4 tokens per pass.
+void f32_rows_avx512(const float* const* rows, int64_t n_rows, const float* x, int64_t n_tok, int64_t n_in, float* y,
+                     int64_t y_stride);
 #endif
 #if defined(__aarch64__)
 bool matmul_neon(const TensorView& w, const float* x, int64_t n_tok, int64_t n_in, int64_t n_out, float* y, int64_t row0);
