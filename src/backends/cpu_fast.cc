@@ -29,11 +29,13 @@ class FastBackend final : public RefBackend<float> {
       return;
     fast_matmul(w, row(x, 0), x.rows, x.cols, y.cols, row(y, 0), row0);
   }
+  // Element-wise: rows split over the threads change no bits.
   void gelu_mul(const View& g, const View& u) override {
-    if (g.stride == g.cols && u.stride == u.cols) return fast_gelu_tanh_mul(row(g, 0), row(u, 0), g.numel());
+#pragma omp parallel for schedule(static) if (g.rows >= 2 && g.numel() >= 65536)
     for (int64_t r = 0; r < g.rows; ++r) fast_gelu_tanh_mul(row(g, r), row(u, r), g.cols);
   }
   void softcap(const View& x, double c) override {
+#pragma omp parallel for schedule(static) if (x.rows >= 2)
     for (int64_t r = 0; r < x.rows; ++r) fast_softcap(row(x, r), x.cols, static_cast<float>(c));
   }
 

@@ -73,6 +73,8 @@ class RefBackend : public Backend {
   }
   void rms_norm(const View& x, const TensorView* w, double eps, const View& out) override {
     const T* wv = w ? constant(*w) : nullptr;
+    // Rows are independent: threads change no bits (a prefill step has thousands of rows).
+#pragma omp parallel for schedule(static) if (x.rows >= 32)
     for (int64_t r = 0; r < x.rows; ++r) {
       if constexpr (std::is_same_v<T, double>) {
         if (f32_islands_) {
@@ -90,20 +92,28 @@ class RefBackend : public Backend {
   }
   // NEOX (rotate-half) RoPE. Angles are float32 products as in HF; cos/sin are rounded
   // to float32, then widened.
+  // The angles of a position are computed once for all its heads (the rows of one token).
   void rope(int layer, const View& x, int64_t heads, int64_t pos0) override {
     const std::vector<float>& f = inv_freq_[layer];
     const int64_t half = x.cols / 2;
-    for (int64_t r = 0; r < x.rows; ++r) {
-      T* v = row(x, r);
-      const int64_t pos = pos0 + r / heads;
+    if (half > kMaxRopeHalf) fail("rope: head dimension {} is above {}", x.cols, 2 * kMaxRopeHalf);
+#pragma omp parallel for schedule(static) if (x.rows >= 64)
+    for (int64_t t = 0; t < (x.rows + heads - 1) / heads; ++t) {
+      const float pos = static_cast<float>(pos0 + t);
+      T cs[kMaxRopeHalf], sn[kMaxRopeHalf];
       for (int64_t j = 0; j < half; ++j) {
-        if (f[j] == 0.0f) continue;  // identity pair
-        const float angle = f[j] * static_cast<float>(pos);
-        const T cs = static_cast<float>(std::cos(static_cast<double>(angle)));
-        const T sn = static_cast<float>(std::sin(static_cast<double>(angle)));
-        const T a = v[j], b = v[j + half];
-        v[j] = a * cs - b * sn;
-        v[j + half] = b * cs + a * sn;
+        const float angle = f[j] * pos;
+        cs[j] = static_cast<float>(std::cos(static_cast<double>(angle)));
+        sn[j] = static_cast<float>(std::sin(static_cast<double>(angle)));
+      }
+      for (int64_t r = t * heads; r < std::min(x.rows, (t + 1) * heads); ++r) {
+        T* v = row(x, r);
+        for (int64_t j = 0; j < half; ++j) {
+          if (f[j] == 0.0f) continue;  // identity pair
+          const T a = v[j], b = v[j + half];
+          v[j] = a * cs[j] - b * sn[j];
+          v[j + half] = b * cs[j] + a * sn[j];
+        }
       }
     }
   }
@@ -348,6 +358,7 @@ class RefBackend : public Backend {
   std::vector<std::vector<T>> scores_;
   std::vector<std::vector<T>> qround_;  // per-thread Q row rounded to f16 (emulation)
   int64_t max_head_dim_ = 0;
+  static constexpr int64_t kMaxRopeHalf = 512;  // head dimensions up to 1024 (Gemma 4: 256 and 512)
 };
 
 }  // namespace g4
