@@ -190,7 +190,7 @@ TEST(FastKernels, PackedWeightsEqualThePanelKernelForEveryTokenCount) {
         std::vector<float> y64(static_cast<size_t>(64 * rows));
         ASSERT_TRUE(fast_matmul_packed(*packed, x.data(), 64, in, rows, y64.data(), row0));
         // AMX in bf16 from 16 tokens (Q4_K, Q6_K), 32 (Q4_0, Q5_0, Q5_K) or 64 (Q8_0); fewer stay on
-        // VNNI's bits (Q8_0 at 16-63 tokens through integer tiles, which keep them too).
+        // VNNI's bits (Q4_0 at 16-31 and Q8_0 at 16-63 tokens through integer tiles, which keep them too).
         const int64_t amx_from = t == DType::Q4_K || t == DType::Q6_K ? 16 : t == DType::Q8_0 ? 64 : 32;
         for (int64_t ntok : {16, 19, 32, 35, 64, 67, 96, 99}) {
           std::vector<float> y(static_cast<size_t>(ntok * rows));

@@ -25,14 +25,15 @@
 // fast_avx512.cc: the integer dot, then acc += float(dot) * (s * d) (+ m * sx), in
 // block order, so both give the same bits.
 //
-// AMX (Sapphire Rapids and later), for calls of 32 tokens and more (16 for Q4_K and Q6_K, 64
-// for Q8_0): integer tiles (TDPBSUD) need the per-32 scales applied in float after every block,
-// through memory, which beats VNNI only for Q8_0 (16-63 tokens: amx_int8_tile, VNNI's bits); so
-// a pair of groups is dequantized once to bf16 (scale, zero point and minimum applied in f32,
-// then rounded to nearest even; Q4_0, Q5_0, Q4_K and Q8_0 straight from the packed bytes), the
-// activations are rounded to bf16, and TDPBF16PS accumulates in f32 over the whole row with no
-// per-block step: 2 x 2 tiles of 16 tokens x 16 rows. Its numbers are those of bf16 weights and
-// activations, not of q8 activations: the tests bound both paths against the reference.
+// AMX (Sapphire Rapids and later), for calls of 16 tokens and more (32 for Q5_0 and Q5_K):
+// integer tiles (TDPBSUD) need the per-32 scales applied in f32 after every block, through
+// memory, which beats VNNI for Q4_0 at 16-31 tokens and Q8_0 at 16-63 (amx_int8_tile: VNNI's
+// bits); larger calls (and Q4_K, Q5_K, Q5_0, Q6_K) dequantize a pair of groups once to bf16
+// (scale, zero point and minimum applied in f32, then rounded to nearest even; Q4_0, Q5_0, Q4_K
+// and Q8_0 straight from the packed bytes), round the activations to bf16, and TDPBF16PS
+// accumulates in f32 over the whole row with no per-block step: 2 x 2 tiles of 16 tokens x 16
+// rows. Those numbers are bf16 weights' and activations', not q8 activations': the tests
+// bound both paths against the reference.
 //
 // x86-64 only (the whole file).
 #if defined(__x86_64__)
@@ -89,10 +90,10 @@ void put_f16(const uint8_t* const* rows, int64_t off, uint8_t* out) {
 
 struct Q4_0L {
   static constexpr DType kType = DType::Q4_0;
-  static constexpr int kCols = 32, kBytes = 288, kZeroPoint = 8, kScaleBlock = 32;
-  static constexpr int kAmxMinTokens = 32;  // below, dequantizing to bf16 per call costs more than VNNI
+  static constexpr int kCols = 32, kBytes = 288, kZeroPoint = 8, kScaleBlock = 32, kScales = 256;
+  static constexpr int kAmxMinTokens = 16;
   static constexpr bool kMin = false;
-  static constexpr int kInt8TilesBelow = 0;
+  static constexpr int kInt8TilesBelow = 32;  // AMX in integer tiles below 32 tokens, in bf16 from 32
   // rows[r]: row r's block for this unit.
   static void pack(const uint8_t* const* rows, uint8_t* out) {
     for (int k = 0; k < 4; ++k) interleave(rows, offsetof(block_q4_0, qs) + 4 * k, out + 64 * k);
@@ -105,7 +106,7 @@ struct Q4_0L {
 // element 4j + i (vector k's low nibbles take bit k, its high nibbles bit 4 + k).
 struct Q5_0L {
   static constexpr DType kType = DType::Q5_0;
-  static constexpr int kCols = 32, kBytes = 352, kZeroPoint = 16, kScaleBlock = 32;
+  static constexpr int kCols = 32, kBytes = 352, kZeroPoint = 16, kScaleBlock = 32, kScales = 320;
   static constexpr int kAmxMinTokens = 32;
   static constexpr bool kMin = false;
   static constexpr int kInt8TilesBelow = 0;
@@ -125,7 +126,7 @@ struct Q5_0L {
 
 struct Q8_0L {
   static constexpr DType kType = DType::Q8_0;
-  static constexpr int kCols = 32, kBytes = 544, kZeroPoint = 128, kScaleBlock = 32;
+  static constexpr int kCols = 32, kBytes = 544, kZeroPoint = 128, kScaleBlock = 32, kScales = 512;
   static constexpr int kAmxMinTokens = 16;
   static constexpr bool kMin = false;
   static constexpr int kInt8TilesBelow = 64;  // AMX in integer tiles below 64 tokens, in bf16 from 64
@@ -572,13 +573,15 @@ G4_AMX void amx_bf16_2x2(const uint16_t* const a[2], const uint16_t* const b[2],
   if (a[1] && b[1]) _tile_stored(7, c[1][1], stride_c);
 }
 
-// --- AMX int8 (Q8_0 at 16-63 tokens) ---
-// Q8_0's packed vectors 0-7 (the int8 values + 128, vector k: weights 4k .. 4k + 3 of 16 rows)
-// are as they stand a TDPBSUD B tile of one block. Measured, 6144 x 1536, 1 thread, ms VNNI /
-// int8 tiles / bf16 tiles: 16 tokens 1.55 / 0.59-0.65 / 1.08, 32 3.19 / 1.24 / 1.36, 64 6.88 /
-// 2.43 / 1.51. (Q4_0 and Q5_0 at 16 tokens: VNNI 0.69 and 0.74, int8 tiles on bytes expanded
-// per group 0.97 and 1.15: VNNI keeps them.) Per block the C tile goes through memory to be
-// scaled, which bounds this path; bf16 tiles need no per-block step and win from 64 tokens.
+// --- AMX int8 (Q4_0 at 16-31 tokens, Q8_0 at 16-63) ---
+// One TDPBSUD per block of 32: A the tokens' q8 activations, B the block's unsigned stored
+// weights of 16 rows (Q8_0's packed vectors 0-7 as they stand; Q4_0 nibbles expanded to bytes).
+// The block's int32 C tile goes through memory to be scaled in f32 exactly as VNNI scales its
+// dots, so the bits are VNNI's. That per-block step bounds the path: bf16 tiles need none and
+// win from 32 (Q4_0) or 64 (Q8_0) tokens. Measured, 6144 x 1536, 1 thread, ms VNNI / int8 tiles /
+// bf16 tiles: Q4_0 16 tokens 0.66-0.68 / 0.55 / 0.97; Q8_0 16 tokens 1.55 / 0.59-0.65 / 1.08, 32
+// 3.19 / 1.24 / 1.36, 64 6.88 / 2.43 / 1.51. Q5_0 at 16 tokens: VNNI 0.75-0.77, int8 tiles
+// 0.76-0.85, so VNNI keeps it.
 // The tile registers: A (0, 1) 16 tokens x 32 int8 activations (one block), B (2, 3) the block's
 // 32 weights of 16 rows as 8 rows of 16 x 4 unsigned bytes, C (4, 5) 16 tokens x 16 int32 dots.
 G4_AMX void amx_configure_int8() {
@@ -603,27 +606,55 @@ G4_AMX inline void int8_block_add(const int32_t* c, const uint8_t* p_scales, con
   }
 }
 
-// out[t * 16 + r] = row r of the Q8_0 group . token t0 + t (16 tokens): one TDPBSUD per block
-// of 32 (q8 activations x the stored weights + 128), its C tile stored and scaled in f32 as
-// VNNI does.
+// Unit u of a Q4_0/Q5_0 group as its B tile: rows 0-3 the low values (elements 4k ..), rows 4-7
+// the high ones (16 + 4k ..) of vectors k = 0-3, the tile kernel's bytes.
+template <class L>
+G4_AVX512 inline void unit_int8(const uint8_t* group, int64_t u, uint8_t* out) {
+  constexpr bool five = L::kType == DType::Q5_0;
+  const uint8_t* p = group + u * L::kBytes;
+  const __m512i qh = five ? load(p + 256) : _mm512_setzero_si512();
+  for (int k = 0; k < 4; ++k) {
+    __m512i lo, hi;
+    small_values<five>(load(p + 64 * k), qh, k, lo, hi);
+    _mm512_store_si512(out + 64 * k, lo);
+    _mm512_store_si512(out + 256 + 64 * k, hi);
+  }
+  _mm_prefetch(reinterpret_cast<const char*>(p) + L::kScales + kPrefetch, _MM_HINT_T0);
+}
+
+// out[t * 16 + r] = row r of the group . token t0 + t (16 tokens): one TDPBSUD per block of 32
+// (q8 activations x the unsigned stored weights), its C tile stored and scaled in f32 as VNNI
+// does. Q8_0's B tiles are its packed vectors; Q4_0/Q5_0 units are expanded kAhead units ahead
+// into a ring, so that their stores have left the store buffer when the tile load reads them.
+template <class L>
 G4_AMX void amx_int8_tile(const uint8_t* group, int64_t n_units, const Acts& a, int64_t t0, float* out) {
-  using L = Q8_0L;
+  constexpr bool direct = L::kType == DType::Q8_0;
+  constexpr int64_t kAhead = 2, kRing = 4;
   alignas(64) int32_t c[2][256];
+  alignas(64) uint8_t ring[kRing][512];
   __m512 acc[16];
   for (auto& v : acc) v = _mm512_setzero_ps();
   const int8_t* x = a.tok(t0);
   const int64_t stride = a.n_in;
+  auto b_tile = [&](int64_t u) -> const uint8_t* { return direct ? group + u * L::kBytes : ring[u % kRing]; };
+  auto expand = [&](int64_t u) {
+    if constexpr (!direct)
+      if (u < n_units) unit_int8<L>(group, u, ring[u % kRing]);
+  };
+  for (int64_t u = 0; u < kAhead; ++u) expand(u);
   // Software-pipelined: block u + 1's product is issued before block u's tile is stored, so the
   // tile unit's latency overlaps (a plain loop measured latency-bound on the tile instructions).
-#define G4_INT8_DOT(A, B, C, u)                 \
-  _tile_zero(C);                                \
-  _tile_loadd(A, x + 32 * (u), stride);         \
-  _tile_loadd(B, group + (u) * L::kBytes, 64);  \
+#define G4_INT8_DOT(A, B, C, u)             \
+  expand((u) + kAhead);                     \
+  __asm__ __volatile__("" ::: "memory");    \
+  _tile_zero(C);                            \
+  _tile_loadd(A, x + 32 * (u), stride);     \
+  _tile_loadd(B, b_tile(u), 64);            \
   _tile_dpbsud(C, A, B)
 #define G4_INT8_ADD(C, i, u)                                                    \
   _tile_stored(C, c[i], 64);                                                    \
   __asm__ __volatile__("" ::: "memory"); /* GCC's tilestored does not say it writes memory */ \
-  int8_block_add(c[i], group + (u) * L::kBytes + 512, a, t0, u, acc)
+  int8_block_add(c[i], group + (u) * L::kBytes + L::kScales, a, t0, u, acc)
   G4_INT8_DOT(0, 2, 4, 0);
   int64_t u = 0;
   for (; u + 2 < n_units; u += 2) {
@@ -644,10 +675,11 @@ G4_AMX void amx_int8_tile(const uint8_t* group, int64_t n_units, const Acts& a, 
   for (int t = 0; t < 16; ++t) _mm512_storeu_ps(out + 16 * t, acc[t]);
 }
 
-// Tokens [0, n_amx) (a multiple of 16) x every group of a Q8_0 matrix through amx_int8_tile,
-// on the q8 activations a of all the call's tokens.
+// Tokens [0, n_amx) (a multiple of 16) x every group through amx_int8_tile, on the q8
+// activations a of all the call's tokens.
+template <class L>
 void run_amx_int8(const PackedMatrix& p, const Acts& a, int64_t n_amx, int64_t n_out, float* y, int64_t row0) {
-  const int64_t n_units = p.cols / Q8_0L::kCols, g0 = row0 / kRows, n_groups = (n_out + kRows - 1) / kRows;
+  const int64_t n_units = p.cols / L::kCols, g0 = row0 / kRows, n_groups = (n_out + kRows - 1) / kRows;
 #pragma omp parallel
   {
     amx_configure_int8();
@@ -657,7 +689,7 @@ void run_amx_int8(const PackedMatrix& p, const Acts& a, int64_t n_amx, int64_t n
       const uint8_t* group = p.data.get() + (g0 + gi) * p.group_bytes;
       const int64_t first = gi * kRows, rows = std::min<int64_t>(kRows, n_out - first);
       for (int64_t t = 0; t < n_amx; t += 16) {
-        amx_int8_tile(group, n_units, a, t, out);
+        amx_int8_tile<L>(group, n_units, a, t, out);
         for (int k = 0; k < 16; ++k) std::memcpy(y + (t + k) * n_out + first, out + kRows * k, static_cast<size_t>(rows) * 4);
       }
     }
@@ -779,13 +811,13 @@ bool matmul(const PackedMatrix& p, const float* x, int64_t n_tok, int64_t n_in, 
   // token on a last partial group, on q8 activations of just the tokens it takes. Below
   // kAmxMinTokens VNNI takes all. Measured, 6144x1536, 1 thread, ms VNNI / AMX bf16: Q4_0 at 16
   // tokens 0.69 / 0.97, at 32 1.48 / 1.00, at 128 5.3 / 3.1; Q5_0 at 16 0.74 / 1.02, at 32
-  // 1.51 / 1.08; Q4_K at 16 1.95 / 1.52; Q6_K at 16 2.38 / 1.89 (Q8_0: amx_int8_tile).
+  // 1.51 / 1.08; Q4_K at 16 1.95 / 1.52; Q6_K at 16 2.38 / 1.89 (integer tiles: amx_int8_tile).
   if constexpr (L::kInt8TilesBelow > 0) {
     if (amx && n_tok >= L::kAmxMinTokens && n_tok < L::kInt8TilesBelow) {  // VNNI's bits for every token
       Acts& acts = scratch().acts;
       quantize_acts(x, n_tok, n_in, L::kZeroPoint, L::kScaleBlock, L::kMin, quantize_block_avx2, acts);
       const int64_t n_amx = n_tok / 16 * 16;
-      run_amx_int8(p, acts, n_amx, n_out, y, row0);
+      run_amx_int8<L>(p, acts, n_amx, n_out, y, row0);
       if (n_amx < n_tok) run<L>(p, acts, 0, n_amx, n_tok, 0, n_out, y, row0);
       return true;
     }
