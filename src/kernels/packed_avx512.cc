@@ -267,10 +267,9 @@ G4_AVX512 void tile(const uint8_t* group, int64_t n_units, const Acts& a, int64_
           dot[T + t] = _mm512_dpbusd_epi32(dot[T + t], hi, bcast(x[t] + e0 + 16 + 4 * k));
         }
       }
-      constexpr int scales = five ? 320 : 256;
-      _mm_prefetch(reinterpret_cast<const char*>(p) + scales + kPrefetch, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(p) + L::kScales + kPrefetch, _MM_HINT_T0);
       fold_dot<T>(dot);
-      scale_add<T>(dot, f16x16(p + scales), a, t0, u, acc);
+      scale_add<T>(dot, f16x16(p + L::kScales), a, t0, u, acc);
     } else if constexpr (L::kType == DType::Q8_0) {
       init_dot<T>(dot, a, t0, u);
       for (int k = 0; k < 8; ++k) {
@@ -279,7 +278,7 @@ G4_AVX512 void tile(const uint8_t* group, int64_t n_units, const Acts& a, int64_
       }
       _mm_prefetch(reinterpret_cast<const char*>(p) + 512 + kPrefetch, _MM_HINT_T0);
       fold_dot<T>(dot);
-      scale_add<T>(dot, f16x16(p + 512), a, t0, u, acc);
+      scale_add<T>(dot, f16x16(p + L::kScales), a, t0, u, acc);
     } else if constexpr (L::kType == DType::Q4_K || L::kType == DType::Q5_K) {
       const __m512 d = f16x16(p + 2048), mdmin = _mm512_sub_ps(_mm512_setzero_ps(), f16x16(p + 2080));
       for (int j = 0; j < 8; ++j) {  // sub-blocks of 32: chunk j / 2, low or high nibbles
@@ -466,7 +465,7 @@ G4_AMX void group_bf16(const uint8_t* group, int64_t n_units, uint8_t* w, float*
     const __m512 tab = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
     for (int64_t u = 0; u < n_units; ++u) {
       const uint8_t* p = group + u * L::kBytes;
-      const __m512 sv = f16x16(p + 256);
+      const __m512 sv = f16x16(p + L::kScales);
       for (int k = 0; k < 4; ++k) {
         const __m512i v = _mm512_loadu_si512(p + 64 * k);
         nibble_rows<false>(v, 0, tab, sv, sv, out + 32 * (16 * u + 2 * k));      // elements 4k ..
@@ -478,7 +477,7 @@ G4_AMX void group_bf16(const uint8_t* group, int64_t n_units, uint8_t* w, float*
     const __m512 tab2 = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     for (int64_t u = 0; u < n_units; ++u) {
       const uint8_t* p = group + u * L::kBytes;
-      const __m512 sv = f16x16(p + 320);
+      const __m512 sv = f16x16(p + L::kScales);
       const __m512i qh = _mm512_loadu_si512(p + 256);
       for (int k = 0; k < 4; ++k) {
         __m512i lo, hi;
@@ -504,7 +503,7 @@ G4_AMX void group_bf16(const uint8_t* group, int64_t n_units, uint8_t* w, float*
     const ByteRows<L::kZeroPoint, false> rows;
     for (int64_t u = 0; u < n_units; ++u) {
       const uint8_t* p = group + u * L::kBytes;
-      const __m512 sv = f16x16(p + 512);
+      const __m512 sv = f16x16(p + L::kScales);
       for (int k = 0; k < 8; ++k) rows(_mm512_loadu_si512(p + 64 * k), sv, sv, out + 32 * (16 * u + 2 * k));
     }
   } else {
