@@ -60,6 +60,17 @@ std::vector<uint8_t> random_iq_blocks(DType t, int64_t rows, int64_t cols, std::
   return bytes;
 }
 
+// A tensor "w" of type t over bytes.
+TensorView view_of(DType t, const std::vector<uint8_t>& bytes, std::vector<int64_t> shape) {
+  TensorView tv;
+  tv.name = "w";
+  tv.dtype = t;
+  tv.shape = std::move(shape);
+  tv.data = bytes.data();
+  tv.nbytes = static_cast<int64_t>(bytes.size());
+  return tv;
+}
+
 TEST(FastKernels, EveryTypeMatchesTheReferenceMatmul) {
   std::mt19937 rng(3);
   std::normal_distribution<float> n(0, 1);
@@ -78,12 +89,7 @@ TEST(FastKernels, EveryTypeMatchesTheReferenceMatmul) {
       auto bytes = t == DType::Q2_K || t == DType::Q3_K ? random_k_blocks(t, out, in, rng)
                    : iq                                 ? random_iq_blocks(t, out, in, rng)
                                                         : quantize_rows(t, w.data(), out, in);
-      TensorView tv;
-      tv.name = "w";
-      tv.dtype = t;
-      tv.shape = {out, in};
-      tv.data = bytes.data();
-      tv.nbytes = static_cast<int64_t>(bytes.size());
+      const TensorView tv = view_of(t, bytes, {out, in});
       for (int64_t ntok : {1, 2, 5, 11}) {  // decode, and batches (token tiles + remainder)
         std::vector<float> ref(static_cast<size_t>(ntok * out)), fast(ref.size());
         ops::matmul(tv, x.data(), ntok, in, out, ref.data());
@@ -117,12 +123,7 @@ TEST(FastKernels, FloatWeightsOnAvx512EqualAvx2BitForBit) {
       for (auto& v : w) v = n(rng);
       for (auto& v : x) v = n(rng);
       auto bytes = quantize_rows(t, w.data(), out, in);
-      TensorView tv;
-      tv.name = "w";
-      tv.dtype = t;
-      tv.shape = {out, in};
-      tv.data = bytes.data();
-      tv.nbytes = static_cast<int64_t>(bytes.size());
+      const TensorView tv = view_of(t, bytes, {out, in});
       for (int64_t ntok = 1; ntok <= 9; ++ntok) {
         std::vector<float> a(static_cast<size_t>(ntok * out)), b(a.size());
         fast_force_isa("avx2");
@@ -160,12 +161,7 @@ TEST(FastKernels, PackedWeightsEqualThePanelKernelForEveryTokenCount) {
       for (auto& v : w) v = 0.05f * n(rng);
       for (auto& v : x) v = n(rng);
       auto bytes = quantize_rows(t, w.data(), out, in);
-      TensorView tv;
-      tv.name = "w";
-      tv.dtype = t;
-      tv.shape = {2, out / 2, in};  // a 3-D (expert) tensor: rows of both experts
-      tv.data = bytes.data();
-      tv.nbytes = static_cast<int64_t>(bytes.size());
+      const TensorView tv = view_of(t, bytes, {2, out / 2, in});  // a 3-D (expert) tensor: rows of both experts
       const auto packed = fast_pack(tv);
       ASSERT_TRUE(packed) << dtype_name(t);
       EXPECT_EQ(fast_pack(tv).get(), packed.get()) << "one pack per tensor";

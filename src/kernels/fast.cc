@@ -303,8 +303,10 @@ Isa active_isa() {
   return cap && rank(*cap) < rank(best) ? *cap : best;
 }
 
+#if defined(__x86_64__)
 // The AVX-512 VNNI kernels (and packed weights) run from avx512vnni up.
 bool vnni(Isa i) { return i == Isa::Avx512Vnni || i == Isa::Amx; }
+#endif
 
 }  // namespace
 }  // namespace fast_detail
