@@ -250,7 +250,11 @@ G4_AVX512 void tile(const uint8_t* group, int64_t n_units, const Acts& a, int64_
   for (int t = 0; t < T; ++t) x[t] = a.tok(t0 + t);
   // Two accumulator chains per token (dot[t], dot[T + t]), so that with few tokens the
   // vpdpbusd latency is not one serial chain (same bits; no decode change measured on
-  // Sapphire Rapids, where decode is bound by memory).
+  // Sapphire Rapids, where decode is bound by memory). The loops over a unit are unrolled in
+  // full (#pragma GCC unroll): left as loops, GCC indexes dot[] at run time, so it lives on the
+  // stack with a store and reload around every vpdpbusd. Measured, 6144 x 1536, 1 thread, from
+  // L3: Q6_K decode 415 -> 267 us (23 -> 35 GMAC/s), Q8_0 at 8 tokens 782 -> 365, Q4_K at 8
+  // tokens 986 -> 424.
   __m512i dot[2 * T];
   for (int64_t u = 0; u < n_units; ++u) {
     const uint8_t* p = group + u * L::kBytes;
@@ -259,6 +263,7 @@ G4_AVX512 void tile(const uint8_t* group, int64_t n_units, const Acts& a, int64_
       init_dot<T>(dot, a, t0, u);
       constexpr bool five = L::kType == DType::Q5_0;
       const __m512i qh = five ? load(p + 256) : _mm512_setzero_si512();
+#pragma GCC unroll 8
       for (int k = 0; k < 4; ++k) {
         __m512i lo, hi;
         small_values<five>(load(p + 64 * k), qh, k, lo, hi);
@@ -272,6 +277,7 @@ G4_AVX512 void tile(const uint8_t* group, int64_t n_units, const Acts& a, int64_
       scale_add<T>(dot, f16x16(p + L::kScales), a, t0, u, acc);
     } else if constexpr (L::kType == DType::Q8_0) {
       init_dot<T>(dot, a, t0, u);
+#pragma GCC unroll 8
       for (int k = 0; k < 8; ++k) {
         const __m512i v = load(p + 64 * k);
         for (int t = 0; t < T; ++t) dot[T * (k & 1) + t] = _mm512_dpbusd_epi32(dot[T * (k & 1) + t], v, bcast(x[t] + e0 + 4 * k));
@@ -281,9 +287,11 @@ G4_AVX512 void tile(const uint8_t* group, int64_t n_units, const Acts& a, int64_
       scale_add<T>(dot, f16x16(p + L::kScales), a, t0, u, acc);
     } else if constexpr (L::kType == DType::Q4_K || L::kType == DType::Q5_K) {
       const __m512 d = f16x16(p + 2048), mdmin = _mm512_sub_ps(_mm512_setzero_ps(), f16x16(p + 2080));
+#pragma GCC unroll 8
       for (int j = 0; j < 8; ++j) {  // sub-blocks of 32: chunk j / 2, low or high nibbles
         const int64_t b = 8 * u + j;
         init_dot<T>(dot, a, t0, b);
+#pragma GCC unroll 8
         for (int k = 0; k < 8; ++k) {
           const uint8_t* vp = p + 512 * (j / 2) + 64 * k;
           const __m512i v = j % 2 ? _mm512_loadu_si512(vp) : load(vp);
@@ -307,12 +315,16 @@ G4_AVX512 void tile(const uint8_t* group, int64_t n_units, const Acts& a, int64_
     } else {  // Q6_K: element 128n + 32i + l = ql nibble | qh bits 2i..2i+1 << 4, scale group 8n + 2i + l / 16
       const __m512 d = f16x16(p + 3328);
       const __m512i hmask = _mm512_set1_epi8(0x30);
+#pragma GCC unroll 2
       for (int n = 0; n < 2; ++n)
+#pragma GCC unroll 4
         for (int i = 0; i < 4; ++i)
+#pragma GCC unroll 2
           for (int h = 0; h < 2; ++h) {
             const int g = 8 * n + 2 * i + h;
             const int64_t b = 16 * u + g;
             init_dot<T>(dot, a, t0, b);
+#pragma GCC unroll 4
             for (int k = 4 * h; k < 4 * h + 4; ++k) {
               const uint8_t* lp = p + 64 * (8 * (2 * n + (i & 1)) + k);
               const uint8_t* hp = p + 2048 + 64 * (8 * n + k);
