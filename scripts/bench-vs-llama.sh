@@ -2,7 +2,7 @@
 # g4 against llama.cpp's FASTEST CPU build, interleaved, same GGUF, same threads.
 #
 #   scripts/bench-vs-llama.sh [-r ROUNDS] [-t THREADS] [-p 512] [-n 64] [-d DEPTH] [--variants "sapphirerapids zen4"]
-#                             [--g4 build/g4] [--g4-old OLD_G4] FILE.gguf...
+#                             [--no-warmup] [--g4 build/g4] [--g4-old OLD_G4] FILE.gguf...
 #
 # llama.cpp comes from ../shared/peers/llama-cpp.sh (Debian's binaries unpacked outside
 # the repo; set LLAMA_PEER to its root, default /tmp/llama-cpp-peer). Every CPU variant
@@ -11,10 +11,11 @@
 # every variant back to back, so machine drift hits all of them alike. `--g4-old` adds a
 # second g4 binary (e.g. the previous commit) to the same rounds, for regression checks.
 # The table reports mean t/s over the rounds (each round itself is llama-bench/g4 bench
-# with -r 1 after a warm-up), the ratio g4 / best llama.cpp, and decode's fraction of the
-# read bandwidth `g4 bench --membw` measured in the same run.
+# with -r 1 after a warm-up; --no-warmup skips it in both, for 16K-token runs of minutes),
+# the ratio g4 / best llama.cpp, and decode's fraction of the read bandwidth
+# `g4 bench --membw` measured in the same run.
 set -euo pipefail
-ROUNDS=2 THREADS=2 NP=512 NG=64 DEPTH=0 G4=build/g4 G4_OLD="" VARIANTS="sapphirerapids zen4 icelake skylakex haswell"
+ROUNDS=2 THREADS=2 NP=512 NG=64 DEPTH=0 G4=build/g4 G4_OLD="" WARMUP=() VARIANTS="sapphirerapids zen4 icelake skylakex haswell"
 files=()
 while (($#)); do
   case $1 in
@@ -24,9 +25,10 @@ while (($#)); do
     -n) NG=$2; shift 2 ;;
     -d) DEPTH=$2; shift 2 ;;  # context already in the cache (llama-bench -d)
     --variants) VARIANTS=$2; shift 2 ;;
+    --no-warmup) WARMUP=(--no-warmup); shift ;;
     --g4) G4=$2; shift 2 ;;
     --g4-old) G4_OLD=$2; shift 2 ;;
-    -h|--help) sed -n 2,16p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,17p "$0"; exit 0 ;;
     *) files+=("$1"); shift ;;
   esac
 done
@@ -53,10 +55,10 @@ for ((r = 1; r <= ROUNDS; r++)); do
   for f in "${files[@]}"; do
     b=$(basename "$f")
     echo "round $r: $b" >&2
-    "$G4" bench -m "$f" -p "$NP" -n "$NG" -d "$DEPTH" -r 1 -t "$THREADS" --json > "$out/g4.$b.$r.json"
-    [[ -n $G4_OLD ]] && "$G4_OLD" bench -m "$f" -p "$NP" -n "$NG" -d "$DEPTH" -r 1 -t "$THREADS" --json > "$out/g4old.$b.$r.json"
+    "$G4" bench -m "$f" -p "$NP" -n "$NG" -d "$DEPTH" -r 1 -t "$THREADS" "${WARMUP[@]}" --json > "$out/g4.$b.$r.json"
+    [[ -n $G4_OLD ]] && "$G4_OLD" bench -m "$f" -p "$NP" -n "$NG" -d "$DEPTH" -r 1 -t "$THREADS" "${WARMUP[@]}" --json > "$out/g4old.$b.$r.json"
     for v in "${vars[@]}"; do
-      GGML_BACKEND_PATH=$LIBDIR/libggml-cpu-$v.so "$ROOT/run" llama-bench -m "$f" -p "$NP" -n "$NG" -d "$DEPTH" -r 1 -t "$THREADS" -o json \
+      GGML_BACKEND_PATH=$LIBDIR/libggml-cpu-$v.so "$ROOT/run" llama-bench -m "$f" -p "$NP" -n "$NG" -d "$DEPTH" -r 1 -t "$THREADS" "${WARMUP[@]}" -o json \
         > "$out/llama-$v.$b.$r.json" 2>/dev/null || echo "  llama.cpp $v failed on $b" >&2
     done
   done

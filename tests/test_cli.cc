@@ -51,6 +51,7 @@ TEST(Cli, SharedFlagsAreAcceptedByEveryCommandThatRunsAModel) {
       {"logits -m " + kModel + " -p 'The jury' -o " + d.str("l.safetensors") + " -t 1 --precision f32 -fa off", ""},
       {"compare -m " + kModel + " -m " + kModel + " -f " + kText + " -c 16 -t 1 --precision f32 -ngl 0 -fa --jinja", "logits"},
       {"bench -m " + kModel + " -p 8 -n 2 -r 1" + fwd, "tg2"},
+      {"bench -m " + kModel + " -p 8 -n 2 -r 1 -d 4 --no-warmup" + fwd, "tg2 @ d4"},
       {"niah -m " + kModel + " -f " + kText + " --lengths 64 --depths 0.5 -n 2" + fwd, ""},
       {"ladder -m " + kModel + " -f " + kText + " -c 16 --chunks 1 -t 1", "fast"},
       {"inspect -m " + kModel + " -t 1", "gemma"},
@@ -77,7 +78,8 @@ std::map<std::string, std::string> help_of(const std::string& cmd, const test::S
       flag = s[1];
       m[flag] = s[2];
     } else if (!flag.empty() && line.rfind("      ", 0) == 0) {
-      m[flag] += " " + line.substr(line.find_first_not_of(' '));
+      m[flag] += ' ';
+      m[flag] += line.substr(line.find_first_not_of(' '));
     }
   }
   return m;

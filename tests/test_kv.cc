@@ -43,7 +43,7 @@ TEST(KvCodec, RoundTripsAndErrors) {
     KvCodec(t, n).roundtrip(y.data());
     const double e = rel_rms(y, x);
     std::printf("%-7s %4.1f bits/value  rel. RMS error %.3e\n", kv_type_name(t), kv_bits_per_value(t), e);
-    if (t == KvType::F32) EXPECT_EQ(e, 0.0);
+    if (t == KvType::F32) { EXPECT_EQ(e, 0.0); }
     // Bars ~3-10x above the observed errors of this row (f16 2e-4, q8_0 ~5e-3, 4-bit ~0.1, 3-bit ~0.2).
     const double bar = t == KvType::F32 ? 0 : t == KvType::F16 ? 1e-3 : t == KvType::BF16 ? 5e-3 : t == KvType::Q8_0 ? 2e-2
                        : t == KvType::Rot3 ? 0.5 : 0.3;
@@ -192,8 +192,8 @@ TEST(KvStudy, BrownMiniTable) {
     for (const auto& x : b) n += x.n;
     EXPECT_EQ(n, r.chunks[0] * 63);
     EXPECT_EQ(b.back().n, r.chunks[0] * 15);
-    if (row.type == KvType::F32) EXPECT_EQ(b[2].kld(), 0.0);
-    if (row.type == KvType::Q4_0) EXPECT_GT(b[2].kld(), 1e-4);
+    if (row.type == KvType::F32) { EXPECT_EQ(b[2].kld(), 0.0); }
+    if (row.type == KvType::Q4_0) { EXPECT_GT(b[2].kld(), 1e-4); }
   }
 }
 

@@ -17,6 +17,7 @@
 
 #include "backends/kv_codec.h"
 #include "model/spec.h"
+#include "util/huge_pages.h"
 
 namespace g4 {
 
@@ -24,7 +25,7 @@ template <typename T>
 struct LayerKv {
   int64_t width = 0;     // n_kv_heads * head_dim; 0 for KV-shared layers
   int64_t capacity = 0;  // ring slots for sliding layers; 0 = unbounded
-  std::vector<T> k, v;
+  std::vector<T, HugePageAllocator<T>> k, v;  // read whole by every decode step
   // Entries of the current step, committed at its end, so that queries early in a
   // long step still see keys the ring has no room for.
   std::vector<T> pending_k, pending_v;
@@ -35,7 +36,8 @@ struct LayerKv {
 
   // Packed store: bytes per position (all KV heads) and per head row; 0 = float store.
   int64_t k_row_bytes = 0, v_row_bytes = 0, k_head_bytes = 0, v_head_bytes = 0;
-  std::vector<uint8_t> kb, vb, pending_kb, pending_vb;
+  std::vector<uint8_t, HugePageAllocator<uint8_t>> kb, vb;
+  std::vector<uint8_t> pending_kb, pending_vb;
   bool packed() const { return k_row_bytes > 0; }
   const uint8_t* kb_at(int64_t pos) const { return &kb[static_cast<size_t>(slot(pos) * k_row_bytes)]; }
   const uint8_t* vb_at(int64_t pos) const { return &vb[static_cast<size_t>(slot(pos) * v_row_bytes)]; }

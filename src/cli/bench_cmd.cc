@@ -27,6 +27,7 @@ void register_bench(CLI::App& app) {
   cmd->add_option("--n-parallel", o->b.n_parallel,
                   "batched decode: N sequences generate -n tokens each, one forward per step for all (llama-batched-bench's -npl; a list: -npl 1,4,16)")
       ->delimiter(',');
+  cmd->add_flag("--no-warmup", [o](int64_t) { o->b.warmup = false; }, "skip the untimed warm-up run of each test (llama-bench's --no-warmup)");
   cmd->add_flag("--membw", o->membw, "also measure this machine's memory read bandwidth");
   cmd->add_flag("--json", o->json, "machine-readable output");
   cmd->final_callback([o] {

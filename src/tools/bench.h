@@ -15,6 +15,9 @@ struct BenchOptions {
   // Context already in the KV cache before each pp/tg run (llama-bench's -d): the cost of
   // attention over a long context.
   int depth = 0;
+  // One untimed run of each test first (llama-bench's default; --no-warmup skips it): it pages
+  // in the weights. At long contexts one run is minutes, and the depth fill warms them anyway.
+  bool warmup = true;
   Precision precision = Precision::Fast;
   // Batched decode (llama-batched-bench's -npl): for each N, N sequences generate n_gen
   // tokens each in lockstep, one forward per step for all N (as the serving scheduler).
