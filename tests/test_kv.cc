@@ -3,7 +3,10 @@
 
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <random>
+#include <sstream>
 
 #include "backends/kv_cache.h"
 #include "backends/kv_codec.h"
@@ -12,6 +15,7 @@
 #include "runtime/session.h"
 #include "test_util.h"
 #include "tools/kv_study.h"
+#include "util/huge_pages.h"
 #include "util/mapped_file.h"
 
 namespace g4 {
@@ -166,6 +170,40 @@ TEST(KvCache, PackedBytesDropByTheTypesRatio) {
   EXPECT_EQ(kv_row_bytes(KvType::Rot4, 16), 10);
   EXPECT_EQ(kv_row_bytes(KvType::Rot3, 16), 8);
   EXPECT_EQ(kv_row_bytes(KvType::IQ4_NL, 256), 8 * 18);
+}
+
+// Whether the mapping that holds p carries madvise(MADV_HUGEPAGE) ("hg" in its VmFlags).
+bool advised_huge(const void* p) {
+  std::ifstream smaps("/proc/self/smaps");
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  bool inside = false;
+  for (std::string line; std::getline(smaps, line);) {
+    uintptr_t lo = 0, hi = 0;
+    char dash = 0;
+    std::istringstream range(line);
+    if (line.find(':') > line.find(' ') && range >> std::hex >> lo >> dash >> hi && dash == '-') inside = lo <= a && a < hi;
+    else if (inside && line.rfind("VmFlags:", 0) == 0) return line.find(" hg") != std::string::npos;
+  }
+  return false;
+}
+
+// Decode reads every full-attention store whole at each step: large ones sit on 2 MiB
+// boundaries, advised as transparent huge pages (util/huge_pages.h); small blocks stay plain.
+TEST(KvCache, LargeStoresAreAdvisedAsHugePages) {
+  Model m = load_model(test::model_dir("brown-mini"));
+  KvCache<float> kv(m.spec, 8, 1 << 16);
+  int checked = 0;
+  for (const auto& l : kv.layers) {
+    if (l.width == 0 || l.capacity || l.k.capacity() * sizeof(float) < kHugePage) continue;
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(l.k.data()) % kHugePage, 0u);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(l.v.data()) % kHugePage, 0u);
+    if (std::filesystem::exists("/sys/kernel/mm/transparent_hugepage/enabled")) EXPECT_TRUE(advised_huge(l.k.data()));
+    ++checked;
+  }
+  EXPECT_GT(checked, 0) << "brown-mini has a full-attention layer whose 65536-position store passes 2 MiB";
+  void* small = huge_alloc(100);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(small) % 64, 0u);
+  std::free(small);
 }
 
 TEST(KvStudy, BrownMiniTable) {
