@@ -197,13 +197,14 @@ TEST(KvCache, LargeStoresAreAdvisedAsHugePages) {
     if (l.width == 0 || l.capacity || l.k.capacity() * sizeof(float) < kHugePage) continue;
     EXPECT_EQ(reinterpret_cast<uintptr_t>(l.k.data()) % kHugePage, 0u);
     EXPECT_EQ(reinterpret_cast<uintptr_t>(l.v.data()) % kHugePage, 0u);
-    if (std::filesystem::exists("/sys/kernel/mm/transparent_hugepage/enabled")) EXPECT_TRUE(advised_huge(l.k.data()));
+    if (std::filesystem::exists("/sys/kernel/mm/transparent_hugepage/enabled")) { EXPECT_TRUE(advised_huge(l.k.data())); }
     ++checked;
   }
   EXPECT_GT(checked, 0) << "brown-mini has a full-attention layer whose 65536-position store passes 2 MiB";
   void* small = huge_alloc(100);
   EXPECT_EQ(reinterpret_cast<uintptr_t>(small) % 64, 0u);
   std::free(small);
+  EXPECT_EQ(huge_alloc(SIZE_MAX - 1), nullptr);
 }
 
 TEST(KvStudy, BrownMiniTable) {

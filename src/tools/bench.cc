@@ -49,9 +49,9 @@ double measure_read_bandwidth_gbps() {
   // the loop is bound by loads (a float sum in order would measure the add latency instead),
   // with a software prefetch 2 KiB ahead as the decode kernels issue (without it the probe
   // read 22.7 GB/s on a machine where Q8_0 decode read 27.9), in huge pages as the packed
-  // weights (with 4 KiB pages it read 28.0 GB/s where it now reads 36.7).
+  // weights (with 4 KiB pages it read 28.0 GB/s where it now reads 36.5).
   const size_t n = size_t{1} << 27;  // uint64 words: 1 GiB
-  std::vector<uint64_t, HugePageAllocator<uint64_t>> buf(n, 1);  // in huge pages, as the packed weights
+  std::vector<uint64_t, HugePageAllocator<uint64_t>> buf(n, 1);
   double best = 0;
   for (int rep = 0; rep < 3; ++rep) {
     const auto t0 = std::chrono::steady_clock::now();

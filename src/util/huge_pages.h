@@ -7,6 +7,7 @@
 #include <sys/mman.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <new>
 
@@ -16,6 +17,7 @@ inline constexpr size_t kHugePage = size_t{2} << 20;
 
 // Released with std::free; nullptr when out of memory.
 inline void* huge_alloc(size_t bytes) {
+  if (bytes > SIZE_MAX - kHugePage) return nullptr;  // the rounding below would wrap
   const size_t align = bytes >= kHugePage ? kHugePage : 64;
   const size_t size = (bytes + align - 1) / align * align;
   void* p = std::aligned_alloc(align, size ? size : align);
