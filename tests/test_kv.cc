@@ -1,12 +1,19 @@
 // KV-cache types: the codecs, the cache through the forward, and kv-study.
 #include <gtest/gtest.h>
 
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <sstream>
+#include <thread>
 
 #include "backends/kv_cache.h"
 #include "backends/kv_codec.h"
@@ -17,6 +24,7 @@
 #include "tools/kv_study.h"
 #include "util/huge_pages.h"
 #include "util/mapped_file.h"
+#include "util/parallel.h"
 
 namespace g4 {
 namespace {
@@ -205,6 +213,60 @@ TEST(KvCache, LargeStoresAreAdvisedAsHugePages) {
   EXPECT_EQ(reinterpret_cast<uintptr_t>(small) % 64, 0u);
   std::free(small);
   EXPECT_EQ(huge_alloc(SIZE_MAX - 1), nullptr);
+}
+
+// Packed weights below 2 MiB (e2b's q, o, k, v) share 64 MiB slabs of huge pages; blocks
+// over 8 MiB get their own. Every block is 64-byte aligned, advised, and freed with its slab.
+TEST(HugePages, PackedWeightBlocksShareAdvisedSlabs) {
+  std::vector<void*> small;
+  for (size_t bytes : {size_t{221184}, size_t{1769472}, size_t{100}, size_t{1769472}}) small.push_back(huge_pool_alloc(bytes));
+  for (void* p : small) {
+    ASSERT_NE(p, nullptr);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % 64, 0u);
+    if (std::filesystem::exists("/sys/kernel/mm/transparent_hugepage/enabled")) { EXPECT_TRUE(advised_huge(p)); }
+  }
+  // Consecutive blocks follow one another in the slab (a 64-byte header each), unless the
+  // second one opened a new slab (2 MiB-aligned, its first block 64 bytes in).
+  const bool adjacent = static_cast<uint8_t*>(small[1]) - static_cast<uint8_t*>(small[0]) == 221184 + 64;
+  EXPECT_TRUE(adjacent || reinterpret_cast<uintptr_t>(small[1]) % kHugePage == 64);
+  std::memset(small[3], 7, 1769472);
+  void* big = huge_pool_alloc(size_t{10616832});
+  ASSERT_NE(big, nullptr);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(big) % 64, 0u);
+  std::memset(big, 1, 10616832);
+  // Enough 1.77 MB blocks to open further slabs; freeing all of them returns every slab.
+  for (int i = 0; i < 80; ++i) small.push_back(huge_pool_alloc(1769472));
+  for (void* p : small) huge_pool_free(p);
+  huge_pool_free(big);
+  huge_pool_free(nullptr);
+  EXPECT_EQ(huge_pool_alloc(SIZE_MAX - 1), nullptr);
+  void* again = huge_pool_alloc(4096);
+  EXPECT_NE(again, nullptr);
+  huge_pool_free(again);
+}
+
+// parallel_stream runs every item once, whatever the thread count, and a thread whose share
+// is done takes the rest of a slow thread's share.
+TEST(Parallel, StreamRunsEveryItemOnceAndStealsFromASlowThread) {
+  const int saved = omp_get_max_threads();
+  for (int threads : {1, 2, 3, 4})
+    for (int64_t n : {0, 1, 2, 3, 7, 64, 1000, 100003}) {
+      omp_set_num_threads(threads);
+      std::vector<std::atomic<int>> runs(static_cast<size_t>(n));
+      parallel_stream(n, [&](int64_t i) { runs[static_cast<size_t>(i)].fetch_add(1, std::memory_order_relaxed); });
+      for (int64_t i = 0; i < n; ++i) ASSERT_EQ(runs[static_cast<size_t>(i)].load(), 1) << threads << " threads, n " << n << ", item " << i;
+    }
+  omp_set_num_threads(2);
+  // Thread 0 sleeps in its first item: thread 1 does its own share, then takes thread 0's.
+  std::vector<int> by(64, -1);
+  std::atomic<bool> slept{false};
+  parallel_stream(64, [&](int64_t i) {
+    if (omp_get_thread_num() == 0 && !slept.exchange(true)) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    by[static_cast<size_t>(i)] = omp_get_thread_num();
+  });
+  omp_set_num_threads(saved);
+  EXPECT_GT(std::count(by.begin(), by.end(), 1), 32) << "the idle thread took part of the sleeping thread's share";
+  EXPECT_EQ(std::count(by.begin(), by.end(), -1), 0);
 }
 
 TEST(KvStudy, BrownMiniTable) {

@@ -29,14 +29,12 @@ class FastBackend final : public RefBackend<float> {
       return;
     fast_matmul(w, row(x, 0), x.rows, x.cols, y.cols, row(y, 0), row0);
   }
-  // Element-wise: rows split over the threads change no bits.
+  // Element-wise: rows, or pieces of one long row, split over the threads change no bits.
   void gelu_mul(const View& g, const View& u) override {
-#pragma omp parallel for schedule(static) if (g.rows >= 2 && g.numel() >= 65536)
-    for (int64_t r = 0; r < g.rows; ++r) fast_gelu_tanh_mul(row(g, r), row(u, r), g.cols);
+    elementwise(g, [&](int64_t r, int64_t c0, int64_t n) { fast_gelu_tanh_mul(row(g, r) + c0, row(u, r) + c0, n); });
   }
   void softcap(const View& x, double c) override {
-#pragma omp parallel for schedule(static) if (x.rows >= 2)
-    for (int64_t r = 0; r < x.rows; ++r) fast_softcap(row(x, r), x.cols, static_cast<float>(c));
+    elementwise(x, [&](int64_t r, int64_t c0, int64_t n) { fast_softcap(row(x, r) + c0, n, static_cast<float>(c)); });
   }
 
   // Grouped-query attention, tiled: the query heads that share a KV head, and up to
@@ -153,6 +151,20 @@ class FastBackend final : public RefBackend<float> {
   // Tokens per work item: as many as keep its scores within kScoreFloats.
   static int64_t tile_tokens(int64_t G, int64_t keys) {
     return std::clamp<int64_t>(kScoreFloats / (G * (keys + kTileTokens)), 1, kTileTokens);
+  }
+
+  // fn(row, first column, columns) over x. A decode step has one row (the logits: 262144
+  // columns), so it is cut into pieces of kPiece columns: multiples of every kernel's vector
+  // width, so each element goes through the code it would go through in one call.
+  template <class Fn>
+  static void elementwise(const View& x, Fn fn) {
+    constexpr int64_t kPiece = 4096;
+    const int64_t pieces = (x.cols + kPiece - 1) / kPiece, items = x.rows * pieces;
+#pragma omp parallel for schedule(static) if (x.numel() >= 2 * kPiece && items >= 2)
+    for (int64_t i = 0; i < items; ++i) {
+      const int64_t r = i / pieces, c0 = i % pieces * kPiece;
+      fn(r, c0, std::min(kPiece, x.cols - c0));
+    }
   }
 
   // The packed copy of a weight (kernels/fast.h: fast_pack), made at its first use.

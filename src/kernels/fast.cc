@@ -22,6 +22,7 @@
 #include "kernels/ops.h"
 #include "util/error.h"
 #include "util/half.h"
+#include "util/parallel.h"
 
 namespace g4 {
 namespace fast_detail {
@@ -558,13 +559,10 @@ void fast_matmul(const TensorView& w, const float* x, int64_t n_tok, int64_t n_i
     // Blocks of 16 rows (in place for F32, else dequantized into scratch) against every
     // token, so each token's activations are read from memory once per block, not per row.
     constexpr int64_t kRowBlock = 16;
-#pragma omp parallel
-    {
-      float* buf = grown(scratch().f32, kRowBlock * n_in);
-      const float* rows[kRowBlock];
-#pragma omp for schedule(static)
-      for (int64_t o0 = 0; o0 < n_out; o0 += kRowBlock) {
-        const int64_t nr = std::min(kRowBlock, n_out - o0);
+    parallel_stream((n_out + kRowBlock - 1) / kRowBlock, [&](int64_t block) {
+        float* buf = grown(scratch().f32, kRowBlock * n_in);
+        const float* rows[kRowBlock];
+        const int64_t o0 = block * kRowBlock, nr = std::min(kRowBlock, n_out - o0);
         for (int64_t r = 0; r < nr; ++r) {
           const uint8_t* src = w.data + (row0 + o0 + r) * *rb;
           if (w.dtype == DType::F32 && reinterpret_cast<uintptr_t>(src) % alignof(float) == 0) {
@@ -577,7 +575,7 @@ void fast_matmul(const TensorView& w, const float* x, int64_t n_tok, int64_t n_i
 #if defined(__x86_64__)
         if (vnni(isa)) {
           f32_rows_avx512(rows, nr, x, n_tok, n_in, y + o0, n_out);
-          continue;
+          return;
         }
 #endif
         for (int64_t t = 0; t < n_tok; ++t)
@@ -590,8 +588,7 @@ void fast_matmul(const TensorView& w, const float* x, int64_t n_tok, int64_t n_i
 #endif
             y[t * n_out + o0 + r] = dot_f32_scalar(rows[r], x + t * n_in, n_in);
           }
-      }
-    }
+    });
     return;
   }
 #if defined(__x86_64__)

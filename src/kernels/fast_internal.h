@@ -13,6 +13,7 @@
 
 #include "formats/dtype.h"
 #include "formats/tensor.h"
+#include "util/huge_pages.h"
 
 namespace g4 {
 
@@ -21,7 +22,7 @@ struct PackedMatrix {
   DType type = DType::F32;
   int64_t rows = 0, cols = 0;  // of the source matrix (every expert of a 3-D tensor)
   int64_t group_bytes = 0;     // one group of 16 rows
-  std::unique_ptr<uint8_t, decltype(&std::free)> data{nullptr, &std::free};
+  std::unique_ptr<uint8_t, void (*)(void*)> data{nullptr, &huge_pool_free};  // huge_pool_alloc'd
 };
 
 }  // namespace g4

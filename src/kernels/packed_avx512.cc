@@ -51,6 +51,7 @@
 #include "kernels/fast_internal.h"
 #include "util/error.h"
 #include "util/huge_pages.h"
+#include "util/parallel.h"
 
 // GCC 12 warns that _mm512_undefined_ps, the pass-through of every unmasked conversion, may be
 // used uninitialized: a false positive (it is never read).
@@ -743,7 +744,7 @@ std::shared_ptr<PackedMatrix> pack(const TensorView& w, int64_t rows, int64_t co
   p->cols = cols;
   p->group_bytes = units * L::kBytes;
   const size_t bytes = static_cast<size_t>(groups * p->group_bytes);
-  p->data.reset(static_cast<uint8_t*>(huge_alloc(bytes)));
+  p->data.reset(static_cast<uint8_t*>(huge_pool_alloc(bytes)));
   if (!p->data) fail("{}: cannot allocate {} bytes for its packed copy (G4_NO_REPACK=1 computes from the file as is)", w.name, bytes);
   const int64_t block_bytes = dtype_info(L::kType).block_bytes;
 #pragma omp parallel for schedule(static)
@@ -804,8 +805,8 @@ template <class L>
 void run(const PackedMatrix& p, const Acts& a, int64_t a0, int64_t t_begin, int64_t t_end, int64_t g_begin, int64_t n_out,
          float* y, int64_t row0) {
   const int64_t n_units = p.cols / L::kCols, g0 = row0 / kRows, n_groups = (n_out + kRows - 1) / kRows;
-#pragma omp parallel for schedule(static)
-  for (int64_t gi = g_begin; gi < n_groups; ++gi) {
+  parallel_stream(n_groups - g_begin, [&](int64_t i) {
+    const int64_t gi = g_begin + i;
     const uint8_t* group = p.data.get() + (g0 + gi) * p.group_bytes;
     const int64_t first = gi * kRows, rows = std::min<int64_t>(kRows, n_out - first);
     alignas(64) float out[kTile * kRows];
@@ -814,7 +815,7 @@ void run(const PackedMatrix& p, const Acts& a, int64_t a0, int64_t t_begin, int6
       tile_n<L>(nt, group, n_units, a, t - a0, out);
       for (int k = 0; k < nt; ++k) std::memcpy(y + (t + k) * n_out + first, out + kRows * k, static_cast<size_t>(rows) * 4);
     }
-  }
+  });
 }
 
 template <class L>
