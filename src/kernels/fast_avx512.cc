@@ -29,6 +29,7 @@
 #include "kernels/dequant.h"
 #include "kernels/fast_internal.h"
 #include "util/half.h"
+#include "util/parallel.h"
 
 #define G4_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,fma,f16c")))
 
@@ -404,9 +405,11 @@ bool matmul_avx512_vnni(const TensorView& w, const float* x, int64_t n_tok, int6
   Acts& acts = scratch().acts;
   quantize_acts(x, n_tok, n_in, zero_point(w.dtype), bs, min, quantize_block_avx2, acts);
   if (f.dot && n_tok < 4) {
-#pragma omp parallel for schedule(static)
-    for (int64_t o = 0; o < n_out; ++o)
-      for (int64_t t = 0; t < n_tok; ++t) y[t * n_out + o] = f.dot(w.data + (row0 + o) * rb, acts, t);
+    constexpr int64_t kRowsPerItem = 16;
+    parallel_stream((n_out + kRowsPerItem - 1) / kRowsPerItem, [&](int64_t item) {
+      for (int64_t o = item * kRowsPerItem; o < std::min(n_out, (item + 1) * kRowsPerItem); ++o)
+        for (int64_t t = 0; t < n_tok; ++t) y[t * n_out + o] = f.dot(w.data + (row0 + o) * rb, acts, t);
+    });
     return true;
   }
   constexpr int64_t kPanelRows = 16;
