@@ -560,34 +560,34 @@ void fast_matmul(const TensorView& w, const float* x, int64_t n_tok, int64_t n_i
     // token, so each token's activations are read from memory once per block, not per row.
     constexpr int64_t kRowBlock = 16;
     parallel_stream((n_out + kRowBlock - 1) / kRowBlock, [&](int64_t block) {
-        float* buf = grown(scratch().f32, kRowBlock * n_in);
-        const float* rows[kRowBlock];
-        const int64_t o0 = block * kRowBlock, nr = std::min(kRowBlock, n_out - o0);
+      float* buf = grown(scratch().f32, kRowBlock * n_in);
+      const float* rows[kRowBlock];
+      const int64_t o0 = block * kRowBlock, nr = std::min(kRowBlock, n_out - o0);
+      for (int64_t r = 0; r < nr; ++r) {
+        const uint8_t* src = w.data + (row0 + o0 + r) * *rb;
+        if (w.dtype == DType::F32 && reinterpret_cast<uintptr_t>(src) % alignof(float) == 0) {
+          rows[r] = reinterpret_cast<const float*>(src);
+        } else {
+          dequant_row(w.dtype, src, n_in, buf + r * n_in);
+          rows[r] = buf + r * n_in;
+        }
+      }
+#if defined(__x86_64__)
+      if (vnni(isa)) {
+        f32_rows_avx512(rows, nr, x, n_tok, n_in, y + o0, n_out);
+        return;
+      }
+#endif
+      for (int64_t t = 0; t < n_tok; ++t)
         for (int64_t r = 0; r < nr; ++r) {
-          const uint8_t* src = w.data + (row0 + o0 + r) * *rb;
-          if (w.dtype == DType::F32 && reinterpret_cast<uintptr_t>(src) % alignof(float) == 0) {
-            rows[r] = reinterpret_cast<const float*>(src);
-          } else {
-            dequant_row(w.dtype, src, n_in, buf + r * n_in);
-            rows[r] = buf + r * n_in;
-          }
-        }
 #if defined(__x86_64__)
-        if (vnni(isa)) {
-          f32_rows_avx512(rows, nr, x, n_tok, n_in, y + o0, n_out);
-          return;
-        }
-#endif
-        for (int64_t t = 0; t < n_tok; ++t)
-          for (int64_t r = 0; r < nr; ++r) {
-#if defined(__x86_64__)
-            if (avx2) {
-              y[t * n_out + o0 + r] = dot_f32_avx2(rows[r], x + t * n_in, n_in);
-              continue;
-            }
-#endif
-            y[t * n_out + o0 + r] = dot_f32_scalar(rows[r], x + t * n_in, n_in);
+          if (avx2) {
+            y[t * n_out + o0 + r] = dot_f32_avx2(rows[r], x + t * n_in, n_in);
+            continue;
           }
+#endif
+          y[t * n_out + o0 + r] = dot_f32_scalar(rows[r], x + t * n_in, n_in);
+        }
     });
     return;
   }
