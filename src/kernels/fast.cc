@@ -560,7 +560,7 @@ void fast_matmul(const TensorView& w, const float* x, int64_t n_tok, int64_t n_i
     // token, so each token's activations are read from memory once per block, not per row.
     constexpr int64_t kRowBlock = 16;
     parallel_stream((n_out + kRowBlock - 1) / kRowBlock, [&](int64_t block) {
-      float* buf = grown(scratch().f32, kRowBlock * n_in);
+      float* buf = scratch().f32.data();  // grown by the prologue below
       const float* rows[kRowBlock];
       const int64_t o0 = block * kRowBlock, nr = std::min(kRowBlock, n_out - o0);
       for (int64_t r = 0; r < nr; ++r) {
@@ -588,7 +588,7 @@ void fast_matmul(const TensorView& w, const float* x, int64_t n_tok, int64_t n_i
 #endif
           y[t * n_out + o0 + r] = dot_f32_scalar(rows[r], x + t * n_in, n_in);
         }
-    });
+    }, [&] { grown(scratch().f32, kRowBlock * n_in); });
     return;
   }
 #if defined(__x86_64__)

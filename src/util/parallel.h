@@ -65,11 +65,17 @@ inline Share* shares(int threads) {
 
 // fn(i) for every i in [0, n), over the threads of a new parallel region. fn must not
 // depend on which thread runs it or in which order items run. Inside a parallel region, or
-// past 2^32 items, it runs them in order on the calling thread.
-template <class Fn>
-void parallel_stream(int64_t n, Fn&& fn) {
+// past 2^32 items, it runs them in order on the calling thread. prologue() runs first on
+// every thread that may take items (e.g. grows its scratch: which thread takes which item
+// varies from call to call, so scratch grown inside fn could grow after a warm-up).
+struct NoPrologue {
+  void operator()() const {}
+};
+template <class Fn, class Prologue = NoPrologue>
+void parallel_stream(int64_t n, Fn&& fn, Prologue&& prologue = {}) {
   const int threads = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), n));
   if (threads <= 1 || omp_in_parallel() || n > int64_t{UINT32_MAX}) {
+    if (n > 0) prologue();
     for (int64_t i = 0; i < n; ++i) fn(i);
     return;
   }
@@ -80,6 +86,7 @@ void parallel_stream(int64_t n, Fn&& fn) {
                       std::memory_order_relaxed);
 #pragma omp parallel num_threads(threads)
   {
+    prologue();
     const int me = omp_get_thread_num();
     int64_t k = 0;
     for (int64_t i; (i = shares[me].take(true, k)) >= 0;)
