@@ -243,7 +243,8 @@ G4_AVX512 inline void fold_dot(__m512i* dot) {
   for (int t = 0; t < T; ++t) dot[t] = _mm512_add_epi32(dot[t], dot[T + t]);
 }
 
-// out[t * 16 + r] = row r of the group . token t0 + t, over every unit of the group.
+// out[(T q + t) * 16 + r] = row r of group q . token t0 + t, over every unit; NG groups walked
+// side by side, unit by unit.
 template <class L, int T, int NG = 1>
 G4_AVX512 void tile(const uint8_t* const* groups, int64_t n_units, const Acts& a, int64_t t0, float* out) {
   const __m512i nib = _mm512_set1_epi8(0x0f);
