@@ -103,7 +103,10 @@ void BM_StreamCompute(benchmark::State& state, bool dram) {
   std::vector<uint8_t*> bufs;
   for (size_t i = 0; i < n_bufs; ++i) {
     auto* b = static_cast<uint8_t*>(g4::huge_pool_alloc(kBuf));
-    if (!b) return state.SkipWithError("cannot allocate the buffers");
+    if (!b) {
+      for (auto* q : bufs) g4::huge_pool_free(q);
+      return state.SkipWithError("cannot allocate the buffers");
+    }
     for (size_t j = 0; j < kBuf; ++j) b[j] = static_cast<uint8_t>(j * 7 + i);
     bufs.push_back(b);
   }
