@@ -13,14 +13,17 @@
 //   Q5_0 unit (352 B = 16 blocks): vectors 0-3 of qs as Q4_0; the fifth bits, 4 bytes per row
 //        (Q5_0L: byte i, bit j = element 4j + i); then the 16 f16 d.
 //   Q8_0 unit (544 B): vectors 0-7 of qs XOR 0x80 (int8 + 128), then the 16 f16 d.
-//   Q4_K unit (2368 B, +3% over the blocks): for each 32-byte qs chunk c (0-3) its vectors
-//        0-7 (low nibbles: sub-block 2c, high: 2c+1); d[16] and dmin[16] f16; the 6-bit
-//        scales sc[8][16] and mins m[8][16] as bytes.
-//   Q5_K unit (2880 B, +2%): the Q4_K unit of its d, dmin, scales and qs, then vectors 0-7 of qh
-//        (bit j of qh[l]: the fifth bit of element l of sub-block j).
-//   Q6_K unit (3360 B = 16 blocks): ql vectors for (n, half) in (0,0) (0,1) (1,0) (1,1) of
-//        ql[64n + 32 half ..], 8 each; qh vectors for n = 0, 1 of qh[32n ..], 8 each; the
-//        int8 scales [16][16]; the 16 f16 d.
+//   Q4_K unit (2368 B, +3% over the blocks): d[16] and dmin[16] f16; the 6-bit scales sc[8][16]
+//        and mins m[8][16] as bytes; then for each 32-byte qs chunk c (0-3) its vectors 0-7
+//        (low nibbles: sub-block 2c, high: 2c+1).
+//   Q5_K unit (2880 B, +2%): the Q4_K header, vectors 0-7 of qh (bit j of qh[l]: the fifth bit
+//        of element l of sub-block j), then the Q4_K chunks.
+//   Q6_K unit (3360 B = 16 blocks): the 16 f16 d; the int8 scales [16][16]; then per half n
+//        (0, 1), for k = 0-7 vector k of ql[64n ..] and vector k of qh[32n ..], then vectors
+//        0-7 of ql[64n + 32 ..] (Q6_KL::ql, qh).
+// Each unit is laid out in the order the decode kernel first reads it (the scales before the
+// weights they scale), so one prefetch kPrefetch ahead of each first read covers every line:
+// measured from DRAM, Q4_K and Q6_K +2-5% over the scales-last layout.
 // The arithmetic per 32 (16 for Q6_K) weights is that of the panel kernels in
 // fast_avx512.cc: the integer dot, then acc += float(dot) * (s * d) (+ m * sx), in
 // block order, so both give the same bits.
@@ -147,20 +150,23 @@ struct KQuantL {
   static constexpr int kAmxMinTokens = kT == DType::Q4_K ? 16 : 32;  // Q5_K goes through expand (slower)
   static constexpr bool kMin = true;
   static constexpr int kInt8TilesBelow = 0;
+  // Byte offsets in a unit: the header (d, dmin, scales, mins), Q5_K's qh, then the nibbles.
+  static constexpr int kD = 0, kDmin = 32, kSc = 64, kMn = 192, kHead = 320, kQh = kHead;
+  static constexpr int kQs = kT == DType::Q5_K ? kQh + 512 : kHead;
   static void pack(const uint8_t* const* rows, uint8_t* out) {
-    for (int c = 0; c < 4; ++c)
-      for (int k = 0; k < 8; ++k) interleave(rows, offsetof(B, qs) + 32 * c + 4 * k, out + 512 * c + 64 * k);
-    put_f16(rows, offsetof(B, d), out + 2048);
-    put_f16(rows, offsetof(B, dmin), out + 2080);
+    put_f16(rows, offsetof(B, d), out + kD);
+    put_f16(rows, offsetof(B, dmin), out + kDmin);
     for (int r = 0; r < kRows; ++r)
       for (int j = 0; j < 8; ++j) {
         uint8_t sc = 0, mn = 0;
         if (rows[r]) scale_min_k4(j, rows[r] + offsetof(B, scales), sc, mn);
-        out[2112 + 16 * j + r] = sc;
-        out[2240 + 16 * j + r] = mn;
+        out[kSc + 16 * j + r] = sc;
+        out[kMn + 16 * j + r] = mn;
       }
     if constexpr (kT == DType::Q5_K)
-      for (int k = 0; k < 8; ++k) interleave(rows, offsetof(block_q5_k, qh) + 4 * k, out + 2368 + 64 * k);
+      for (int k = 0; k < 8; ++k) interleave(rows, offsetof(block_q5_k, qh) + 4 * k, out + kQh + 64 * k);
+    for (int c = 0; c < 4; ++c)
+      for (int k = 0; k < 8; ++k) interleave(rows, offsetof(B, qs) + 32 * c + 4 * k, out + kQs + 512 * c + 64 * k);
   }
 };
 using Q4_KL = KQuantL<block_q4_k, DType::Q4_K, 2368>;
@@ -172,16 +178,20 @@ struct Q6_KL {
   static constexpr int kAmxMinTokens = 16;
   static constexpr bool kMin = false;
   static constexpr int kInt8TilesBelow = 0;
+  // Byte offsets in a unit: the header (d, scales), then per half n the vectors in the order the
+  // tile kernel first reads them: ql (n, 0) and qh n alternating, then ql (n, 1).
+  static constexpr int kD = 0, kSc = 32, kHead = 288;
+  static constexpr int ql(int n, int half, int k) { return kHead + 1536 * n + (half ? 1024 + 64 * k : 128 * k); }
+  static constexpr int qh(int n, int k) { return kHead + 1536 * n + 128 * k + 64; }
   static void pack(const uint8_t* const* rows, uint8_t* out) {
-    for (int n = 0; n < 2; ++n)
-      for (int h = 0; h < 2; ++h)
-        for (int k = 0; k < 8; ++k)
-          interleave(rows, offsetof(block_q6_k, ql) + 64 * n + 32 * h + 4 * k, out + 64 * (8 * (2 * n + h) + k));
-    for (int n = 0; n < 2; ++n)
-      for (int k = 0; k < 8; ++k) interleave(rows, offsetof(block_q6_k, qh) + 32 * n + 4 * k, out + 2048 + 64 * (8 * n + k));
+    put_f16(rows, offsetof(block_q6_k, d), out + kD);
     for (int r = 0; r < kRows; ++r)
-      for (int g = 0; g < 16; ++g) out[3072 + 16 * g + r] = rows[r] ? rows[r][offsetof(block_q6_k, scales) + g] : 0;
-    put_f16(rows, offsetof(block_q6_k, d), out + 3328);
+      for (int g = 0; g < 16; ++g) out[kSc + 16 * g + r] = rows[r] ? rows[r][offsetof(block_q6_k, scales) + g] : 0;
+    for (int n = 0; n < 2; ++n)
+      for (int k = 0; k < 8; ++k) {
+        for (int h = 0; h < 2; ++h) interleave(rows, offsetof(block_q6_k, ql) + 64 * n + 32 * h + 4 * k, out + ql(n, h, k));
+        interleave(rows, offsetof(block_q6_k, qh) + 32 * n + 4 * k, out + qh(n, k));
+      }
   }
 };
 
@@ -197,9 +207,10 @@ G4_AVX512 inline __m512 f16x16(const uint8_t* p) {
 
 // Sub-block j's scale d * sc and minimum -dmin * m of the 16 rows of a Q4_K/Q5_K unit p
 // (d, mdmin = -dmin: the unit's f16 d and dmin as f32).
+template <class L>
 G4_AVX512 inline void kquant_scale_min(const uint8_t* p, int j, __m512 d, __m512 mdmin, __m512& s, __m512& m) {
-  const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2112 + 16 * j));
-  const __m128i mn = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2240 + 16 * j));
+  const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + L::kSc + 16 * j));
+  const __m128i mn = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + L::kMn + 16 * j));
   s = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(sc)));
   m = _mm512_mul_ps(mdmin, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(mn)));
 }
@@ -220,6 +231,13 @@ G4_AVX512 inline void small_values(__m512i v, __m512i qh, int k, __m512i& lo, __
 G4_AVX512 inline __m512i load(const uint8_t* p) {
   _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetch, _MM_HINT_T0);
   return _mm512_loadu_si512(p);
+}
+
+// A K-quant unit's header lines (read before its first vector) prefetched kPrefetch ahead, as
+// load() prefetches each vector's: the stream is read in address order, every line once.
+template <class L>
+G4_AVX512 inline void head_prefetch(const uint8_t* p) {
+  for (int off = 0; off < L::kHead; off += 64) _mm_prefetch(reinterpret_cast<const char*>(p) + off + kPrefetch, _MM_HINT_T0);
 }
 
 // acc[t] += float(dot[t]) * (s * d[t, b]) for tokens t0..t0+T-1 of scale block b.
@@ -255,14 +273,18 @@ G4_AVX512 void tile(const uint8_t* const* groups, int64_t n_units, const Acts& a
   for (int t = 0; t < T; ++t) x[t] = a.tok(t0 + t);
   // Two accumulator chains per token (dot[t], dot[T + t]), so that with few tokens the
   // vpdpbusd latency is not one serial chain (same bits; no decode change measured on
-  // Sapphire Rapids, where decode is bound by memory). The loops over a unit are unrolled in
-  // full (#pragma GCC unroll): left as loops, GCC indexes dot[] at run time, so it lives on the
+  // Sapphire Rapids, where decode is bound by memory). The loops that pick a dot[] are unrolled
+  // (#pragma GCC unroll): left as loops, GCC indexes dot[] at run time, so it lives on the
   // stack with a store and reload around every vpdpbusd. Measured, 6144 x 1536, 1 thread, from
   // L3: Q6_K decode 415 -> 267 us (23 -> 35 GMAC/s), Q8_0 at 8 tokens 782 -> 365, Q4_K at 8
-  // tokens 986 -> 424.
+  // tokens 986 -> 424. The loops over groups, Q4_K chunks and Q6_K halves stay loops: a decode
+  // body that fits the uop cache refills the core faster after a wait on memory. Measured from
+  // DRAM (6144 x 1536 matrices cycled over 1.2 GB, 1 token, median of 5): Q4_K 12.3 -> 13.5 GB/s
+  // at 1 thread, 24.0 -> 26.1 at 2 threads; Q6_K 12.1 -> 12.9 / 24.4 -> 24.9 (with the
+  // header-first layout), while the L2-resident rates barely move (Q4_K 42 -> 46 GB/s).
   __m512i dot[2 * T];
   for (int64_t u = 0; u < n_units; ++u)
-#pragma GCC unroll 4
+#pragma GCC unroll 1
   for (int q = 0; q < NG; ++q) {
     const uint8_t* p = groups[q] + u * L::kBytes;
     __m512* acc = accs[q];
@@ -302,24 +324,28 @@ G4_AVX512 void tile(const uint8_t* const* groups, int64_t n_units, const Acts& a
       fold_dot<T>(dot);
       scale_add<T>(dot, f16x16(p + L::kScales), a, t0, u, acc);
     } else if constexpr (L::kType == DType::Q4_K || L::kType == DType::Q5_K) {
-      const __m512 d = f16x16(p + 2048), mdmin = _mm512_sub_ps(_mm512_setzero_ps(), f16x16(p + 2080));
+      head_prefetch<L>(p);
+      const __m512 d = f16x16(p + L::kD), mdmin = _mm512_sub_ps(_mm512_setzero_ps(), f16x16(p + L::kDmin));
       // Q4_K's odd sub-blocks take the high nibbles in place (16 x their value, one op fewer per
       // vector) and d / 16: float(16 dot) * (d / 16 * sc * xd) rounds to the same bits as
       // float(dot) * (d * sc * xd) (scaling by 16 is exact at both ends).
       const __m512 d16 = L::kType == DType::Q4_K ? _mm512_mul_ps(d, _mm512_set1_ps(1.0f / 16)) : d;
-#pragma GCC unroll 8
-      for (int j = 0; j < 8; ++j) {  // sub-blocks of 32: chunk j / 2, low or high nibbles
+#pragma GCC unroll 1
+      for (int c = 0; c < 4; ++c)
+#pragma GCC unroll 2
+      for (int h = 0; h < 2; ++h) {  // sub-block j of 32: chunk c, low (h = 0) or high nibbles
+        const int j = 2 * c + h;
         const int64_t b = 8 * u + j;
         init_dot<T>(dot, a, t0, b);
 #pragma GCC unroll 8
         for (int k = 0; k < 8; ++k) {
-          const uint8_t* vp = p + 512 * (j / 2) + 64 * k;
-          const __m512i v = j % 2 ? _mm512_loadu_si512(vp) : load(vp);
-          __m512i w = j % 2 == 0              ? _mm512_and_si512(v, nib)
+          const uint8_t* vp = p + L::kQs + 512 * c + 64 * k;
+          const __m512i v = h ? _mm512_loadu_si512(vp) : load(vp);
+          __m512i w = h == 0                    ? _mm512_and_si512(v, nib)
                       : L::kType == DType::Q4_K ? _mm512_andnot_si512(nib, v)
                                                 : _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
           if constexpr (L::kType == DType::Q5_K) {  // bit j of qh to bit 4 of each byte
-            const uint8_t* hp = p + 2368 + 64 * k;
+            const uint8_t* hp = p + L::kQh + 64 * k;
             const __m512i qh = j == 0 ? load(hp) : _mm512_loadu_si512(hp);
             const __m512i hb = j < 4 ? _mm512_slli_epi16(qh, 4 - j) : _mm512_srli_epi16(qh, j - 4);
             w = _mm512_ternarylogic_epi32(w, hb, _mm512_set1_epi8(0x10), 0xF8);  // w | (hb & 0x10)
@@ -329,15 +355,15 @@ G4_AVX512 void tile(const uint8_t* const* groups, int64_t n_units, const Acts& a
         }
         fold_dot<T>(dot);
         __m512 s, m;
-        kquant_scale_min(p, j, j % 2 ? d16 : d, mdmin, s, m);
+        kquant_scale_min<L>(p, j, h ? d16 : d, mdmin, s, m);
         scale_add<T>(dot, s, a, t0, b, acc);
         for (int t = 0; t < T; ++t) acc[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(a.sx[a.at(t0 + t, b)]), acc[t]);
       }
-      for (int off = 2048; off < 2368; off += 64) _mm_prefetch(reinterpret_cast<const char*>(p) + off + kPrefetch, _MM_HINT_T0);
     } else {  // Q6_K: element 128n + 32i + l = ql nibble | qh bits 2i..2i+1 << 4, scale group 8n + 2i + l / 16
-      const __m512 d = f16x16(p + 3328);
+      head_prefetch<L>(p);
+      const __m512 d = f16x16(p + L::kD);
       const __m512i hmask = _mm512_set1_epi8(0x30);
-#pragma GCC unroll 2
+#pragma GCC unroll 1
       for (int n = 0; n < 2; ++n)
 #pragma GCC unroll 4
         for (int i = 0; i < 4; ++i)
@@ -347,9 +373,10 @@ G4_AVX512 void tile(const uint8_t* const* groups, int64_t n_units, const Acts& a
             const int64_t b = 16 * u + g;
             init_dot<T>(dot, a, t0, b);
 #pragma GCC unroll 4
-            for (int k = 4 * h; k < 4 * h + 4; ++k) {
-              const uint8_t* lp = p + 64 * (8 * (2 * n + (i & 1)) + k);
-              const uint8_t* hp = p + 2048 + 64 * (8 * n + k);
+            for (int kk = 0; kk < 4; ++kk) {
+              const int k = 4 * h + kk;
+              const uint8_t* lp = p + L::ql(n, i & 1, k);
+              const uint8_t* hp = p + L::qh(n, k);
               const bool first = i < 2;  // the first visit of these bytes: prefetch ahead
               const __m512i ql = first ? load(lp) : _mm512_loadu_si512(lp);
               const __m512i qh = i == 0 ? load(hp) : _mm512_loadu_si512(hp);
@@ -363,14 +390,12 @@ G4_AVX512 void tile(const uint8_t* const* groups, int64_t n_units, const Acts& a
               }
               const __m512i w = _mm512_ternarylogic_epi32(lo, hb, hmask, 0xF8);  // lo | (hb & 0x30)
               for (int t = 0; t < T; ++t)
-                dot[T * (k & 1) + t] = _mm512_dpbusd_epi32(dot[T * (k & 1) + t], w, bcast(x[t] + e0 + 128 * n + 32 * i + 4 * k));
+                dot[T * (kk & 1) + t] = _mm512_dpbusd_epi32(dot[T * (kk & 1) + t], w, bcast(x[t] + e0 + 128 * n + 32 * i + 4 * k));
             }
             fold_dot<T>(dot);
-            const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 3072 + 16 * g));
+            const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + L::kSc + 16 * g));
             scale_add<T>(dot, _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc))), a, t0, b, acc);
           }
-      for (int off = 3072; off < L::kBytes; off += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(p) + off + kPrefetch, _MM_HINT_T0);
     }
   }
   for (int q = 0; q < NG; ++q)
@@ -391,28 +416,28 @@ G4_AVX512 void expand(const uint8_t* group, int64_t n_units, uint8_t* w, float* 
   for (int64_t u = 0; u < n_units; ++u) {
     const uint8_t* p = group + u * L::kBytes;
     if constexpr (L::kType == DType::Q5_K) {
-      const __m512 d = f16x16(p + 2048), mdmin = _mm512_sub_ps(_mm512_setzero_ps(), f16x16(p + 2080));
+      const __m512 d = f16x16(p + L::kD), mdmin = _mm512_sub_ps(_mm512_setzero_ps(), f16x16(p + L::kDmin));
       for (int j = 0; j < 8; ++j) {
         const int64_t b = 8 * u + j;
         for (int k = 0; k < 8; ++k) {
-          const __m512i v = _mm512_loadu_si512(p + 512 * (j / 2) + 64 * k);
+          const __m512i v = _mm512_loadu_si512(p + L::kQs + 512 * (j / 2) + 64 * k);
           const __m512i q = j % 2 ? _mm512_and_si512(_mm512_srli_epi16(v, 4), nib) : _mm512_and_si512(v, nib);
-          const __m512i qh = _mm512_loadu_si512(p + 2368 + 64 * k);
+          const __m512i qh = _mm512_loadu_si512(p + L::kQh + 64 * k);
           const __m512i hb = j < 4 ? _mm512_slli_epi16(qh, 4 - j) : _mm512_srli_epi16(qh, j - 4);
           _mm512_storeu_si512(w + 512 * b + 64 * k, _mm512_ternarylogic_epi32(q, hb, _mm512_set1_epi8(0x10), 0xF8));
         }
         __m512 sv, mv;
-        kquant_scale_min(p, j, d, mdmin, sv, mv);
+        kquant_scale_min<L>(p, j, d, mdmin, sv, mv);
         _mm512_storeu_ps(s + 16 * b, sv);
         _mm512_storeu_ps(m + 16 * b, mv);
       }
     } else {  // Q6_K: scale group g = 8n + 2i + h holds the vectors k = 4h .. 4h + 3 of (n, i)
-      const __m512 d = f16x16(p + 3328);
+      const __m512 d = f16x16(p + L::kD);
       for (int n = 0; n < 2; ++n)
         for (int i = 0; i < 4; ++i)
           for (int k = 0; k < 8; ++k) {
-            const __m512i ql = _mm512_loadu_si512(p + 64 * (8 * (2 * n + (i & 1)) + k));
-            const __m512i qh = _mm512_loadu_si512(p + 2048 + 64 * (8 * n + k));
+            const __m512i ql = _mm512_loadu_si512(p + L::ql(n, i & 1, k));
+            const __m512i qh = _mm512_loadu_si512(p + L::qh(n, k));
             const __m512i lo = i < 2 ? _mm512_and_si512(ql, nib) : _mm512_and_si512(_mm512_srli_epi16(ql, 4), nib);
             const __m512i hb = i == 0   ? _mm512_slli_epi16(qh, 4)
                                : i == 1 ? _mm512_slli_epi16(qh, 2)
@@ -422,7 +447,7 @@ G4_AVX512 void expand(const uint8_t* group, int64_t n_units, uint8_t* w, float* 
             _mm512_storeu_si512(w + 256 * b + 64 * (k % 4), _mm512_ternarylogic_epi32(lo, hb, _mm512_set1_epi8(0x30), 0xF8));
           }
       for (int g = 0; g < 16; ++g) {
-        const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 3072 + 16 * g));
+        const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + L::kSc + 16 * g));
         _mm512_storeu_ps(s + 16 * (16 * u + g), _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc))));
       }
     }
@@ -525,12 +550,12 @@ G4_AMX void group_bf16(const uint8_t* group, int64_t n_units, uint8_t* w, float*
     const __m512 tab = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     for (int64_t u = 0; u < n_units; ++u) {
       const uint8_t* p = group + u * L::kBytes;
-      const __m512 d = f16x16(p + 2048), mdmin = _mm512_sub_ps(_mm512_setzero_ps(), f16x16(p + 2080));
+      const __m512 d = f16x16(p + L::kD), mdmin = _mm512_sub_ps(_mm512_setzero_ps(), f16x16(p + L::kDmin));
       for (int j = 0; j < 8; ++j) {
         __m512 sv, mv;
-        kquant_scale_min(p, j, d, mdmin, sv, mv);
+        kquant_scale_min<L>(p, j, d, mdmin, sv, mv);
         for (int k = 0; k < 8; ++k)
-          nibble_rows<true>(_mm512_loadu_si512(p + 512 * (j / 2) + 64 * k), 4 * (j % 2), tab, sv, mv,
+          nibble_rows<true>(_mm512_loadu_si512(p + L::kQs + 512 * (j / 2) + 64 * k), 4 * (j % 2), tab, sv, mv,
                             out + 32 * (16 * (8 * u + j) + 2 * k));
       }
     }
