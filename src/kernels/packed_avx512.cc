@@ -150,9 +150,10 @@ struct KQuantL {
   static constexpr int kAmxMinTokens = kT == DType::Q4_K ? 16 : 32;  // Q5_K goes through expand (slower)
   static constexpr bool kMin = true;
   static constexpr int kInt8TilesBelow = 0;
-  // Byte offsets in a unit: the header (d, dmin, scales, mins), Q5_K's qh, then the nibbles.
-  static constexpr int kD = 0, kDmin = 32, kSc = 64, kMn = 192, kHead = 320, kQh = kHead;
-  static constexpr int kQs = kT == DType::Q5_K ? kQh + 512 : kHead;
+  // Byte offsets in a unit: d, dmin, scales, mins, Q5_K's qh, then the nibbles (kHead: the bytes
+  // before them, which head_prefetch covers).
+  static constexpr int kD = 0, kDmin = 32, kSc = 64, kMn = 192, kQh = 320;
+  static constexpr int kQs = kT == DType::Q5_K ? kQh + 512 : kQh, kHead = kQs;
   static void pack(const uint8_t* const* rows, uint8_t* out) {
     put_f16(rows, offsetof(B, d), out + kD);
     put_f16(rows, offsetof(B, dmin), out + kDmin);
@@ -336,6 +337,9 @@ G4_AVX512 void tile(const uint8_t* const* groups, int64_t n_units, const Acts& a
       for (int h = 0; h < 2; ++h) {  // sub-block j of 32: chunk c, low (h = 0) or high nibbles
         const int j = 2 * c + h;
         const int64_t b = 8 * u + j;
+        // Q5_K: a 32-bit rotation by 4 - j puts bit j of each qh byte at bit 4 of the same byte
+        // (j is not a constant here: one rotate, no variable shift).
+        const __m512i rot = _mm512_set1_epi32((4 - j) & 31);
         init_dot<T>(dot, a, t0, b);
 #pragma GCC unroll 8
         for (int k = 0; k < 8; ++k) {
@@ -345,9 +349,7 @@ G4_AVX512 void tile(const uint8_t* const* groups, int64_t n_units, const Acts& a
                       : L::kType == DType::Q4_K ? _mm512_andnot_si512(nib, v)
                                                 : _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
           if constexpr (L::kType == DType::Q5_K) {  // bit j of qh to bit 4 of each byte
-            const uint8_t* hp = p + L::kQh + 64 * k;
-            const __m512i qh = j == 0 ? load(hp) : _mm512_loadu_si512(hp);
-            const __m512i hb = j < 4 ? _mm512_slli_epi16(qh, 4 - j) : _mm512_srli_epi16(qh, j - 4);
+            const __m512i hb = _mm512_rolv_epi32(_mm512_loadu_si512(p + L::kQh + 64 * k), rot);
             w = _mm512_ternarylogic_epi32(w, hb, _mm512_set1_epi8(0x10), 0xF8);  // w | (hb & 0x10)
           }
           for (int t = 0; t < T; ++t)
