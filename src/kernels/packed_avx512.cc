@@ -229,17 +229,13 @@ G4_AVX512 inline void small_values(__m512i v, __m512i qh, int k, __m512i& lo, __
   }
 }
 
-// The vector at p, and a prefetch of the line kPrefetch bytes after it.
-G4_AVX512 inline __m512i load(const uint8_t* p) {
-  _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetch, _MM_HINT_T0);
-  return _mm512_loadu_si512(p);
-}
 // The vector at offset off of unit p, and a prefetch of offset off of pf (the unit kPrefetch
 // bytes after p, or where the stream goes on past its group: tile()).
 G4_AVX512 inline __m512i load(const uint8_t* p, const uint8_t* pf, int off) {
   _mm_prefetch(reinterpret_cast<const char*>(pf) + off, _MM_HINT_T0);
   return _mm512_loadu_si512(p + off);
 }
+G4_AVX512 inline __m512i load(const uint8_t* p) { return load(p, p + kPrefetch, 0); }
 
 // A K-quant unit's header lines (read before its first vector) prefetched at pf, as load()
 // prefetches each vector's: the stream is read in address order, every line once.
