@@ -180,7 +180,8 @@ struct Q6_KL {
   static constexpr bool kMin = false;
   static constexpr int kInt8TilesBelow = 0;
   // Byte offsets in a unit: the header (d, scales), then per half n the vectors in the order the
-  // tile kernel first reads them: ql (n, 0) and qh n alternating, then ql (n, 1).
+  // batch loop of tile() first reads them: ql (n, 0) and qh n alternating, then ql (n, 1) (decode
+  // reads the three vectors k together).
   static constexpr int kD = 0, kSc = 32, kHead = 288;
   static constexpr int ql(int n, int half, int k) { return kHead + 1536 * n + (half ? 1024 + 64 * k : 128 * k); }
   static constexpr int qh(int n, int k) { return kHead + 1536 * n + 128 * k + 64; }
@@ -229,19 +230,30 @@ G4_AVX512 inline void small_values(__m512i v, __m512i qh, int k, __m512i& lo, __
   }
 }
 
-// The vector at offset off of unit p, and a prefetch of offset off of pf (the unit kPrefetch
-// bytes after p, or where the stream goes on past its group: tile()).
-G4_AVX512 inline __m512i load(const uint8_t* p, const uint8_t* pf, int off) {
-  _mm_prefetch(reinterpret_cast<const char*>(pf) + off, _MM_HINT_T0);
+// Where a stream prefetches: offset off of a unit at at + off (kPrefetch bytes ahead), and from
+// offset split of the unit on, past its group's end, skip bytes further: the stream's
+// continuation (tile()). Per line, not per unit: a K-quant unit (2.3-3.4 KB) is longer than
+// kPrefetch, so a per-unit choice sent a whole kPrefetch of each item's prefetches astray.
+struct Pf {
+  const uint8_t* at;
+  int64_t split = INT64_MAX, skip = 0;
+  G4_AVX512 void operator()(int off) const {
+    _mm_prefetch(reinterpret_cast<const char*>(at) + off + (off >= split ? skip : 0), _MM_HINT_T0);
+  }
+};
+
+// The vector at offset off of unit p, and its prefetch.
+G4_AVX512 inline __m512i load(const uint8_t* p, const Pf& pf, int off) {
+  pf(off);
   return _mm512_loadu_si512(p + off);
 }
-G4_AVX512 inline __m512i load(const uint8_t* p) { return load(p, p + kPrefetch, 0); }
+G4_AVX512 inline __m512i load(const uint8_t* p) { return load(p, Pf{p + kPrefetch}, 0); }
 
-// A K-quant unit's header lines (read before its first vector) prefetched at pf, as load()
-// prefetches each vector's: the stream is read in address order, every line once.
+// A K-quant unit's header lines (read before its first vector) prefetched as load() prefetches
+// each vector's: the stream is read in address order, every line once.
 template <class L>
-G4_AVX512 inline void head_prefetch(const uint8_t* pf) {
-  for (int off = 0; off < L::kHead; off += 64) _mm_prefetch(reinterpret_cast<const char*>(pf) + off, _MM_HINT_T0);
+G4_AVX512 inline void head_prefetch(const Pf& pf) {
+  for (int off = 0; off < L::kHead; off += 64) pf(off);
 }
 
 // acc[t] += float(dot[t]) * (s * d[t, b]) for tokens t0..t0+T-1 of scale block b.
@@ -293,15 +305,20 @@ G4_AVX512 void tile(const uint8_t* const* groups, int64_t n_units, const Acts& a
   // Measured, a Q4_0-like read of 13.8 KB groups (e2b's 1536 columns) two side by side:
   // 16.4 -> 17.4 GB/s at 1 thread, 33.0 -> 35.8 at 2 (plain read: 18.8 / 36.5); the kernels
   // from DRAM at 1 thread (6144 x 1536): Q4_0 +3-6%, e2b tg32 Q4_0 +2-4%, Q4_K_M +4%, Q6_K
-  // +6-8%. Q8_0 lost 3-7% with it (cause not found), so it keeps the plain distance.
-  constexpr bool kSkip = NG > 1 && L::kType != DType::Q8_0;
+  // +6-8%. Which stream a prefetch serves is chosen per line (Pf): chosen per unit, a K-quant
+  // unit longer than kPrefetch never skipped (Q4_K from DRAM, 1 thread: 14.8 -> 15.9 GB/s, Q6_K
+  // 14.1 -> 14.7) and Q8_0 lost 3-7% with the skip (now +0-4%).
+  constexpr bool kSkip = NG > 1;
   const int64_t group_stride = kSkip ? groups[1] - groups[0] : 0;
-  const int64_t u_skip = kSkip ? std::max<int64_t>(0, (group_stride - kPrefetch + L::kBytes - 1) / L::kBytes) : n_units;
   for (int64_t u = 0; u < n_units; ++u)
 #pragma GCC unroll 1
   for (int q = 0; q < NG; ++q) {
     const uint8_t* p = groups[q] + u * L::kBytes;
-    const uint8_t* pf = p + (u < u_skip ? kPrefetch : kPrefetch + (NG - 1) * group_stride);
+    Pf pf{p + kPrefetch};
+    if constexpr (kSkip) {
+      pf.split = group_stride - u * L::kBytes - kPrefetch;
+      pf.skip = (NG - 1) * group_stride;
+    }
     __m512* acc = accs[q];
     const int64_t e0 = u * L::kCols;  // first column of the unit
     if constexpr (L::kType == DType::Q4_0 || L::kType == DType::Q5_0) {
@@ -323,7 +340,7 @@ G4_AVX512 void tile(const uint8_t* const* groups, int64_t n_units, const Acts& a
           dot[T + t] = _mm512_dpbusd_epi32(dot[T + t], hi, bcast(x[t] + e0 + 16 + 4 * k));
         }
       }
-      _mm_prefetch(reinterpret_cast<const char*>(pf) + L::kScales, _MM_HINT_T0);
+      pf(L::kScales);
       if constexpr (!five)  // 16 x the high nibbles' dot, a multiple of 16: the shift is exact
         for (int t = 0; t < T; ++t) dot[T + t] = _mm512_srai_epi32(dot[T + t], 4);
       fold_dot<T>(dot);
@@ -335,7 +352,7 @@ G4_AVX512 void tile(const uint8_t* const* groups, int64_t n_units, const Acts& a
         const __m512i v = load(p, pf, 64 * k);
         for (int t = 0; t < T; ++t) dot[T * (k & 1) + t] = _mm512_dpbusd_epi32(dot[T * (k & 1) + t], v, bcast(x[t] + e0 + 4 * k));
       }
-      _mm_prefetch(reinterpret_cast<const char*>(pf) + 512, _MM_HINT_T0);
+      pf(512);
       fold_dot<T>(dot);
       scale_add<T>(dot, f16x16(p + L::kScales), a, t0, u, acc);
     } else if constexpr (L::kType == DType::Q4_K || L::kType == DType::Q5_K) {
@@ -345,40 +362,79 @@ G4_AVX512 void tile(const uint8_t* const* groups, int64_t n_units, const Acts& a
       // vector) and d / 16: float(16 dot) * (d / 16 * sc * xd) rounds to the same bits as
       // float(dot) * (d * sc * xd) (scaling by 16 is exact at both ends).
       const __m512 d16 = L::kType == DType::Q4_K ? _mm512_mul_ps(d, _mm512_set1_ps(1.0f / 16)) : d;
+      // Chunk c holds sub-blocks j = 2c (low nibbles, chain dot[t]) and 2c + 1 (high, dot[T + t]):
+      // each vector is read once for both, scaled in sub-block order (the same bits). Measured,
+      // 6144 x 1536, 1 thread, over a pass per sub-block: 8 tokens 408 -> 384 us; 1 token from
+      // DRAM within noise (16.1 GB/s).
 #pragma GCC unroll 1
-      for (int c = 0; c < 4; ++c)
-#pragma GCC unroll 2
-      for (int h = 0; h < 2; ++h) {  // sub-block j of 32: chunk c, low (h = 0) or high nibbles
-        const int j = 2 * c + h;
+      for (int c = 0; c < 4; ++c) {
+        const int j = 2 * c;
         const int64_t b = 8 * u + j;
         // Q5_K: a 32-bit rotation by 4 - j puts bit j of each qh byte at bit 4 of the same byte
         // (j is not a constant here: one rotate, no variable shift).
-        const __m512i rot = _mm512_set1_epi32((4 - j) & 31);
-        init_dot<T>(dot, a, t0, b);
+        const __m512i rot0 = _mm512_set1_epi32((4 - j) & 31), rot1 = _mm512_set1_epi32((3 - j) & 31);
+        for (int t = 0; t < T; ++t) {
+          dot[t] = _mm512_set1_epi32(a.corr[a.at(t0 + t, b)]);
+          dot[T + t] = _mm512_set1_epi32(a.corr[a.at(t0 + t, b + 1)]);
+        }
 #pragma GCC unroll 8
         for (int k = 0; k < 8; ++k) {
-          const int off = L::kQs + 512 * c + 64 * k;
-          const __m512i v = h ? _mm512_loadu_si512(p + off) : load(p, pf, off);
-          __m512i w = h == 0                    ? _mm512_and_si512(v, nib)
-                      : L::kType == DType::Q4_K ? _mm512_andnot_si512(nib, v)
-                                                : _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
-          if constexpr (L::kType == DType::Q5_K) {  // bit j of qh to bit 4 of each byte
-            const __m512i hb = _mm512_rolv_epi32(_mm512_loadu_si512(p + L::kQh + 64 * k), rot);
-            w = _mm512_ternarylogic_epi32(w, hb, _mm512_set1_epi8(0x10), 0xF8);  // w | (hb & 0x10)
+          const __m512i v = load(p, pf, L::kQs + 512 * c + 64 * k);
+          __m512i lo = _mm512_and_si512(v, nib);
+          __m512i hi = L::kType == DType::Q4_K ? _mm512_andnot_si512(nib, v) : _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
+          if constexpr (L::kType == DType::Q5_K) {  // bits j and j + 1 of qh to bit 4 of each byte
+            const __m512i qh = _mm512_loadu_si512(p + L::kQh + 64 * k);
+            lo = _mm512_ternarylogic_epi32(lo, _mm512_rolv_epi32(qh, rot0), _mm512_set1_epi8(0x10), 0xF8);  // lo | (.. & 0x10)
+            hi = _mm512_ternarylogic_epi32(hi, _mm512_rolv_epi32(qh, rot1), _mm512_set1_epi8(0x10), 0xF8);
           }
-          for (int t = 0; t < T; ++t)
-            dot[T * (k & 1) + t] = _mm512_dpbusd_epi32(dot[T * (k & 1) + t], w, bcast(x[t] + e0 + 32 * j + 4 * k));
+          for (int t = 0; t < T; ++t) {
+            dot[t] = _mm512_dpbusd_epi32(dot[t], lo, bcast(x[t] + e0 + 32 * j + 4 * k));
+            dot[T + t] = _mm512_dpbusd_epi32(dot[T + t], hi, bcast(x[t] + e0 + 32 * j + 32 + 4 * k));
+          }
         }
-        fold_dot<T>(dot);
-        __m512 s, m;
-        kquant_scale_min<L>(p, j, h ? d16 : d, mdmin, s, m);
-        scale_add<T>(dot, s, a, t0, b, acc);
-        for (int t = 0; t < T; ++t) acc[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(a.sx[a.at(t0 + t, b)]), acc[t]);
+        for (int h = 0; h < 2; ++h) {
+          __m512 s, m;
+          kquant_scale_min<L>(p, j + h, h ? d16 : d, mdmin, s, m);
+          scale_add<T>(dot + T * h, s, a, t0, b + h, acc);
+          for (int t = 0; t < T; ++t) acc[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(a.sx[a.at(t0 + t, b + h)]), acc[t]);
+        }
       }
     } else {  // Q6_K: element 128n + 32i + l = ql nibble | qh bits 2i..2i+1 << 4, scale group 8n + 2i + l / 16
       head_prefetch<L>(pf);
       const __m512 d = f16x16(p + L::kD);
       const __m512i hmask = _mm512_set1_epi8(0x30);
+      // Decode: each half's three vectors k (ql low and high, qh) read once for the four weight
+      // vectors i = 0-3 they hold, eight chains (scale group 8n + 2i + k / 4), scaled in group
+      // order (the same bits as the loop below). Measured from DRAM (6144 x 1536, 1 token): 1
+      // thread 14.9 -> 15.9 GB/s, 2 threads 28.4 -> 29.9; e2b Q6_K tg32 7.4 -> 8.2 t/s at 1
+      // thread, 14.3 -> 15.7 at 2. With more tokens, 8T chains do not fit the registers.
+      // (Reading the three in address order, ql and qh laid out k by k, measured 2-4% slower.)
+      if constexpr (T == 1) {
+#pragma GCC unroll 1
+        for (int n = 0; n < 2; ++n) {
+          __m512i d8[8];
+#pragma GCC unroll 8
+          for (int gg = 0; gg < 8; ++gg) d8[gg] = _mm512_set1_epi32(a.corr[a.at(t0, 16 * u + 8 * n + gg)]);
+#pragma GCC unroll 8
+          for (int k = 0; k < 8; ++k) {
+            const __m512i ql0 = load(p, pf, L::ql(n, 0, k)), qh = load(p, pf, L::qh(n, k)), ql1 = load(p, pf, L::ql(n, 1, k));
+            const __m512i w[4] = {  // lo | (hb & 0x30) per i, as below
+                _mm512_ternarylogic_epi32(_mm512_and_si512(ql0, nib), _mm512_slli_epi16(qh, 4), hmask, 0xF8),
+                _mm512_ternarylogic_epi32(_mm512_and_si512(ql1, nib), _mm512_slli_epi16(qh, 2), hmask, 0xF8),
+                _mm512_ternarylogic_epi32(_mm512_and_si512(_mm512_srli_epi16(ql0, 4), nib), qh, hmask, 0xF8),
+                _mm512_ternarylogic_epi32(_mm512_and_si512(_mm512_srli_epi16(ql1, 4), nib), _mm512_srli_epi16(qh, 2), hmask, 0xF8)};
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; ++i)
+              d8[2 * i + k / 4] = _mm512_dpbusd_epi32(d8[2 * i + k / 4], w[i], bcast(x[0] + e0 + 128 * n + 32 * i + 4 * k));
+          }
+#pragma GCC unroll 8
+          for (int gg = 0; gg < 8; ++gg) {
+            const int g = 8 * n + gg;
+            const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + L::kSc + 16 * g));
+            scale_add<1>(d8 + gg, _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc))), a, t0, 16 * u + g, acc);
+          }
+        }
+      } else
 #pragma GCC unroll 1
       for (int n = 0; n < 2; ++n)
 #pragma GCC unroll 4
