@@ -21,9 +21,9 @@
 //   Q6_K unit (3360 B = 16 blocks): the 16 f16 d; the int8 scales [16][16]; then per half n
 //        (0, 1), for k = 0-7 vector k of ql[64n ..] and vector k of qh[32n ..], then vectors
 //        0-7 of ql[64n + 32 ..] (Q6_KL::ql, qh).
-// Each unit is laid out in the order the decode kernel first reads it (the scales before the
-// weights they scale), so one prefetch kPrefetch ahead of each first read covers every line:
-// measured from DRAM, Q4_K and Q6_K +2-5% over the scales-last layout.
+// Each unit is laid out in the order the tile kernel first reads it (the scales before the
+// weights they scale; Q6_K decode reads a half's three vectors k together), so one prefetch
+// kPrefetch ahead of each first read covers every line: measured from DRAM, Q4_K and Q6_K +2-5% over the scales-last layout.
 // The arithmetic per 32 (16 for Q6_K) weights is that of the panel kernels in
 // fast_avx512.cc: the integer dot, then acc += float(dot) * (s * d) (+ m * sx), in
 // block order, so both give the same bits.
@@ -230,6 +230,15 @@ G4_AVX512 inline void small_values(__m512i v, __m512i qh, int k, __m512i& lo, __
   }
 }
 
+// Weight vector i (0-3) of a Q6_K half from its ql vector (half i & 1) and qh vector: the
+// nibble (low for i < 2, high above) | qh bits 2i..2i+1 at bits 4-5, as bytes.
+G4_AVX512 inline __m512i q6_values(__m512i ql, __m512i qh, int i) {
+  const __m512i nib = _mm512_set1_epi8(0x0f);
+  const __m512i lo = i < 2 ? _mm512_and_si512(ql, nib) : _mm512_and_si512(_mm512_srli_epi16(ql, 4), nib);
+  const __m512i hb = i == 0 ? _mm512_slli_epi16(qh, 4) : i == 1 ? _mm512_slli_epi16(qh, 2) : i == 2 ? qh : _mm512_srli_epi16(qh, 2);
+  return _mm512_ternarylogic_epi32(lo, hb, _mm512_set1_epi8(0x30), 0xF8);  // lo | (hb & 0x30)
+}
+
 // Where a stream prefetches: offset off of a unit at at + off (kPrefetch bytes ahead), and from
 // offset split of the unit on, past its group's end, skip bytes further: the stream's
 // continuation (tile()). Per line, not per unit: a K-quant unit (2.3-3.4 KB) is longer than
@@ -402,7 +411,6 @@ G4_AVX512 void tile(const uint8_t* const* groups, int64_t n_units, const Acts& a
     } else {  // Q6_K: element 128n + 32i + l = ql nibble | qh bits 2i..2i+1 << 4, scale group 8n + 2i + l / 16
       head_prefetch<L>(pf);
       const __m512 d = f16x16(p + L::kD);
-      const __m512i hmask = _mm512_set1_epi8(0x30);
       // Decode: each half's three vectors k (ql low and high, qh) read once for the four weight
       // vectors i = 0-3 they hold, eight chains (scale group 8n + 2i + k / 4), scaled in group
       // order (the same bits as the loop below). Measured from DRAM (6144 x 1536, 1 token): 1
@@ -418,14 +426,10 @@ G4_AVX512 void tile(const uint8_t* const* groups, int64_t n_units, const Acts& a
 #pragma GCC unroll 8
           for (int k = 0; k < 8; ++k) {
             const __m512i ql0 = load(p, pf, L::ql(n, 0, k)), qh = load(p, pf, L::qh(n, k)), ql1 = load(p, pf, L::ql(n, 1, k));
-            const __m512i w[4] = {  // lo | (hb & 0x30) per i, as below
-                _mm512_ternarylogic_epi32(_mm512_and_si512(ql0, nib), _mm512_slli_epi16(qh, 4), hmask, 0xF8),
-                _mm512_ternarylogic_epi32(_mm512_and_si512(ql1, nib), _mm512_slli_epi16(qh, 2), hmask, 0xF8),
-                _mm512_ternarylogic_epi32(_mm512_and_si512(_mm512_srli_epi16(ql0, 4), nib), qh, hmask, 0xF8),
-                _mm512_ternarylogic_epi32(_mm512_and_si512(_mm512_srli_epi16(ql1, 4), nib), _mm512_srli_epi16(qh, 2), hmask, 0xF8)};
 #pragma GCC unroll 4
             for (int i = 0; i < 4; ++i)
-              d8[2 * i + k / 4] = _mm512_dpbusd_epi32(d8[2 * i + k / 4], w[i], bcast(x[0] + e0 + 128 * n + 32 * i + 4 * k));
+              d8[2 * i + k / 4] = _mm512_dpbusd_epi32(d8[2 * i + k / 4], q6_values(i & 1 ? ql1 : ql0, qh, i),
+                                                      bcast(x[0] + e0 + 128 * n + 32 * i + 4 * k));
           }
 #pragma GCC unroll 8
           for (int gg = 0; gg < 8; ++gg) {
@@ -451,15 +455,7 @@ G4_AVX512 void tile(const uint8_t* const* groups, int64_t n_units, const Acts& a
               const bool first = i < 2;  // the first visit of these bytes: prefetch ahead
               const __m512i ql = first ? load(p, pf, lo_off) : _mm512_loadu_si512(p + lo_off);
               const __m512i qh = i == 0 ? load(p, pf, hi_off) : _mm512_loadu_si512(p + hi_off);
-              const __m512i lo = i < 2 ? _mm512_and_si512(ql, nib) : _mm512_and_si512(_mm512_srli_epi16(ql, 4), nib);
-              __m512i hb;
-              switch (i) {
-                case 0: hb = _mm512_slli_epi16(qh, 4); break;
-                case 1: hb = _mm512_slli_epi16(qh, 2); break;
-                case 2: hb = qh; break;
-                default: hb = _mm512_srli_epi16(qh, 2); break;
-              }
-              const __m512i w = _mm512_ternarylogic_epi32(lo, hb, hmask, 0xF8);  // lo | (hb & 0x30)
+              const __m512i w = q6_values(ql, qh, i);
               for (int t = 0; t < T; ++t)
                 dot[T * (kk & 1) + t] = _mm512_dpbusd_epi32(dot[T * (kk & 1) + t], w, bcast(x[t] + e0 + 128 * n + 32 * i + 4 * k));
             }
@@ -509,13 +505,8 @@ G4_AVX512 void expand(const uint8_t* group, int64_t n_units, uint8_t* w, float* 
           for (int k = 0; k < 8; ++k) {
             const __m512i ql = _mm512_loadu_si512(p + L::ql(n, i & 1, k));
             const __m512i qh = _mm512_loadu_si512(p + L::qh(n, k));
-            const __m512i lo = i < 2 ? _mm512_and_si512(ql, nib) : _mm512_and_si512(_mm512_srli_epi16(ql, 4), nib);
-            const __m512i hb = i == 0   ? _mm512_slli_epi16(qh, 4)
-                               : i == 1 ? _mm512_slli_epi16(qh, 2)
-                               : i == 2 ? qh
-                                        : _mm512_srli_epi16(qh, 2);
             const int64_t b = 16 * u + 8 * n + 2 * i + k / 4;
-            _mm512_storeu_si512(w + 256 * b + 64 * (k % 4), _mm512_ternarylogic_epi32(lo, hb, _mm512_set1_epi8(0x30), 0xF8));
+            _mm512_storeu_si512(w + 256 * b + 64 * (k % 4), q6_values(ql, qh, i));
           }
       for (int g = 0; g < 16; ++g) {
         const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + L::kSc + 16 * g));
