@@ -5,7 +5,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <fstream>
 #include <limits>
+#include <sstream>
 #include <random>
 
 #include <fmt/ranges.h>
@@ -217,6 +219,61 @@ TEST(FastKernels, PackedWeightsEqualThePanelKernelForEveryTokenCount) {
   std::printf("packed Q4_0/Q5_0/Q8_0/Q4_K/Q5_K/Q6_K: %lld outputs checked; VNNI equal to the panel kernel bit for bit (1..35 "
               "tokens), NMSE vs the f32 reference %.2e; AMX bf16 tiles (16..99 tokens) %s%.2e (bound 1e-4)\n",
               static_cast<long long>(compared), worst_vnni, amx ? "" : "(no AMX on this CPU) ", worst_amx);
+}
+
+// Resident bytes of this process's maps of `path` (/proc/self/smaps), or -1 when unreadable.
+int64_t resident_bytes_of(const std::string& path) {
+  std::ifstream in("/proc/self/smaps");
+  if (!in) return -1;
+  int64_t kb = 0;
+  bool ours = false;
+  for (std::string line; std::getline(in, line);) {
+    if (line.find('-') < line.find(' ') && line.find(' ') != std::string::npos) ours = line.size() >= path.size() && line.ends_with(path);
+    else if (ours && line.rfind("Rss:", 0) == 0) kb += std::stoll(line.substr(4));
+  }
+  return kb * 1024;
+}
+
+// A packed tensor's file pages leave the process (they were held twice: 12b Q8_0 peak RSS
+// 24.2 GB for a 12.7 GB file), while the file still reads the same bytes through the map.
+TEST(FastKernels, PackingAMappedTensorReleasesItsFilePages) {
+  const auto isas = fast_available_isas();
+  if (std::find(isas.begin(), isas.end(), "avx512vnni") == isas.end()) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
+  std::mt19937 rng(11);
+  std::normal_distribution<float> n(0, 1);
+  const int64_t out = 512, in = 1024;  // 544 KiB of Q8_0
+  std::vector<float> w(static_cast<size_t>(out * in)), x(static_cast<size_t>(in));
+  for (auto& v : w) v = 0.05f * n(rng);
+  for (auto& v : x) v = n(rng);
+  const auto bytes = quantize_rows(DType::Q8_0, w.data(), out, in);
+  const std::string path = ::testing::TempDir() + "g4_release_test.bin";
+  std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  auto file = MappedFile::open(path);
+  TensorView tv = view_of(DType::Q8_0, bytes, {out, in});
+  tv.data = file->data();
+  tv.file = file;
+  int64_t sum = 0;
+  for (size_t i = 0; i < bytes.size(); i += 4096) sum += file->data()[i];  // every page in
+  const int64_t before = resident_bytes_of(path);
+  if (before < 0) GTEST_SKIP() << "no /proc/self/smaps";
+  const auto packed = fast_pack(tv);
+  ASSERT_TRUE(packed);
+  const int64_t after = resident_bytes_of(path);
+  std::printf("mapped Q8_0 tensor (%zu bytes): resident %lld bytes before packing, %lld after (sum %lld)\n", bytes.size(),
+              static_cast<long long>(before), static_cast<long long>(after), static_cast<long long>(sum));
+  EXPECT_GE(before, static_cast<int64_t>(bytes.size()) / 4096 * 4096);
+  EXPECT_LE(after, 2 * 4096) << "at most the partial first and last pages stay";
+  EXPECT_EQ(std::memcmp(file->data(), bytes.data(), bytes.size()), 0) << "the map reads the file's bytes again";
+  std::vector<float> y(static_cast<size_t>(out)), ref(y.size());
+  ASSERT_TRUE(fast_matmul_packed(*packed, x.data(), 1, in, out, y.data()));
+  const auto from_memory = fast_pack(view_of(DType::Q8_0, bytes, {out, in}));
+  ASSERT_TRUE(from_memory && fast_matmul_packed(*from_memory, x.data(), 1, in, out, ref.data()));
+  EXPECT_EQ(y, ref) << "the pack of the mapped bytes equals the pack of the bytes";
+  // An in-memory file keeps its bytes (nothing behind them to read again).
+  auto mem = MappedFile::from_memory("mem", std::string(bytes.begin(), bytes.end()));
+  mem->release(mem->data(), mem->size());
+  EXPECT_EQ(std::memcmp(mem->data(), bytes.data(), bytes.size()), 0);
+  std::remove(path.c_str());
 }
 
 // Activations must be quantized to the same bits on every ISA.

@@ -639,6 +639,9 @@ std::shared_ptr<const PackedMatrix> fast_pack(const TensorView& w) {
   }
   std::shared_ptr<PackedMatrix> raw = pack_avx512(w);
   if (!raw) return nullptr;
+  // The file's copy is not read by the kernels again: without this the process held both
+  // (12b Q8_0: peak RSS 24.2 GB of 24 GiB for a 12.7 GB file).
+  if (w.file) w.file->release(w.data, static_cast<size_t>(w.nbytes));
   live += bytes;
   std::shared_ptr<const PackedMatrix> p(raw.get(), [raw, bytes](const PackedMatrix*) mutable {
     const std::lock_guard<std::mutex> l(mu);

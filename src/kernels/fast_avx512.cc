@@ -342,7 +342,12 @@ G4_AVX512 void f32_block(const float* const* rows, const float* x, int64_t n_in,
   int64_t i = 0;
   for (; i + 16 <= n_in; i += 16) {
     __m512 w[R];
-    for (int r = 0; r < R; ++r) w[r] = _mm512_loadu_ps(rows[r] + i);
+    for (int r = 0; r < R; ++r) {
+      // Decode streams the rows from memory (e2b's F32 per-layer projection, 55 MB a token):
+      // 2 KiB ahead as the packed kernels, 10.7-14.4 -> 15.4-15.6 GB/s at 1 thread.
+      if constexpr (T == 1) _mm_prefetch(reinterpret_cast<const char*>(rows[r] + i) + 2048, _MM_HINT_T0);
+      w[r] = _mm512_loadu_ps(rows[r] + i);
+    }
     for (int t = 0; t < T; ++t) {
       const __m512 xv = _mm512_loadu_ps(x + t * n_in + i);
       for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(w[r], xv, acc[r][t]);

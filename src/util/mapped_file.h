@@ -20,6 +20,10 @@ class MappedFile {
   const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
   const std::string& path() const { return path_; }
+  // Bytes [p, p + n) of the map will not be read again soon (a copy of them lives elsewhere):
+  // their whole pages leave this process's memory; the page cache keeps them while the system
+  // has room, and a later read maps them again. An in-memory file keeps its bytes.
+  void release(const uint8_t* p, size_t n) const;
 
  private:
   MappedFile() = default;
