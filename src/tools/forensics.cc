@@ -2,13 +2,10 @@
 
 #include <fmt/format.h>
 
-#include <sys/mman.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cmath>
-#include <fstream>
 #include <functional>
 #include <map>
 #include <set>
@@ -74,43 +71,24 @@ struct Acc {
   }
 };
 
-// Whether `p` lies in a mapping of a file (an mmap'd model) rather than in memory the
-// process owns (a model held in memory): only the former may be released, since
-// MADV_DONTNEED on owned memory would zero it. From /proc/self/maps (inode != 0).
-bool in_file_mapping(const void* p) {
-  std::ifstream maps("/proc/self/maps");
-  std::string line;
-  const auto a = reinterpret_cast<uintptr_t>(p);
-  while (std::getline(maps, line)) {
-    unsigned long lo = 0, hi = 0, inode = 0;
-    char perms[8] = {}, dev[16] = {};
-    unsigned long long off = 0;
-    if (std::sscanf(line.c_str(), "%lx-%lx %7s %llx %15s %lu", &lo, &hi, perms, &off, dev, &inode) != 6) continue;
-    if (a >= lo && a < hi) return inode != 0;
-  }
-  return false;
-}
-
-// Page-cache hints on the bytes [begin, end) of a tensor of a memory-mapped file (`mapped`:
-// in_file_mapping of its data). Release (MADV_DONTNEED) takes the pages out of this
-// process's resident set once a block has been read, so that streaming keeps the resident
-// set to the blocks in flight even for a 4.7 GB embedding table; the page cache keeps them,
-// so grade's perplexity runs and a second forensics run do not read the disk again.
-// Prefetch (MADV_WILLNEED) starts the read-ahead of blocks not yet reached.
+// Page-cache hints on the bytes [begin, end) of a tensor (MappedFile::release, prefetch; nothing
+// for a tensor held in memory). Releasing a block once it has been read keeps the resident set
+// to the blocks in flight even for a 4.7 GB embedding table; the page cache keeps them, so
+// grade's perplexity runs and a second forensics run do not read the disk again. Prefetching
+// starts the read-ahead of blocks not yet reached.
 struct Stream {
   const TensorView& t;
-  bool mapped;
-  void advise(uint64_t begin, uint64_t end, int advice) const {
-    if (!mapped || !t.data) return;
+  template <class Fn>
+  void advise(uint64_t begin, uint64_t end, Fn fn) const {
     end = std::min<uint64_t>(end, static_cast<uint64_t>(t.nbytes));
-    if (begin >= end) return;
-    const uintptr_t page = 4096;
-    const uintptr_t b = (reinterpret_cast<uintptr_t>(t.data) + begin) & ~(page - 1);
-    const uintptr_t e = reinterpret_cast<uintptr_t>(t.data) + end;
-    ::madvise(reinterpret_cast<void*>(b), e - b, advice);
+    if (t.file && t.data && begin < end) fn(*t.file, t.data + begin, static_cast<size_t>(end - begin));
   }
-  void release(uint64_t begin, uint64_t end) const { advise(begin, end, MADV_DONTNEED); }
-  void prefetch(uint64_t begin, uint64_t end) const { advise(begin, end, MADV_WILLNEED); }
+  void release(uint64_t begin, uint64_t end) const {
+    advise(begin, end, [](const MappedFile& f, const uint8_t* p, size_t n) { f.release(p, n); });
+  }
+  void prefetch(uint64_t begin, uint64_t end) const {
+    advise(begin, end, [](const MappedFile& f, const uint8_t* p, size_t n) { f.prefetch(p, n); });
+  }
 };
 
 constexpr int64_t kBlockElems = 1 << 20;      // elements per streamed block
@@ -396,13 +374,6 @@ ForensicsReport run_forensics(const Model& art, const Model& ref) {
   const auto slots = expected_tensors(ref.spec, FileFormat::GGUF);
   std::set<std::string> expected_hf;
   std::map<std::string, std::vector<float>> cache_art, cache_ref;  // hf -> sample, for mapping
-  std::map<const MappedFile*, bool> file_mapped;  // per file, for the page-cache hints
-  auto is_mapped = [&](const TensorView& t) {
-    if (!t.file || !t.data) return false;
-    auto it = file_mapped.find(t.file.get());
-    if (it == file_mapped.end()) it = file_mapped.emplace(t.file.get(), in_file_mapping(t.file->data())).first;
-    return it->second;
-  };
   for (size_t si = 0; si < slots.size(); ++si) {
     const auto& s = slots[si];
     if (s.hf.empty()) continue;  // rope_freqs: generated from the config
@@ -412,8 +383,8 @@ ForensicsReport run_forensics(const Model& art, const Model& ref) {
       auto na = art.by_hf_name.find(slots[sj].hf);
       auto nr = ref.by_hf_name.find(slots[sj].hf);
       if (slots[sj].hf.empty() || na == art.by_hf_name.end() || nr == ref.by_hf_name.end()) continue;
-      Stream{na->second, is_mapped(na->second)}.prefetch(0, kReadAhead);
-      Stream{nr->second, is_mapped(nr->second)}.prefetch(0, kReadAhead);
+      Stream{na->second}.prefetch(0, kReadAhead);
+      Stream{nr->second}.prefetch(0, kReadAhead);
       break;
     }
     auto ia = art.by_hf_name.find(s.hf);
@@ -441,7 +412,7 @@ ForensicsReport run_forensics(const Model& art, const Model& ref) {
       continue;
     }
     const bool mapped = s.layer >= 0 && s.shape.size() >= 2;
-    measure({ta, is_mapped(ta)}, {tr, is_mapped(tr)}, f, mapped ? &cache_art[s.hf] : nullptr, mapped ? &cache_ref[s.hf] : nullptr);
+    measure({ta}, {tr}, f, mapped ? &cache_art[s.hf] : nullptr, mapped ? &cache_ref[s.hf] : nullptr);
     r.bytes_read += static_cast<uint64_t>(ta.nbytes + tr.nbytes);
     const bool small = s.shape.size() == 1 || s.shape == std::vector<int64_t>{1};
     if (f.float_rule) {

@@ -51,13 +51,20 @@ MappedFile::~MappedFile() {
   if (mapped_) munmap(const_cast<uint8_t*>(data_), size_);
 }
 
-void MappedFile::release(const uint8_t* p, size_t n) const {
-  if (!mapped_ || p < data_ || p + n > data_ + size_) return;
+namespace {
+void advise(const uint8_t* data, size_t size, const uint8_t* p, size_t n, int advice) {
+  if (n == 0 || p < data || p + n > data + size) return;
   const auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-  const uintptr_t b = (reinterpret_cast<uintptr_t>(p) + page - 1) & ~(page - 1);  // whole pages only:
-  const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + n) & ~(page - 1);         // neighbours share the rest
-  // A private, never-written file map: MADV_DONTNEED only unmaps, the bytes stay the file's.
-  if (e > b) ::madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
+  const uintptr_t b = reinterpret_cast<uintptr_t>(p) & ~(page - 1);  // madvise rounds the end up
+  ::madvise(reinterpret_cast<void*>(b), reinterpret_cast<uintptr_t>(p) + n - b, advice);
+}
+}  // namespace
+
+void MappedFile::release(const uint8_t* p, size_t n) const {
+  if (mapped_) advise(data_, size_, p, n, MADV_DONTNEED);
+}
+void MappedFile::prefetch(const uint8_t* p, size_t n) const {
+  if (mapped_) advise(data_, size_, p, n, MADV_WILLNEED);
 }
 
 std::string read_text_file(const std::string& path) {

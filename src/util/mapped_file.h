@@ -20,10 +20,13 @@ class MappedFile {
   const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
   const std::string& path() const { return path_; }
-  // Bytes [p, p + n) of the map will not be read again soon (a copy of them lives elsewhere):
-  // their whole pages leave this process's memory; the page cache keeps them while the system
-  // has room, and a later read maps them again. An in-memory file keeps its bytes.
+  // Page-cache hints on bytes [p, p + n) of the map (pages touching the range; nothing for an
+  // in-memory file or bytes outside the map). release: they will not be read again soon, so
+  // their pages leave this process's memory; the page cache keeps them while the system has
+  // room, and a later read maps them again (the same bytes: the map is private and never
+  // written). prefetch: start reading them from the file.
   void release(const uint8_t* p, size_t n) const;
+  void prefetch(const uint8_t* p, size_t n) const;
 
  private:
   MappedFile() = default;
