@@ -1,6 +1,7 @@
 // The backend seam: the one forward on every backend, step splitting, non-finite
 // detection, and Model's ownership rules.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -54,7 +55,7 @@ INSTANTIATE_TEST_SUITE_P(Variants, StepSplit, ::testing::Values("tiny-e", "tiny-
 // neither the tiling (up to 16 tokens a work item), nor the key blocks (128 rows), nor the
 // step size change a bit: 300 tokens (3 key blocks, far past the sliding windows of 8 and
 // 64) in one pass, in steps of 7 and one token at a time, on a float and a packed (f16,
-// q8_0) KV cache. brown-mini's head dims (64/128) take the AVX-512 weighted sum, the tiny
+// q8_0) KV cache, one token at a time also on 2 and 3 threads. brown-mini's head dims (64/128) take the AVX-512 weighted sum, the tiny
 // models' (16/32) its scalar tail.
 TEST(StepSplit, AttentionTilesAndKeyBlocksDoNotChangeTheBits) {
   for (const std::string name : {"tiny-e", "tiny-dense", "brown-mini"}) {
@@ -62,17 +63,26 @@ TEST(StepSplit, AttentionTilesAndKeyBlocksDoNotChangeTheBits) {
     const auto ids = ids_of(m, 300);
     for (KvType kt : {KvType::F32, name == "brown-mini" ? KvType::Q8_0 : KvType::F16}) {  // q8_0 needs head dims of 32+
       std::vector<std::vector<float>> runs;
-      for (int64_t nb : {512, 7, 1}) {
+      const int saved = omp_get_max_threads();
+      // One token at a time on 2 and 3 threads: fewer KV heads than threads, so decode splits
+      // the keys and the value columns over the threads instead of the heads.
+      for (auto [nb, threads] : {std::pair{512, 1}, {7, 1}, {1, 1}, {1, 2}, {1, 3}}) {
         ForwardOptions o{Precision::Fast};
         o.n_batch = nb;
         o.cache_type_k = o.cache_type_v = kt;
+        omp_set_num_threads(threads);
         runs.push_back(Session(m, o).eval(ids).logits);
       }
+      omp_set_num_threads(saved);
       const double d7 = max_abs_diff(runs[0], runs[1]), d1 = max_abs_diff(runs[0], runs[2]);
-      std::printf("[%s fast, %s cache] 300 tokens: steps of 7 vs one pass max|diff| %.3g, one token at a time %.3g\n",
-                  name.c_str(), kv_type_name(kt), d7, d1);
+      const double d1t2 = max_abs_diff(runs[0], runs[3]), d1t3 = max_abs_diff(runs[0], runs[4]);
+      std::printf("[%s fast, %s cache] 300 tokens: steps of 7 vs one pass max|diff| %.3g, one token at a time %.3g "
+                  "(2 threads %.3g, 3 threads %.3g)\n",
+                  name.c_str(), kv_type_name(kt), d7, d1, d1t2, d1t3);
       EXPECT_EQ(d7, 0.0);
       EXPECT_EQ(d1, 0.0);
+      EXPECT_EQ(d1t2, 0.0);
+      EXPECT_EQ(d1t3, 0.0);
     }
   }
 }

@@ -65,6 +65,7 @@ class FastBackend final : public RefBackend<float> {
     int64_t parts = 1;
     while (tiles * n_kv * parts < threads && G % (2 * parts) == 0) parts *= 2;
     const int64_t per = G / parts, q_stride = q.rows > 1 ? q.stride : hd, out_stride = out.rows > 1 ? out.stride : hd;
+    if (n == 1 && parts > 1) return decode_split(ls, src, start, q, q_stride, heads, out, out_stride, ck, cv);
 #pragma omp parallel for collapse(3) schedule(dynamic, 1)
     for (int64_t tile = 0; tile < tiles; ++tile)
       for (int64_t k = 0; k < n_kv; ++k)
@@ -79,16 +80,7 @@ class FastBackend final : public RefBackend<float> {
           float* scores = gscores_[tid].data();  // token i, head g: scores + (i * per + g) * span, from its first key
           // ptr[p0 - lo_min .. p1 - lo_min) := rows p0..p1-1; stored ones decoded into dec.
           auto rows = [&](int64_t p0, int64_t p1, bool values) {
-            for (int64_t p = p0; p < p1; ++p) {
-              if (!stored || p >= start) {
-                ptr[p - lo_min] = values ? a.val(p) : a.key(p);
-              } else {
-                float* d = dec + (p - p0) * hd;
-                if (values) cv->decode(a.val_bytes(p), d);
-                else ck->decode(a.key_bytes(p), d);
-                ptr[p - lo_min] = d;
-              }
-            }
+            fetch_rows(a, values ? cv : ck, p0, p1, values, ptr + (p0 - lo_min), dec);
           };
           int64_t cur[kTileTokens];  // each token's next key to score
           for (int64_t i = 0; i < nt; ++i) cur[i] = lo_of(start + t0 + i);
@@ -123,12 +115,81 @@ class FastBackend final : public RefBackend<float> {
         }
   }
 
+ private:
+  // out[p - p0] := the key (values: value) row of position p of a's KV head, p in [p0, p1);
+  // with a codec (a packed cache) committed rows are decoded into dec[(p - p0) * hd ..].
+  static void fetch_rows(const Query& a, const KvCodec* codec, int64_t p0, int64_t p1, bool values, const float** out,
+                         float* dec) {
+    for (int64_t p = p0; p < p1; ++p) {
+      if (!codec || p >= a.start) {
+        out[p - p0] = values ? a.val(p) : a.key(p);
+      } else {
+        float* d = dec + (p - p0) * a.hd;
+        codec->decode(values ? a.val_bytes(p) : a.key_bytes(p), d);
+        out[p - p0] = d;
+      }
+    }
+  }
+
+  // One token whose KV heads are fewer than the threads (decode; e2b and the 12b's full
+  // layers have one): split over the heads, every thread would read all of the layer's K
+  // and V. Instead the keys are split for the scores (at multiples of 4 from the first key,
+  // fast_scores_group's grouping), each head's softmax runs on one thread, and the value
+  // columns are split for the weighted sum (in slabs of 64, the kernel's; each output's
+  // chain of additions is over all rows in order). Every head gets the bits of the path
+  // above, and each K and V row of a float cache is read once (a packed cache's V rows are
+  // decoded whole by every thread that needs columns of them).
+  void decode_split(const LayerSpec& ls, const LayerKv<float>& src, int64_t start, const View& q, int64_t q_stride,
+                    int64_t heads, const View& out, int64_t out_stride, const KvCodec* ck, const KvCodec* cv) {
+    const int64_t hd = q.cols, G = ls.n_heads / ls.n_kv_heads, n_kv = heads / G, pos = start;
+    const int64_t lo = ls.window > 0 ? std::max<int64_t>(0, pos - ls.window + 1) : 0, nk = pos - lo + 1;
+    float* sc = split_scores_.data();  // head h's score of key p at sc[h * nk + p - lo] (reserve_attention)
+#pragma omp parallel
+    {
+      const int64_t T = omp_get_num_threads(), me = omp_get_thread_num();
+      const float** ptr = keys_[me].data();
+      float* dec = decoded_[me].data();
+      // ptr[0 .. p1 - p0) := rows p0..p1-1 of KV head k (stored ones decoded into dec).
+      auto rows = [&](int64_t k, int64_t p0, int64_t p1, bool values) {
+        const Query a{nullptr, nullptr, hd, pos, lo, &src, start, k * hd};
+        fetch_rows(a, values ? cv : ck, p0, p1, values, ptr, dec);
+      };
+      const int64_t quads = (nk + 3) / 4, a = lo + quads * me / T * 4;
+      const int64_t b = me == T - 1 ? pos + 1 : std::min(pos + 1, lo + quads * (me + 1) / T * 4);
+      for (int64_t k = 0; k < n_kv; ++k)
+        for (int64_t b0 = a; b0 < b; b0 += kBlock) {
+          const int64_t e = std::min(b0 + kBlock, b);
+          rows(k, b0, e, false);
+          fast_scores_group(row(q, k * G), q_stride, G, ptr, e - b0, hd, sc + k * G * nk + (b0 - lo), nk);
+        }
+#pragma omp barrier
+      for (int64_t h = me; h < heads; h += T) fast_softmax(sc + h * nk, nk);
+#pragma omp barrier
+      const int64_t slabs = hd / 64;
+      const int64_t c0 = slabs ? slabs * me / T * 64 : 0, c1 = me == T - 1 ? hd : slabs * (me + 1) / T * 64;
+      if (c1 > c0 && (slabs || me == T - 1))
+        for (int64_t k = 0; k < n_kv; ++k)
+          for (int64_t b0 = lo; b0 <= pos; b0 += kBlock) {
+            const int64_t e = std::min(b0 + kBlock, pos + 1);
+            rows(k, b0, e, true);
+            for (int64_t i = 0; i < e - b0; ++i) ptr[i] += c0;
+            fast_weighted_sum_group(sc + k * G * nk + (b0 - lo), nk, G, ptr, e - b0, c1 - c0, row(out, k * G) + c0,
+                                    out_stride, /*accumulate=*/b0 > lo);
+          }
+    }
+  }
+  std::vector<float> split_scores_;  // decode_split: every head's scores of one token
+
  protected:
   void reserve_attention(int64_t keys) override {
     RefBackend<float>::reserve_attention(keys);  // grows the key capacity geometrically
     const int64_t cap = static_cast<int64_t>(scores_[0].size());
-    int64_t group = 1;
-    for (const auto& l : s_.layers) group = std::max<int64_t>(group, l.n_heads / std::max<int64_t>(1, l.n_kv_heads));
+    int64_t group = 1, heads = 1;
+    for (const auto& l : s_.layers) {
+      group = std::max<int64_t>(group, l.n_heads / std::max<int64_t>(1, l.n_kv_heads));
+      heads = std::max<int64_t>(heads, l.n_heads);
+    }
+    if (static_cast<int64_t>(split_scores_.size()) < heads * cap) split_scores_.resize(static_cast<size_t>(heads * cap));
     // A work item's scores: tq * G * (keys + tq - 1) floats, which tile_tokens keeps within
     // kScoreFloats, or G * keys where even one token exceeds it.
     const int64_t score_floats = std::max(group * cap, std::min(kScoreFloats, kTileTokens * group * (cap + kTileTokens)));

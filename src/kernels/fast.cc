@@ -384,6 +384,9 @@ __attribute__((target("avx2,fma"))) void gelu_tanh_mul_avx2(float* g, const floa
   for (; i < n; ++i) g[i] = ops::gelu_tanh(g[i]) * u[i];
 }
 
+// Attention reads its key and value rows through pointers (a packed cache's come decoded
+// into scratch): the kernels prefetch the rows ahead themselves.
+constexpr int64_t kPrefetchRows = 8;
 // G query heads that share a KV head (rows of q, q_stride apart; scores[g * s_stride + j]):
 // each block of 4 keys is read from memory once and stays in L1 while every head passes
 // over it. Per head the sums are those of one head alone (4 keys per pass, one
@@ -395,7 +398,10 @@ __attribute__((target("avx2,fma"))) void scores_avx2(const float* q, int64_t q_s
     for (int64_t g = 0; g < G; ++g) {
       const float* qg = q + g * q_stride;
       __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      const bool pf = g == 0 && j + 8 <= n;  // the next 4 keys, while the first head passes over these
       for (int64_t d = 0; d < hd; d += 8) {
+        if (pf && d % 16 == 0)
+          for (int r = 4; r < 8; ++r) _mm_prefetch(reinterpret_cast<const char*>(keys[j + r] + d), _MM_HINT_T0);
         const __m256 qv = _mm256_loadu_ps(qg + d);
         a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(keys[j] + d), a0);
         a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(keys[j + 1] + d), a1);
@@ -450,26 +456,42 @@ __attribute__((target("avx2,fma"))) void weighted_sum_avx2(const float* p, int64
 // The same sums with AVX-512: 4 heads at a time take each value row from one load (16
 // accumulators of 16 lanes), so prefill attention is bound by FMAs, not loads. Per output
 // the additions are those of weighted_sum_avx2 (in row order, fused), so the bits are equal.
+// The head count H is a template argument: with a run-time count GCC kept the accumulators
+// on the stack, a store and a reload around every FMA.
+template <int H>
+__attribute__((target("avx512f,fma"))) void weighted_sum_heads(const float* p, int64_t p_stride, const float* const* vals,
+                                                               int64_t n, int64_t d, float* out, int64_t out_stride,
+                                                               bool acc_in) {
+  __m512 acc[H][4];
+  for (int i = 0; i < H; ++i)
+    for (int k = 0; k < 4; ++k) acc[i][k] = acc_in ? _mm512_loadu_ps(out + i * out_stride + d + 16 * k) : _mm512_setzero_ps();
+  for (int64_t j = 0; j < n; ++j) {
+    __m512 v[4];
+    if (j + kPrefetchRows < n)
+      for (int k = 0; k < 4; ++k) _mm_prefetch(reinterpret_cast<const char*>(vals[j + kPrefetchRows] + d + 16 * k), _MM_HINT_T0);
+    for (int k = 0; k < 4; ++k) v[k] = _mm512_loadu_ps(vals[j] + d + 16 * k);
+    for (int i = 0; i < H; ++i) {
+      const __m512 pj = _mm512_set1_ps(p[i * p_stride + j]);
+      for (int k = 0; k < 4; ++k) acc[i][k] = _mm512_fmadd_ps(pj, v[k], acc[i][k]);
+    }
+  }
+  for (int i = 0; i < H; ++i)
+    for (int k = 0; k < 4; ++k) _mm512_storeu_ps(out + i * out_stride + d + 16 * k, acc[i][k]);
+}
+
 __attribute__((target("avx512f,fma"))) void weighted_sum_avx512(const float* p, int64_t p_stride, int64_t G,
                                                              const float* const* vals, int64_t n, int64_t hd, float* out,
                                                              int64_t out_stride, bool acc_in) {
   for (int64_t d = 0; d + 64 <= hd; d += 64)
     for (int64_t g = 0; g < G; g += 4) {
-      const int64_t h = std::min<int64_t>(4, G - g);
-      __m512 acc[4][4];
-      for (int64_t i = 0; i < 4; ++i)
-        for (int k = 0; k < 4; ++k)
-          acc[i][k] = acc_in && i < h ? _mm512_loadu_ps(out + (g + i) * out_stride + d + 16 * k) : _mm512_setzero_ps();
-      for (int64_t j = 0; j < n; ++j) {
-        __m512 v[4];
-        for (int k = 0; k < 4; ++k) v[k] = _mm512_loadu_ps(vals[j] + d + 16 * k);
-        for (int64_t i = 0; i < h; ++i) {
-          const __m512 pj = _mm512_set1_ps(p[(g + i) * p_stride + j]);
-          for (int k = 0; k < 4; ++k) acc[i][k] = _mm512_fmadd_ps(pj, v[k], acc[i][k]);
-        }
+      const float* pg = p + g * p_stride;
+      float* og = out + g * out_stride;
+      switch (std::min<int64_t>(4, G - g)) {
+        case 1: weighted_sum_heads<1>(pg, p_stride, vals, n, d, og, out_stride, acc_in); break;
+        case 2: weighted_sum_heads<2>(pg, p_stride, vals, n, d, og, out_stride, acc_in); break;
+        case 3: weighted_sum_heads<3>(pg, p_stride, vals, n, d, og, out_stride, acc_in); break;
+        default: weighted_sum_heads<4>(pg, p_stride, vals, n, d, og, out_stride, acc_in); break;
       }
-      for (int64_t i = 0; i < h; ++i)
-        for (int k = 0; k < 4; ++k) _mm512_storeu_ps(out + (g + i) * out_stride + d + 16 * k, acc[i][k]);
     }
   weighted_sum_tail(p, p_stride, G, vals, n, hd / 64 * 64, hd, out, out_stride, acc_in);
 }
