@@ -54,9 +54,9 @@ INSTANTIATE_TEST_SUITE_P(Variants, StepSplit, ::testing::Values("tiny-e", "tiny-
 // The fast backend's tiled attention computes each query as that query alone would, so
 // neither the tiling (up to 16 tokens a work item), nor the key blocks (128 rows), nor the
 // step size change a bit: 300 tokens (3 key blocks, far past the sliding windows of 8 and
-// 64) in one pass, in steps of 7 and one token at a time, on a float and a packed (f16,
-// q8_0) KV cache, one token at a time also on 2 and 3 threads. brown-mini's head dims (64/128) take the AVX-512 weighted sum, the tiny
-// models' (16/32) its scalar tail.
+// 64) in one pass, in steps of 7 and one token at a time (also on 2 and 3 threads), on a
+// float and a packed (f16, q8_0) KV cache. brown-mini's head dims (64/128) take the AVX-512
+// weighted sum, the tiny models' (16/32) its scalar tail.
 TEST(StepSplit, AttentionTilesAndKeyBlocksDoNotChangeTheBits) {
   for (const std::string name : {"tiny-e", "tiny-dense", "brown-mini"}) {
     Model m = load_model(test::model_dir(name));

@@ -167,7 +167,7 @@ class FastBackend final : public RefBackend<float> {
 #pragma omp barrier
       const int64_t slabs = hd / 64;
       const int64_t c0 = slabs ? slabs * me / T * 64 : 0, c1 = me == T - 1 ? hd : slabs * (me + 1) / T * 64;
-      if (c1 > c0 && (slabs || me == T - 1))
+      if (c1 > c0)
         for (int64_t k = 0; k < n_kv; ++k)
           for (int64_t b0 = lo; b0 <= pos; b0 += kBlock) {
             const int64_t e = std::min(b0 + kBlock, pos + 1);
