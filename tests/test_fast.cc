@@ -383,27 +383,6 @@ TEST(FastKernels, AttentionAndActivationHelpersMatchTheReference) {
         for (int64_t i = 0; i < hd; ++i) EXPECT_EQ(og[h * hd + i], o1[i]) << isa << " head " << h;
       }
     }
-    // RMSNorm of a row with a tail past the 32 lanes, with and without a weight, and in place.
-    double e_norm = 0;
-    {
-      const int64_t nn = 1543;
-      std::vector<float> xn(nn), wn(nn), on(nn);
-      for (int64_t i = 0; i < nn; ++i) xn[i] = g[i % g.size()] * (1 + 0.001f * static_cast<float>(i)), wn[i] = u[i % u.size()];
-      for (const float* w : {static_cast<const float*>(wn.data()), static_cast<const float*>(nullptr)}) {
-        fast_rms_norm(xn.data(), nn, w, 1e-6f, on.data());
-        double ss = 0;
-        for (float v : xn) ss += static_cast<double>(v) * v;
-        const double inv = 1 / std::sqrt(ss / nn + 1e-6);
-        for (int64_t i = 0; i < nn; ++i) {
-          const double r = xn[i] * inv * (w ? w[i] : 1.0);
-          EXPECT_NEAR(on[i], r, 1e-6 * (1e-3 + std::fabs(r))) << isa << " rms_norm at " << i;
-          e_norm = std::max(e_norm, std::fabs(on[i] - r) / (1e-3 + std::fabs(r)));
-        }
-        std::vector<float> in_place = xn;
-        fast_rms_norm(in_place.data(), nn, w, 1e-6f, in_place.data());
-        ASSERT_EQ(in_place, on) << isa << " rms_norm in place";
-      }
-    }
     // Softcap of logits (c = 30) over -1000..1000: absolute error, as logits are compared.
     double e_cap = 0;
     std::vector<float> z(4001);
@@ -421,8 +400,8 @@ TEST(FastKernels, AttentionAndActivationHelpersMatchTheReference) {
       e_cap = std::max(e_cap, std::fabs(zc[i] - r));
     }
     std::printf("fast helpers %s: worst error scores %.1e (bound 5e-5), softmax %.1e (1e-6), weighted sum %.1e (3e-6), "
-                "gelu*u %.1e (1e-6), softcap %.1e (2e-5 absolute), rms_norm %.1e (1e-6)\n",
-                isa.c_str(), e_scores, e_softmax, e_sum, e_gelu, e_cap, e_norm);
+                "gelu*u %.1e (1e-6), softcap %.1e (2e-5 absolute)\n",
+                isa.c_str(), e_scores, e_softmax, e_sum, e_gelu, e_cap);
   }
   fast_force_isa("");
 }

@@ -29,11 +29,6 @@ class FastBackend final : public RefBackend<float> {
       return;
     fast_matmul(w, row(x, 0), x.rows, x.cols, y.cols, row(y, 0), row0);
   }
-  void rms_norm(const View& x, const TensorView* w, double eps, const View& out) override {
-    const float* wv = w ? constant(*w) : nullptr;
-#pragma omp parallel for schedule(static) if (x.rows >= 32)
-    for (int64_t r = 0; r < x.rows; ++r) fast_rms_norm(row(x, r), x.cols, wv, static_cast<float>(eps), row(out, r));
-  }
   // Element-wise: rows, or pieces of one long row, split over the threads change no bits.
   void gelu_mul(const View& g, const View& u) override {
     elementwise(g, [&](int64_t r, int64_t c0, int64_t n) { fast_gelu_tanh_mul(row(g, r) + c0, row(u, r) + c0, n); });

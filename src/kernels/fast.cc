@@ -370,25 +370,6 @@ __attribute__((target("avx2,fma"))) void softcap_avx2(float* x, int64_t n, float
   for (; i < n; ++i) x[i] = c * std::tanh(x[i] / c);
 }
 
-__attribute__((target("avx2,fma"))) void rms_norm_avx2(const float* x, int64_t n, const float* w, float eps, float* out) {
-  __m256 s[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-  int64_t i = 0;
-  for (; i + 32 <= n; i += 32)
-    for (int k = 0; k < 4; ++k) {
-      const __m256 v = _mm256_loadu_ps(x + i + 8 * k);
-      s[k] = _mm256_fmadd_ps(v, v, s[k]);
-    }
-  float ss = hsum256(_mm256_add_ps(_mm256_add_ps(s[0], s[1]), _mm256_add_ps(s[2], s[3])));
-  for (; i < n; ++i) ss += x[i] * x[i];
-  const float inv = 1.0f / std::sqrt(ss / static_cast<float>(n) + eps);
-  const __m256 vinv = _mm256_set1_ps(inv);
-  for (i = 0; i + 8 <= n; i += 8) {
-    const __m256 y = _mm256_mul_ps(_mm256_loadu_ps(x + i), vinv);
-    _mm256_storeu_ps(out + i, w ? _mm256_mul_ps(y, _mm256_loadu_ps(w + i)) : y);
-  }
-  for (; i < n; ++i) out[i] = w ? x[i] * inv * w[i] : x[i] * inv;
-}
-
 // gelu_tanh(u) = 0.5 u (1 + tanh(z)) = u / (1 + exp(-2z)), z = sqrt(2/pi) (u + 0.044715 u^3).
 __attribute__((target("avx2,fma"))) void gelu_tanh_mul_avx2(float* g, const float* u, int64_t n) {
   int64_t i = 0;
@@ -569,13 +550,6 @@ void fast_softcap(float* x, int64_t n, float c) {
   if (active_isa() != Isa::Scalar) return softcap_avx2(x, n, c);
 #endif
   for (int64_t i = 0; i < n; ++i) x[i] = c * std::tanh(x[i] / c);
-}
-
-void fast_rms_norm(const float* x, int64_t n, const float* w, float eps, float* out) {
-#if defined(__x86_64__)
-  if (active_isa() != Isa::Scalar) return rms_norm_avx2(x, n, w, eps, out);
-#endif
-  ops::rms_norm(x, n, w, static_cast<double>(eps), out);
 }
 
 void fast_force_isa(const std::string& isa) { g_forced = isa.empty() ? std::nullopt : std::optional<Isa>(parse_isa(isa)); }

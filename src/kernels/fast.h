@@ -50,9 +50,6 @@ void fast_weighted_sum_group(const float* p, int64_t p_stride, int64_t G, const 
                              float* out, int64_t out_stride, bool accumulate = false);
 void fast_gelu_tanh_mul(float* g, const float* u, int64_t n);  // g = gelu_tanh(g) * u
 void fast_softcap(float* x, int64_t n, float c);                // x = c * tanh(x / c)
-// out = x / sqrt(mean(x^2) + eps) * w (w = nullptr: no weight); out may alias x. The sum
-// of squares runs in 32 lanes (a serial chain of n additions cost ~1% of a decode step).
-void fast_rms_norm(const float* x, int64_t n, const float* w, float eps, float* out);
 
 // "amx", "avx512vnni", "avx2", "neon" or "scalar": what fast_matmul runs on this CPU
 // (G4_FORCE_ISA=avx2|scalar|... caps it, e.g. to compare kernels; names of another
