@@ -1,6 +1,5 @@
 // KV-cache types: the codecs, the cache through the forward, and kv-study.
 #include <gtest/gtest.h>
-#include <sys/mman.h>
 
 #include <omp.h>
 
@@ -26,7 +25,6 @@
 #include "util/huge_pages.h"
 #include "util/mapped_file.h"
 #include "util/parallel.h"
-#include "util/team.h"
 
 namespace g4 {
 namespace {
@@ -269,64 +267,6 @@ TEST(Parallel, StreamRunsEveryItemOnceAndStealsFromASlowThread) {
   omp_set_num_threads(saved);
   EXPECT_GT(std::count(by.begin(), by.end(), 1), 32) << "the idle thread took part of the sleeping thread's share";
   EXPECT_EQ(std::count(by.begin(), by.end(), -1), 0);
-}
-
-// Inside a TeamScope the helpers run on the spinning team (util/team.h): every item once, on
-// threads that are not OpenMP's; a region's sync() is a barrier every thread passes together;
-// a region nested in a team job runs serially; and the bytes a region names as next are no
-// longer read once the scope has ended (they are unmapped right after it, 200 times).
-TEST(Parallel, TeamRunsEveryItemOnceBarriersAndStopsReadingAtScopeEnd) {
-  const int saved = omp_get_max_threads();
-  const auto main_id = std::this_thread::get_id();
-  for (int threads : {1, 2, 3, 4}) {
-    omp_set_num_threads(threads);
-    const TeamScope scope(true);
-    for (int64_t n : {0, 1, 2, 3, 7, 64, 1000, 100003}) {
-      std::vector<std::atomic<int>> runs(static_cast<size_t>(3 * n));
-      std::atomic<int> on_team{0};
-      auto note = [&](int64_t i) {
-        runs[static_cast<size_t>(i)].fetch_add(1, std::memory_order_relaxed);
-        if (std::this_thread::get_id() != main_id && !omp_in_parallel()) on_team.fetch_add(1, std::memory_order_relaxed);
-      };
-      parallel_stream(n, note);
-      parallel_for(n, [&](int64_t i) { note(n + i); });
-      parallel_dynamic(n, [&](int64_t i, int me) {
-        EXPECT_LT(me, threads);
-        note(2 * n + i);
-      });
-      for (int64_t i = 0; i < 3 * n; ++i) ASSERT_EQ(runs[static_cast<size_t>(i)].load(), 1) << threads << " threads, n " << n << ", item " << i;
-      if (threads > 1 && n >= 1000) EXPECT_GT(on_team.load(), 0) << threads << " threads: no item ran on a team worker";
-      if (threads == 1) EXPECT_EQ(on_team.load(), 0);
-    }
-    // Barrier: each round every thread writes its slot, syncs, and reads every other slot.
-    std::vector<std::atomic<int>> slot(static_cast<size_t>(threads));
-    std::atomic<int> wrong{0}, nested{0};
-    parallel_region(threads, [&](int me, int T, auto&& sync) {
-      for (int round = 1; round <= 1000; ++round) {
-        slot[static_cast<size_t>(me)].store(round, std::memory_order_relaxed);
-        sync();
-        for (int t = 0; t < T; ++t)
-          if (slot[static_cast<size_t>(t)].load(std::memory_order_relaxed) != round) wrong.fetch_add(1);
-        sync();
-      }
-      parallel_stream(10, [&](int64_t) { nested.fetch_add(1); });
-    });
-    EXPECT_EQ(wrong.load(), 0) << threads << " threads";
-    EXPECT_EQ(nested.load(), 10 * threads) << "a region nested in a job runs serially on its thread";
-  }
-  omp_set_num_threads(2);
-  const size_t bytes = size_t{4} << 20;
-  for (int i = 0; i < 200; ++i) {
-    void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    ASSERT_NE(p, MAP_FAILED);
-    {
-      const TeamScope scope(true);
-      TeamScope::set_next(static_cast<const uint8_t*>(p), bytes);
-      parallel_stream(2, [](int64_t) {});
-    }
-    ::munmap(p, bytes);
-  }
-  omp_set_num_threads(saved);
 }
 
 TEST(KvStudy, BrownMiniTable) {

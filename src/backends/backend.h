@@ -76,12 +76,6 @@ class Backend {
   virtual void read(const View& src, float* dst) = 0;
   // False as soon as a value is NaN or +-Inf.
   virtual bool all_finite(const View& x) = 0;
-  // Whether a step of `rows` rows runs its parallel regions on the spinning thread team of
-  // util/team.h (Session::forward opens a TeamScope for it) rather than on OpenMP.
-  virtual bool team_step(int64_t rows) const {
-    (void)rows;
-    return false;
-  }
 
   // out[t] = table[tokens[t]] * scale (rows of out.cols elements).
   virtual void embed(const TensorView& table, std::span<const int32_t> tokens, double scale, const View& out) = 0;

@@ -10,8 +10,6 @@
 
 #include "backends/cpu_ref.h"
 #include "kernels/fast.h"
-#include "util/parallel.h"
-#include "util/team.h"
 
 namespace g4 {
 namespace {
@@ -24,16 +22,11 @@ class FastBackend final : public RefBackend<float> {
 
   std::string name() const override { return "cpu-fast (" + fast_kernel_isa() + ")"; }
 
-  // A one-token step's regions run on the spinning Team (util/team.h), whose waiting workers
-  // read the head of the next weight (every step multiplies the weights in the same order).
-  bool team_step(int64_t rows) const override { return rows == 1; }
   void matmul(const TensorView& w, const View& x, const View& y, int64_t row0) override {
     contiguous(x, "matmul input");
     contiguous(y, "matmul output");
-    const PackedMatrix* p = packed(w);
-    if (x.rows == 1 && next_pack_ < packs_.size())
-      TeamScope::set_next(packs_[next_pack_].stream.data(), packs_[next_pack_].stream.size());
-    if (p && fast_matmul_packed(*p, row(x, 0), x.rows, x.cols, y.cols, row(y, 0), row0)) return;
+    if (const PackedMatrix* p = packed(w); p && fast_matmul_packed(*p, row(x, 0), x.rows, x.cols, y.cols, row(y, 0), row0))
+      return;
     fast_matmul(w, row(x, 0), x.rows, x.cols, y.cols, row(y, 0), row0);
   }
   // Element-wise: rows, or pieces of one long row, split over the threads change no bits.
@@ -73,50 +66,53 @@ class FastBackend final : public RefBackend<float> {
     while (tiles * n_kv * parts < threads && G % (2 * parts) == 0) parts *= 2;
     const int64_t per = G / parts, q_stride = q.rows > 1 ? q.stride : hd, out_stride = out.rows > 1 ? out.stride : hd;
     if (n == 1 && parts > 1) return decode_split(ls, src, start, q, q_stride, heads, out, out_stride, ck, cv);
-    parallel_dynamic(tiles * n_kv * parts, [&](int64_t item, int tid) {
-      const int64_t tile = item / (n_kv * parts), k = item / parts % n_kv, part = item % parts;
-      const int64_t t0 = tile * tq, nt = std::min(tq, n - t0), h0 = k * G + part * per;
-      auto lo_of = [&](int64_t pos) { return ls.window > 0 ? std::max<int64_t>(0, pos - ls.window + 1) : 0; };
-      const int64_t lo_min = lo_of(start + t0), hi = start + t0 + nt - 1, span = hi - lo_min + 1;
-      const Query a{nullptr, nullptr, hd, hi, lo_min, &src, start, k * hd};
-      const float** ptr = keys_[tid].data();  // ptr[p - lo_min]: key or value row of position p
-      float* dec = decoded_[tid].data();
-      float* scores = gscores_[tid].data();  // token i, head g: scores + (i * per + g) * span, from its first key
-      // ptr[p0 - lo_min .. p1 - lo_min) := rows p0..p1-1; stored ones decoded into dec.
-      auto rows = [&](int64_t p0, int64_t p1, bool values) {
-        fetch_rows(a, values ? cv : ck, p0, p1, values, ptr + (p0 - lo_min), dec);
-      };
-      int64_t cur[kTileTokens];  // each token's next key to score
-      for (int64_t i = 0; i < nt; ++i) cur[i] = lo_of(start + t0 + i);
-      if (!stored) rows(lo_min, hi + 1, false);
-      for (int64_t b0 = lo_min; b0 <= hi; b0 += kBlock) {
-        const int64_t e = std::min(b0 + kBlock, hi + 1);
-        if (stored) rows(std::max(lo_min, b0 - 3), e, false);  // a token may still need the 3 rows before
-        for (int64_t i = 0; i < nt; ++i) {
-          const int64_t pos = start + t0 + i, lo = lo_of(pos);
-          const int64_t end = pos < e ? pos + 1 : cur[i] + (e - cur[i]) / 4 * 4;
-          if (end <= cur[i]) continue;
-          fast_scores_group(row(q, (t0 + i) * heads + h0), q_stride, per, ptr + (cur[i] - lo_min), end - cur[i], hd,
-                            scores + i * per * span + (cur[i] - lo), span);
-          cur[i] = end;
+#pragma omp parallel for collapse(3) schedule(dynamic, 1)
+    for (int64_t tile = 0; tile < tiles; ++tile)
+      for (int64_t k = 0; k < n_kv; ++k)
+        for (int64_t part = 0; part < parts; ++part) {
+          const int64_t t0 = tile * tq, nt = std::min(tq, n - t0), h0 = k * G + part * per;
+          const int tid = omp_get_thread_num();
+          auto lo_of = [&](int64_t pos) { return ls.window > 0 ? std::max<int64_t>(0, pos - ls.window + 1) : 0; };
+          const int64_t lo_min = lo_of(start + t0), hi = start + t0 + nt - 1, span = hi - lo_min + 1;
+          const Query a{nullptr, nullptr, hd, hi, lo_min, &src, start, k * hd};
+          const float** ptr = keys_[tid].data();  // ptr[p - lo_min]: key or value row of position p
+          float* dec = decoded_[tid].data();
+          float* scores = gscores_[tid].data();  // token i, head g: scores + (i * per + g) * span, from its first key
+          // ptr[p0 - lo_min .. p1 - lo_min) := rows p0..p1-1; stored ones decoded into dec.
+          auto rows = [&](int64_t p0, int64_t p1, bool values) {
+            fetch_rows(a, values ? cv : ck, p0, p1, values, ptr + (p0 - lo_min), dec);
+          };
+          int64_t cur[kTileTokens];  // each token's next key to score
+          for (int64_t i = 0; i < nt; ++i) cur[i] = lo_of(start + t0 + i);
+          if (!stored) rows(lo_min, hi + 1, false);
+          for (int64_t b0 = lo_min; b0 <= hi; b0 += kBlock) {
+            const int64_t e = std::min(b0 + kBlock, hi + 1);
+            if (stored) rows(std::max(lo_min, b0 - 3), e, false);  // a token may still need the 3 rows before
+            for (int64_t i = 0; i < nt; ++i) {
+              const int64_t pos = start + t0 + i, lo = lo_of(pos);
+              const int64_t end = pos < e ? pos + 1 : cur[i] + (e - cur[i]) / 4 * 4;
+              if (end <= cur[i]) continue;
+              fast_scores_group(row(q, (t0 + i) * heads + h0), q_stride, per, ptr + (cur[i] - lo_min), end - cur[i], hd,
+                                scores + i * per * span + (cur[i] - lo), span);
+              cur[i] = end;
+            }
+          }
+          for (int64_t i = 0; i < nt; ++i) {
+            const int64_t pos = start + t0 + i, nk = pos - lo_of(pos) + 1;
+            for (int64_t g = 0; g < per; ++g) fast_softmax(scores + (i * per + g) * span, nk);
+          }
+          if (!stored) rows(lo_min, hi + 1, true);
+          for (int64_t b0 = lo_min; b0 <= hi; b0 += kBlock) {
+            const int64_t e = std::min(b0 + kBlock, hi + 1);
+            if (stored) rows(b0, e, true);
+            for (int64_t i = 0; i < nt; ++i) {
+              const int64_t pos = start + t0 + i, lo = lo_of(pos), r0 = std::max(b0, lo), r1 = std::min(e, pos + 1);
+              if (r1 <= r0) continue;
+              fast_weighted_sum_group(scores + i * per * span + (r0 - lo), span, per, ptr + (r0 - lo_min), r1 - r0, hd,
+                                      row(out, (t0 + i) * heads + h0), out_stride, /*accumulate=*/r0 > lo);
+            }
+          }
         }
-      }
-      for (int64_t i = 0; i < nt; ++i) {
-        const int64_t pos = start + t0 + i, nk = pos - lo_of(pos) + 1;
-        for (int64_t g = 0; g < per; ++g) fast_softmax(scores + (i * per + g) * span, nk);
-      }
-      if (!stored) rows(lo_min, hi + 1, true);
-      for (int64_t b0 = lo_min; b0 <= hi; b0 += kBlock) {
-        const int64_t e = std::min(b0 + kBlock, hi + 1);
-        if (stored) rows(b0, e, true);
-        for (int64_t i = 0; i < nt; ++i) {
-          const int64_t pos = start + t0 + i, lo = lo_of(pos), r0 = std::max(b0, lo), r1 = std::min(e, pos + 1);
-          if (r1 <= r0) continue;
-          fast_weighted_sum_group(scores + i * per * span + (r0 - lo), span, per, ptr + (r0 - lo_min), r1 - r0, hd,
-                                  row(out, (t0 + i) * heads + h0), out_stride, /*accumulate=*/r0 > lo);
-        }
-      }
-    });
   }
 
  private:
@@ -148,7 +144,9 @@ class FastBackend final : public RefBackend<float> {
     const int64_t hd = q.cols, G = ls.n_heads / ls.n_kv_heads, n_kv = heads / G, pos = start;
     const int64_t lo = ls.window > 0 ? std::max<int64_t>(0, pos - ls.window + 1) : 0, nk = pos - lo + 1;
     float* sc = split_scores_.data();  // head h's score of key p at sc[h * nk + p - lo] (reserve_attention)
-    parallel_region(omp_get_max_threads(), [&](int64_t me, int64_t T, auto&& sync) {
+#pragma omp parallel
+    {
+      const int64_t T = omp_get_num_threads(), me = omp_get_thread_num();
       const float** ptr = keys_[me].data();
       float* dec = decoded_[me].data();
       // ptr[0 .. p1 - p0) := rows p0..p1-1 of KV head k (stored ones decoded into dec).
@@ -164,9 +162,9 @@ class FastBackend final : public RefBackend<float> {
           rows(k, b0, e, false);
           fast_scores_group(row(q, k * G), q_stride, G, ptr, e - b0, hd, sc + k * G * nk + (b0 - lo), nk);
         }
-      sync();
+#pragma omp barrier
       for (int64_t h = me; h < heads; h += T) fast_softmax(sc + h * nk, nk);
-      sync();
+#pragma omp barrier
       const int64_t slabs = hd / 64;
       const int64_t c0 = slabs ? slabs * me / T * 64 : 0, c1 = me == T - 1 ? hd : slabs * (me + 1) / T * 64;
       if (c1 > c0)
@@ -178,7 +176,7 @@ class FastBackend final : public RefBackend<float> {
             fast_weighted_sum_group(sc + k * G * nk + (b0 - lo), nk, G, ptr, e - b0, c1 - c0, row(out, k * G) + c0,
                                     out_stride, /*accumulate=*/b0 > lo);
           }
-    });
+    }
   }
   std::vector<float> split_scores_;  // decode_split: every head's scores of one token
 
@@ -223,15 +221,11 @@ class FastBackend final : public RefBackend<float> {
   static void elementwise(const View& x, Fn fn) {
     constexpr int64_t kPiece = 4096;
     const int64_t pieces = (x.cols + kPiece - 1) / kPiece, items = x.rows * pieces;
-    auto piece = [&](int64_t i) {
+#pragma omp parallel for schedule(static) if (x.numel() >= 2 * kPiece && items >= 2)
+    for (int64_t i = 0; i < items; ++i) {
       const int64_t r = i / pieces, c0 = i % pieces * kPiece;
       fn(r, c0, std::min(kPiece, x.cols - c0));
-    };
-    if (x.numel() < 2 * kPiece) {
-      for (int64_t i = 0; i < items; ++i) piece(i);
-      return;
     }
-    parallel_stream(items, piece);
   }
 
   // The packed copy of a weight (kernels/fast.h: fast_pack), made at its first use. Every
@@ -241,17 +235,13 @@ class FastBackend final : public RefBackend<float> {
   struct Pack {
     const uint8_t* data;
     std::shared_ptr<const PackedMatrix> pack;
-    std::span<const uint8_t> stream;  // what a one-token matmul reads; empty for expert slices (routed)
   };
   const PackedMatrix* packed(const TensorView& w) {
     if (next_pack_ < packs_.size() && packs_[next_pack_].data == w.data) return packs_[next_pack_++].pack.get();
     auto it = pack_index_.find(w.data);
     if (it == pack_index_.end()) {
       it = pack_index_.emplace(w.data, packs_.size()).first;
-      auto pack = fast_pack(w);
-      std::span<const uint8_t> stream;
-      if (w.shape.size() == 2) stream = pack ? fast_pack_bytes(*pack) : std::span<const uint8_t>(w.data, static_cast<size_t>(w.nbytes));
-      packs_.push_back({w.data, std::move(pack), stream});
+      packs_.push_back({w.data, fast_pack(w)});
     }
     next_pack_ = it->second + 1;
     return packs_[it->second].pack.get();

@@ -19,7 +19,6 @@
 #include "backends/routing.h"
 #include "kernels/ops.h"
 #include "util/error.h"
-#include "util/parallel.h"
 
 namespace g4 {
 
@@ -75,12 +74,16 @@ class RefBackend : public Backend {
   void rms_norm(const View& x, const TensorView* w, double eps, const View& out) override {
     const T* wv = w ? constant(*w) : nullptr;
     // Rows are independent: threads change no bits (a prefill step has thousands of rows).
-    parallel_for(x.rows, [&](int64_t r) {
+#pragma omp parallel for schedule(static) if (x.rows >= 32)
+    for (int64_t r = 0; r < x.rows; ++r) {
       if constexpr (std::is_same_v<T, double>) {
-        if (f32_islands_) return ops::rms_norm_hf_f32(row(x, r), x.cols, wv, eps, row(out, r));
+        if (f32_islands_) {
+          ops::rms_norm_hf_f32(row(x, r), x.cols, wv, eps, row(out, r));
+          continue;
+        }
       }
       ops::rms_norm(row(x, r), x.cols, wv, eps, row(out, r));
-    }, x.rows >= 32);
+    }
   }
   void matmul(const TensorView& w, const View& x, const View& y, int64_t row0) override {
     contiguous(x, "matmul input");
@@ -94,7 +97,8 @@ class RefBackend : public Backend {
     const std::vector<float>& f = inv_freq_[layer];
     const int64_t half = x.cols / 2;
     if (half > kMaxRopeHalf) fail("rope: head dimension {} is above {}", x.cols, 2 * kMaxRopeHalf);
-    parallel_for((x.rows + heads - 1) / heads, [&](int64_t t) {
+#pragma omp parallel for schedule(static) if (x.rows >= 64)
+    for (int64_t t = 0; t < (x.rows + heads - 1) / heads; ++t) {
       const float pos = static_cast<float>(pos0 + t);
       T cs[kMaxRopeHalf], sn[kMaxRopeHalf];
       for (int64_t j = 0; j < half; ++j) {
@@ -111,7 +115,7 @@ class RefBackend : public Backend {
           v[j + half] = b * cs[j] + a * sn[j];
         }
       }
-    }, x.rows >= 64);
+    }
   }
   void gelu_mul(const View& g, const View& u) override {
     for (int64_t r = 0; r < g.rows; ++r) {

@@ -618,11 +618,15 @@ void fast_matmul(const TensorView& w, const float* x, int64_t n_tok, int64_t n_i
 #endif
   Acts& acts = scratch().acts;
   quantize_acts(x, n_tok, n_in, 0, QK, true, quantize_block_scalar, acts);
-  parallel_for(n_out, [&](int64_t o) {
+#pragma omp parallel
+  {
     UnpackedRow& u = scratch().row;
-    unpack_row(w.dtype, w.data + (row0 + o) * *rb, n_in, u);
-    for (int64_t t = 0; t < n_tok; ++t) y[t * n_out + o] = dot_row_scalar(u, acts, t);
-  });
+#pragma omp for schedule(static)
+    for (int64_t o = 0; o < n_out; ++o) {
+      unpack_row(w.dtype, w.data + (row0 + o) * *rb, n_in, u);
+      for (int64_t t = 0; t < n_tok; ++t) y[t * n_out + o] = dot_row_scalar(u, acts, t);
+    }
+  }
 }
 
 std::shared_ptr<const PackedMatrix> fast_pack(const TensorView& w) {
@@ -672,10 +676,6 @@ std::shared_ptr<const PackedMatrix> fast_pack(const TensorView& w) {
   (void)w;
   return nullptr;
 #endif
-}
-
-std::span<const uint8_t> fast_pack_bytes(const PackedMatrix& p) {
-  return {p.data.get(), static_cast<size_t>((p.rows + 15) / 16 * p.group_bytes)};
 }
 
 bool fast_matmul_packed(const PackedMatrix& p, const float* x, int64_t n_tok, int64_t n_in, int64_t n_out, float* y,

@@ -10,7 +10,6 @@
 #pragma once
 #include <cstdint>
 #include <memory>
-#include <span>
 #include <string>
 #include <vector>
 
@@ -33,9 +32,6 @@ std::shared_ptr<const PackedMatrix> fast_pack(const TensorView& w);
 // ISA forced since packing, or rows not on the pack's 16-row groups (row0 % 16 != 0).
 bool fast_matmul_packed(const PackedMatrix& p, const float* x, int64_t n_tok, int64_t n_in, int64_t n_out, float* y,
                         int64_t row0 = 0);
-
-// The bytes a matmul on the pack streams, in reading order (TeamScope::set_next).
-std::span<const uint8_t> fast_pack_bytes(const PackedMatrix& p);
 
 // Vector helpers of the fast forward (attention, activations), dispatched like fast_matmul.
 void fast_softmax(float* z, int64_t n);

@@ -23,7 +23,6 @@
 #include "kernels/dequant.h"
 #include "kernels/fast_internal.h"
 #include "util/half.h"
-#include "util/parallel.h"
 
 #define G4_AVX2 __attribute__((target("avx2,fma,f16c")))
 
@@ -456,16 +455,20 @@ bool matmul_avx2(const TensorView& w, const float* x, int64_t n_tok, int64_t n_i
   if (n_tok < kTileTokens) {
     quantize_acts(x, n_tok, n_in, zero_point(w.dtype), QK, has_min(w.dtype), quantize_block_avx2, acts);
     if (const FusedDot dot = fused_dot(w.dtype)) {
-      parallel_for(n_out, [&](int64_t o) {
+#pragma omp parallel for schedule(static)
+      for (int64_t o = 0; o < n_out; ++o)
         for (int64_t t = 0; t < n_tok; ++t) y[t * n_out + o] = dot(rows + o * rb, acts, t);
-      });
       return true;
     }
-    parallel_for(n_out, [&](int64_t o) {
+#pragma omp parallel
+    {
       UnpackedRow& u = scratch().row;
-      unpack_row(w.dtype, rows + o * rb, n_in, u);
-      for (int64_t t = 0; t < n_tok; ++t) y[t * n_out + o] = dot_unpacked(u, acts, t);
-    });
+#pragma omp for schedule(static)
+      for (int64_t o = 0; o < n_out; ++o) {
+        unpack_row(w.dtype, rows + o * rb, n_in, u);
+        for (int64_t t = 0; t < n_tok; ++t) y[t * n_out + o] = dot_unpacked(u, acts, t);
+      }
+    }
     return true;
   }
   const int bs = scale_block(w.dtype);

@@ -17,7 +17,6 @@
 #include "kernels/blocks.h"
 #include "kernels/fast_internal.h"
 #include "util/half.h"
-#include "util/parallel.h"
 
 namespace g4::fast_detail {
 namespace {
@@ -157,7 +156,8 @@ bool matmul_neon(const TensorView& w, const float* x, int64_t n_tok, int64_t n_i
   const RowDot full = row_dot(w.dtype, kTileTokens);
   const int rest = static_cast<int>(n_tok % kTileTokens);
   const RowDot tail = rest ? row_dot(w.dtype, rest) : nullptr;
-  parallel_for(n_out, [&](int64_t o) {
+#pragma omp parallel for schedule(static)
+  for (int64_t o = 0; o < n_out; ++o) {
     float out[kTileTokens];
     int64_t t = 0;
     for (; t + kTileTokens <= n_tok; t += kTileTokens) {
@@ -168,7 +168,7 @@ bool matmul_neon(const TensorView& w, const float* x, int64_t n_tok, int64_t n_i
       tail(rows + o * rb, acts, t, out);
       for (int k = 0; k < rest; ++k) y[(t + k) * n_out + o] = out[k];
     }
-  });
+  }
   return true;
 }
 

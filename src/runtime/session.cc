@@ -8,7 +8,6 @@
 #include "kernels/ops.h"
 #include "util/error.h"
 #include "util/half.h"
-#include "util/team.h"
 
 namespace g4 {
 namespace {
@@ -176,7 +175,6 @@ struct Session::Impl {
       if (g.pos0 + g.n > s.max_ctx)
         fail("context of {} tokens exceeds the model's max_position_embeddings = {}", g.pos0 + g.n, s.max_ctx);
     }
-    const TeamScope team(b.team_step(n));
     const View h = act.h.sub_rows(0, n);
     auto record = [&](int64_t entry) {
       if (hidden) be->read(h, hidden + entry * hidden_stride);

@@ -16,9 +16,6 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
-#include <type_traits>
-
-#include "util/team.h"
 
 namespace g4 {
 
@@ -66,8 +63,7 @@ inline Share* shares(int threads) {
 
 }  // namespace parallel_detail
 
-// fn(i) for every i in [0, n), over the threads of a new parallel region (the Team's inside an
-// active TeamScope, else OpenMP's). fn must not
+// fn(i) for every i in [0, n), over the threads of a new parallel region. fn must not
 // depend on which thread runs it or in which order items run. Inside a parallel region, or
 // past 2^32 items, it runs them in order on the calling thread. prologue() runs first on
 // every thread that may take items (e.g. grows its scratch: which thread takes which item
@@ -77,10 +73,8 @@ struct NoPrologue {
 };
 template <class Fn, class Prologue = NoPrologue>
 void parallel_stream(int64_t n, Fn&& fn, Prologue&& prologue = {}) {
-  Team::Job job;
-  TeamScope::take_next(job.next, job.next_bytes);
   const int threads = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), n));
-  if (threads <= 1 || omp_in_parallel() || Team::in_job() || n > int64_t{UINT32_MAX}) {
+  if (threads <= 1 || omp_in_parallel() || n > int64_t{UINT32_MAX}) {
     if (n > 0) prologue();
     for (int64_t i = 0; i < n; ++i) fn(i);
     return;
@@ -90,8 +84,10 @@ void parallel_stream(int64_t n, Fn&& fn, Prologue&& prologue = {}) {
     shares[t].v.store(parallel_detail::Share::pack(static_cast<uint32_t>(n * t / threads),
                                                    static_cast<uint32_t>(n * (t + 1) / threads)),
                       std::memory_order_relaxed);
-  auto work = [&](int me) {
+#pragma omp parallel num_threads(threads)
+  {
     prologue();
+    const int me = omp_get_thread_num();
     int64_t k = 0;
     for (int64_t i; (i = shares[me].take(true, k)) >= 0;)
       for (int64_t j = i; j < i + k; ++j) fn(j);
@@ -103,64 +99,7 @@ void parallel_stream(int64_t n, Fn&& fn, Prologue&& prologue = {}) {
       if (victim < 0) break;
       if (const int64_t i = shares[victim].take(false, k); i >= 0) fn(i);
     }
-  };
-  if (Team* team = TeamScope::active() ? Team::lock(omp_get_max_threads()) : nullptr) {
-    job.threads = threads;
-    job.ctx = &work;
-    job.call = [](void* ctx, int me, int) { (*static_cast<decltype(work)*>(ctx))(me); };
-    team->run(job);
-    team->unlock();
-    return;
   }
-#pragma omp parallel num_threads(threads)
-  work(omp_get_thread_num());
-}
-
-// fn(me, threads, sync) on each thread of a new parallel region of up to `max_threads`
-// threads (on the Team inside an active TeamScope, else OpenMP); sync() waits for all of them.
-// Inside a parallel region or a team job it runs once, fn(0, 1, no-op).
-template <class Fn>
-void parallel_region(int max_threads, Fn&& fn) {
-  const int threads = std::min(omp_get_max_threads(), max_threads);
-  if (threads <= 1 || omp_in_parallel() || Team::in_job()) return fn(0, 1, [] {});
-  if (Team* team = TeamScope::active() ? Team::lock(omp_get_max_threads()) : nullptr) {
-    Team::Job job;
-    job.threads = threads;
-    job.ctx = &fn;
-    job.call = [](void* ctx, int me, int t) {
-      (*static_cast<std::remove_reference_t<Fn>*>(ctx))(me, t, [] { Team::current()->barrier(); });
-    };
-    team->run(job);
-    team->unlock();
-    return;
-  }
-#pragma omp parallel num_threads(threads)
-  fn(omp_get_thread_num(), omp_get_num_threads(), [] {
-#pragma omp barrier
-  });
-}
-
-// fn(i) for i in [0, n), each thread taking one contiguous range (OpenMP's static schedule),
-// on the Team inside an active TeamScope; serially when !parallel.
-template <class Fn>
-void parallel_for(int64_t n, Fn&& fn, bool parallel = true) {
-  if (!parallel || n < 2) {
-    for (int64_t i = 0; i < n; ++i) fn(i);
-    return;
-  }
-  parallel_region(static_cast<int>(std::min<int64_t>(n, 1 << 20)), [&](int me, int T, auto&&) {
-    for (int64_t i = n * me / T, e = n * (me + 1) / T; i < e; ++i) fn(i);
-  });
-}
-
-// fn(i, me) for i in [0, n), items handed out one at a time (their costs differ); me < the
-// region's threads names the thread, for per-thread scratch.
-template <class Fn>
-void parallel_dynamic(int64_t n, Fn&& fn) {
-  std::atomic<int64_t> next{0};
-  parallel_region(static_cast<int>(std::min<int64_t>(n, 1 << 20)), [&](int me, int, auto&&) {
-    for (int64_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < n;) fn(i, me);
-  });
 }
 
 }  // namespace g4
