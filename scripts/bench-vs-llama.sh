@@ -51,16 +51,25 @@ for v in $VARIANTS; do [[ -f $LIBDIR/libggml-cpu-$v.so ]] && runnable "$v" && va
 out=$(mktemp -d)
 echo "bench-vs-llama: llama.cpp $(${ROOT}/run llama-bench --version 2>&1 | grep -m1 version); CPU $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2); variants: ${vars[*]}; threads $THREADS; pp$NP tg$NG; $ROUNDS rounds" >&2
 "$G4" bench -m "${files[0]}" -p 0 -n 0 --membw --json -t "$THREADS" > "$out/membw.json" 2>/dev/null || true
+# One measurement: g4, g4old or a llama.cpp variant on file $f, round $r.
+measure() {
+  case $1 in
+    g4) "$G4" bench -m "$f" -p "$NP" -n "$NG" -d "$DEPTH" -r 1 -t "$THREADS" "${WARMUP[@]}" --json > "$out/g4.$b.$r.json" ;;
+    g4old) "$G4_OLD" bench -m "$f" -p "$NP" -n "$NG" -d "$DEPTH" -r 1 -t "$THREADS" "${WARMUP[@]}" --json > "$out/g4old.$b.$r.json" ;;
+    *) GGML_BACKEND_PATH=$LIBDIR/libggml-cpu-$1.so "$ROOT/run" llama-bench -m "$f" -p "$NP" -n "$NG" -d "$DEPTH" -r 1 -t "$THREADS" "${WARMUP[@]}" -o json \
+         > "$out/llama-$1.$b.$r.json" 2>/dev/null || echo "  llama.cpp $1 failed on $b" >&2 ;;
+  esac
+}
+jobs=(g4)
+[[ -n $G4_OLD ]] && jobs+=(g4old)
+jobs+=("${vars[@]}")
+# Each round starts one place further along the list: on this VM the first run of a round was
+# measured up to 8% slower than its later runs (stop 41), which would always hit the same one.
 for ((r = 1; r <= ROUNDS; r++)); do
   for f in "${files[@]}"; do
     b=$(basename "$f")
     echo "round $r: $b" >&2
-    "$G4" bench -m "$f" -p "$NP" -n "$NG" -d "$DEPTH" -r 1 -t "$THREADS" "${WARMUP[@]}" --json > "$out/g4.$b.$r.json"
-    [[ -n $G4_OLD ]] && "$G4_OLD" bench -m "$f" -p "$NP" -n "$NG" -d "$DEPTH" -r 1 -t "$THREADS" "${WARMUP[@]}" --json > "$out/g4old.$b.$r.json"
-    for v in "${vars[@]}"; do
-      GGML_BACKEND_PATH=$LIBDIR/libggml-cpu-$v.so "$ROOT/run" llama-bench -m "$f" -p "$NP" -n "$NG" -d "$DEPTH" -r 1 -t "$THREADS" "${WARMUP[@]}" -o json \
-        > "$out/llama-$v.$b.$r.json" 2>/dev/null || echo "  llama.cpp $v failed on $b" >&2
-    done
+    for ((j = 0; j < ${#jobs[@]}; j++)); do measure "${jobs[(j + r - 1) % ${#jobs[@]}]}"; done
   done
 done
 python3 - "$out" "$NP" "$NG" "$G4_OLD" "$DEPTH" "${files[@]}" <<'PY'
