@@ -13,7 +13,8 @@
 # The table reports mean t/s over the rounds (each round itself is llama-bench/g4 bench
 # with -r 1 after a warm-up; --no-warmup skips it in both, for 16K-token runs of minutes),
 # the ratio g4 / best llama.cpp, and decode's fraction of the read bandwidth
-# `g4 bench --membw` measured in the same run.
+# `g4 bench --membw` measured in the same run (before every file in every round, since this
+# VM's bandwidth drifts by 20% within an hour: each row's fraction uses the median of its probes).
 set -euo pipefail
 ROUNDS=2 THREADS=2 NP=512 NG=64 DEPTH=0 G4=build/g4 G4_OLD="" WARMUP=() VARIANTS="sapphirerapids zen4 icelake skylakex haswell"
 files=()
@@ -50,7 +51,6 @@ vars=()
 for v in $VARIANTS; do [[ -f $LIBDIR/libggml-cpu-$v.so ]] && runnable "$v" && vars+=("$v"); done
 out=$(mktemp -d)
 echo "bench-vs-llama: llama.cpp $(${ROOT}/run llama-bench --version 2>&1 | grep -m1 version); CPU $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2); variants: ${vars[*]}; threads $THREADS; pp$NP tg$NG; $ROUNDS rounds" >&2
-"$G4" bench -m "${files[0]}" -p 0 -n 0 --membw --json -t "$THREADS" > "$out/membw.json" 2>/dev/null || true
 # One measurement: g4, g4old or a llama.cpp variant on file $f, round $r.
 measure() {
   case $1 in
@@ -69,6 +69,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
   for f in "${files[@]}"; do
     b=$(basename "$f")
     echo "round $r: $b" >&2
+    "$G4" bench -m "$f" -p 0 -n 0 --membw --json -t "$THREADS" > "$out/membw.$b.$r.json" 2>/dev/null || true
     for ((j = 0; j < ${#jobs[@]}; j++)); do measure "${jobs[(j + r - 1) % ${#jobs[@]}]}"; done
   done
 done
@@ -80,7 +81,8 @@ at = f" @ d{DEPTH}" if DEPTH else ""
 def load(p):
     try: return json.load(open(p))
     except Exception: return None
-bw = (load(f"{out}/membw.json") or {}).get("memory_read_gbps", 0)
+def probes(pattern):
+    return [j.get("memory_read_gbps", 0) for j in (load(p) for p in glob.glob(f"{out}/membw.{pattern}.json")) if j]
 def g4(prefix, b, key):
     v = [j[key] for j in (load(p) for p in sorted(glob.glob(f"{out}/{prefix}.{b}.*.json"))) if j]
     return (st.mean(v), min(v), max(v)) if v else None
@@ -96,8 +98,9 @@ def llama(b):
         v, ts = max(per.items(), key=lambda kv: st.mean(kv[1]))
         res[test] = (st.mean(ts), min(ts), max(ts), v)
     return res
-print(f"memory read bandwidth (g4 bench --membw, same run): {bw:.1f} GB/s\n")
-hdr = "| GGUF | test | g4 t/s | llama.cpp best t/s (variant) | g4 / llama.cpp |" + (" g4 old t/s | new / old |" if old else "") + " decode GB/s (% of bandwidth) |"
+allbw = probes("*")
+if allbw: print(f"memory read bandwidth (g4 bench --membw, before each file in each round): median {st.median(allbw):.1f} GB/s, {min(allbw):.1f}-{max(allbw):.1f} over {len(allbw)} probes\n")
+hdr = "| GGUF | test | g4 t/s | llama.cpp best t/s (variant) | g4 / llama.cpp |" + (" g4 old t/s | new / old |" if old else "") + " decode GB/s (% of that file's median probe) |"
 print(hdr); print("|" + "---|" * (hdr.count("|") - 1))
 for b in files:
     L = llama(b)
@@ -114,6 +117,7 @@ for b in files:
             row += f" {o[0]:.2f} | {g[0]/o[0]:.3f} |" if o else " - | - |"
         if test == "tg":
             gbps = g4("g4", b, "decode_gbps")[0]
+            bw = st.median(probes(f"{b}.*") or [0])
             row += f" {gbps:.1f} ({100*gbps/bw:.0f}%) |" if bw else f" {gbps:.1f} |"
         else:
             row += " |"
