@@ -17,6 +17,7 @@
 #include <regex>
 #include <thread>
 
+#include "kernels/fast.h"
 #include "test_util.h"
 #include "util/json.h"
 
@@ -62,6 +63,38 @@ TEST(Cli, SharedFlagsAreAcceptedByEveryCommandThatRunsAModel) {
     EXPECT_EQ(r.code, 0) << args << "\n" << r.err;
     EXPECT_NE(r.out.find(want), std::string::npos) << args << "\n" << r.out;
   }
+}
+
+// How far ahead decode's weight stream prefetches is the CPU vendor's measured best, or
+// G4_DECODE_PREFETCH's; `bench --json` reports the distance in effect (0: the kernels this CPU
+// runs have no such stream). A malformed value is named on stderr and the default runs.
+TEST(Cli, DecodePrefetchDistanceIsReportedAndOverridable) {
+  test::ScratchDir d;
+  auto bench = [&](const char* env) {
+    if (env) ::setenv("G4_DECODE_PREFETCH", env, 1);
+    const Out r = g4("bench -m " + kModel + " -p 0 -n 2 -r 1 -t 1 --no-warmup --json", d);
+    ::unsetenv("G4_DECODE_PREFETCH");
+    EXPECT_EQ(r.code, 0) << r.err;
+    const json j = json::parse(r.out, nullptr, false);
+    EXPECT_TRUE(j.is_object() && j.contains("decode_prefetch_bytes")) << r.out;
+    const int pf = j.is_object() ? j.value("decode_prefetch_bytes", -1) : -1;
+    std::printf("G4_DECODE_PREFETCH=%s: %d B\n%s", env ? env : "(unset)", pf, r.err.c_str());
+    return std::make_pair(pf, r.err);
+  };
+  const std::string isa = fast_kernel_isa();
+  const bool packed = isa == "avx512vnni" || isa == "amx";
+  const int dflt = bench(nullptr).first;
+  if (packed) {
+    EXPECT_TRUE(dflt == 2048 || dflt == 3072) << dflt;
+  } else {
+    EXPECT_EQ(dflt, 0);
+  }
+  EXPECT_EQ(bench("4096").first, packed ? 4096 : 0);
+  const auto [bad, err] = bench("100");
+  EXPECT_EQ(bad, dflt);
+#if defined(__x86_64__)
+  EXPECT_NE(err.find("G4_DECODE_PREFETCH='100' ignored: expected a multiple of 64"), std::string::npos) << err;
+#endif
 }
 
 // `g4 CMD --help`: flag name -> its help line (with the default it prints).

@@ -83,6 +83,16 @@ class Backend {
   virtual void rms_norm(const View& x, const TensorView* w, double eps, const View& out) = 0;
   // y[t, o] = sum_i W[row0 + o, i] x[t, i]; W rows have x.cols elements, y.cols outputs.
   virtual void matmul(const TensorView& w, const View& x, const View& y, int64_t row0 = 0) = 0;
+  // Slices of one stacked weight in one call (MoE decode: every routed expert's rows):
+  // y[k] = W[row0s[k] .. row0s[k] + y.cols) . x[x.rows == 1 ? 0 : k], one row of y per slice;
+  // each row has the bits of matmul(w, that x row, y.sub_rows(k, 1), row0s[k]). The default
+  // makes those calls; a backend overrides it to split all slices over its threads at once.
+  virtual void matmul_slices(const TensorView& w, const View& x, const View& y, std::span<const int64_t> row0s) {
+    for (size_t k = 0; k < row0s.size(); ++k) {
+      const auto r = static_cast<int64_t>(k);
+      matmul(w, x.sub_rows(x.rows == 1 ? 0 : r, 1), y.sub_rows(r, 1), row0s[k]);
+    }
+  }
   // Rotate-half RoPE of layer `layer` on rows of one head each; row r belongs to token
   // r / heads at absolute position pos0 + r / heads.
   virtual void rope(int layer, const View& x, int64_t heads, int64_t pos0) = 0;

@@ -29,6 +29,14 @@ class FastBackend final : public RefBackend<float> {
       return;
     fast_matmul(w, row(x, 0), x.rows, x.cols, y.cols, row(y, 0), row0);
   }
+  void matmul_slices(const TensorView& w, const View& x, const View& y, std::span<const int64_t> row0s) override {
+    contiguous(x, "matmul input");
+    contiguous(y, "matmul output");
+    if (const PackedMatrix* p = packed(w);
+        p && fast_matmul_slices_packed(*p, row(x, 0), x.rows, x.cols, y.cols, row(y, 0), row0s))
+      return;
+    Backend::matmul_slices(w, x, y, row0s);
+  }
   // Element-wise: rows, or pieces of one long row, split over the threads change no bits.
   void gelu_mul(const View& g, const View& u) override {
     elementwise(g, [&](int64_t r, int64_t c0, int64_t n) { fast_gelu_tanh_mul(row(g, r) + c0, row(u, r) + c0, n); });

@@ -44,7 +44,8 @@ void register_bench(CLI::App& app) {
       json j{{"model", o->c.model}, {"n_params", r.n_params}, {"n_bytes", r.n_bytes}, {"threads", threads},
              {"precision", o->c.fwd.precision}, {"isa", fast_kernel_isa()}, {"device", device}, {"pp", o->b.n_prompt}, {"tg", o->b.n_gen}, {"depth", o->b.depth},
              {"pp_tps", r.pp_tps}, {"pp_tps_std", r.pp_std}, {"tg_tps", r.tg_tps}, {"tg_tps_std", r.tg_std},
-             {"peak_rss_gb", r.peak_rss_gb}, {"decode_gbps", r.decode_gbps}, {"decode_bytes_per_token_gb", r.bytes_per_token_gb}};
+             {"peak_rss_gb", r.peak_rss_gb}, {"decode_gbps", r.decode_gbps}, {"decode_bytes_per_token_gb", r.bytes_per_token_gb},
+             {"decode_prefetch_bytes", fast_decode_prefetch_bytes()}};
       if (o->membw) j["memory_read_gbps"] = bw;
       json b = json::array();
       for (const auto& row : r.batched) b.push_back({{"n_seq", row.n_seq}, {"tps", row.tps}, {"tps_std", row.std}});
@@ -64,6 +65,7 @@ void register_bench(CLI::App& app) {
     for (const auto& b : r.batched) row(fmt::format("tg{} x{}", o->b.n_gen, b.n_seq), b.tps, b.std);
     std::printf("\npeak RSS %.2f GB; decode reads %.3f GB of weights per token -> %.2f GB/s", r.peak_rss_gb, r.bytes_per_token_gb, r.decode_gbps);
     if (o->membw) std::printf(" (machine read bandwidth %.2f GB/s: %.0f%%)", bw, 100 * r.decode_gbps / bw);
+    if (const int pf = fast_decode_prefetch_bytes(); pf > 0 && device == "cpu") std::printf("; prefetch %d B ahead", pf);
     std::printf("\n");
   });
 }

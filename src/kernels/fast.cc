@@ -316,6 +316,13 @@ using namespace fast_detail;
 
 std::string fast_kernel_isa() { return isa_name(active_isa()); }
 
+int fast_decode_prefetch_bytes() {
+#if defined(__x86_64__)
+  if (vnni(active_isa())) return decode_prefetch_bytes();
+#endif
+  return 0;
+}
+
 std::vector<std::string> fast_available_isas() {
   std::vector<std::string> out;
   for (Isa i : kBuilt)
@@ -712,6 +719,16 @@ bool fast_matmul_packed(const PackedMatrix& p, const float* x, int64_t n_tok, in
   return vnni(isa) && matmul_packed_avx512(p, x, n_tok, n_in, n_out, y, row0, isa == Isa::Amx);
 #else
   (void)p, (void)x, (void)n_tok, (void)n_in, (void)n_out, (void)y, (void)row0;
+  return false;
+#endif
+}
+
+bool fast_matmul_slices_packed(const PackedMatrix& p, const float* x, int64_t n_x, int64_t n_in, int64_t n_out, float* y,
+                               std::span<const int64_t> row0s) {
+#if defined(__x86_64__)
+  return vnni(active_isa()) && matmul_slices_packed_avx512(p, x, n_x, n_in, n_out, y, row0s);
+#else
+  (void)p, (void)x, (void)n_x, (void)n_in, (void)n_out, (void)y, (void)row0s;
   return false;
 #endif
 }

@@ -10,6 +10,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -32,6 +33,12 @@ std::shared_ptr<const PackedMatrix> fast_pack(const TensorView& w);
 // ISA forced since packing, or rows not on the pack's 16-row groups (row0 % 16 != 0).
 bool fast_matmul_packed(const PackedMatrix& p, const float* x, int64_t n_tok, int64_t n_in, int64_t n_out, float* y,
                         int64_t row0 = 0);
+// Slices of one packed matrix in one call (MoE decode: the rows of every routed expert):
+// y[k * n_out + o] = W[row0s[k] + o] . x[n_x == 1 ? 0 : k], each slice's bits those of
+// fast_matmul_packed(p, that x row, 1, n_in, n_out, y + k * n_out, row0s[k]). The threads
+// split all slices' rows at once. False where it does not apply (as fast_matmul_packed).
+bool fast_matmul_slices_packed(const PackedMatrix& p, const float* x, int64_t n_x, int64_t n_in, int64_t n_out, float* y,
+                               std::span<const int64_t> row0s);
 
 // Vector helpers of the fast forward (attention, activations), dispatched like fast_matmul.
 void fast_softmax(float* z, int64_t n);
@@ -55,6 +62,10 @@ void fast_softcap(float* x, int64_t n, float c);                // x = c * tanh(
 // (G4_FORCE_ISA=avx2|scalar|... caps it, e.g. to compare kernels; names of another
 // architecture are an error).
 std::string fast_kernel_isa();
+// Bytes ahead of its reads that decode's weight stream prefetches (the packed AVX-512 kernels;
+// G4_DECODE_PREFETCH=<multiple of 64> overrides the CPU vendor's measured best); 0 where the
+// active kernels have no such stream.
+int fast_decode_prefetch_bytes();
 // Every ISA this CPU can run, weakest first.
 std::vector<std::string> fast_available_isas();
 // Tests and benchmarks: cap the ISA ("" = the best one).

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "formats/dtype.h"
@@ -156,8 +157,14 @@ std::shared_ptr<PackedMatrix> pack_avx512(const TensorView& w);
 // (where cpu_has_amx()), the rest through VNNI.
 bool matmul_packed_avx512(const PackedMatrix& p, const float* x, int64_t n_tok, int64_t n_in, int64_t n_out, float* y,
                           int64_t row0, bool amx);
+// fast_matmul_slices on a pack (false where the call does not fit it).
+bool matmul_slices_packed_avx512(const PackedMatrix& p, const float* x, int64_t n_x, int64_t n_in, int64_t n_out, float* y,
+                                 std::span<const int64_t> row0s);
 // AMX-BF16 on this CPU and the OS's permission for its tile data (requested once).
 bool cpu_has_amx();
+// How far ahead of its reads decode's packed stream prefetches, in bytes: G4_DECODE_PREFETCH,
+// else this CPU vendor's measured best.
+int decode_prefetch_bytes();
 #endif
 
 // Tests: the in-register block decoders of one ISA, as floats (s * q + m per element, in

@@ -47,6 +47,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -70,10 +71,8 @@ using namespace blocks;
 
 constexpr int kRows = 16;
 constexpr int kTile = 8;  // tokens per register tile
-// Decode streams a group from DRAM: prefetch this far ahead. Measured on Sapphire Rapids, e2b
-// Q4_0 tg64 at 2 threads, weights in huge pages: 2 KiB 22.3 t/s, 1 KiB 21.5, 512 B 20.8, 3 KiB
-// 22.1, 4 KiB 20.3 (e2b Q6_K at 1 thread: 2 KiB 7.5, 1 KiB 7.0). In 4 KiB pages 1 KiB was best.
-constexpr int kPrefetch = 2048;
+// Decode streams a group from DRAM: prefetch this far ahead (decode_prefetch_bytes()).
+const int kPrefetch = decode_prefetch_bytes();
 
 // The 4 bytes at `src` of each of 16 rows (nullptr: a padding row, zeros) into one vector.
 void interleave(const uint8_t* const* rows, int64_t off, uint8_t* out, uint32_t flip = 0) {
@@ -906,29 +905,39 @@ void run_amx(const PackedMatrix& p, const float* x, int64_t n_amx, int64_t n_out
   }
 }
 
+// Decode walks two groups side by side: two streams from DRAM in flight. Measured, 6144 x 1536
+// matrices cycled over 1.2 GB, 1 token, median of 4: Q4_0 at 1 thread 12.2 -> 13.2 GB/s (4
+// groups: 13.3), at 2 threads 24.0 -> 24.5; Q8_0, Q4_K, Q6_K within noise.
+constexpr int kDecodeGroups = 2;
+
+// One decode work item: groups [gi, gi + kDecodeGroups) of the n_groups (n_out rows) that
+// start at group g0 of p, against token t of a, into y[0, n_out).
+template <class L>
+void decode_item(const PackedMatrix& p, const Acts& a, int64_t t, int64_t g0, int64_t gi, int64_t n_groups, int64_t n_out,
+                 float* y) {
+  constexpr int kNG = kDecodeGroups;
+  const int64_t n_units = p.cols / L::kCols, ng = std::min<int64_t>(kNG, n_groups - gi);
+  const uint8_t* gs[kNG];
+  for (int q = 0; q < kNG; ++q) gs[q] = p.data.get() + (g0 + gi + std::min<int64_t>(q, ng - 1)) * p.group_bytes;
+  alignas(64) float out[kNG * kRows];
+  if (ng == kNG) tile<L, 1, kNG>(gs, n_units, a, t, out);
+  else for (int q = 0; q < ng; ++q) tile<L, 1, 1>(gs + q, n_units, a, t, out + kRows * q);
+  for (int q = 0; q < ng; ++q) {
+    const int64_t first = (gi + q) * kRows, rows = std::min<int64_t>(kRows, n_out - first);
+    std::memcpy(y + first, out + kRows * q, static_cast<size_t>(rows) * 4);
+  }
+}
+
 // Tokens [t_begin, t_end) x groups [g_begin, ..) through the VNNI tile on a, the q8
 // activations of the tokens from a0 on.
 template <class L>
 void run(const PackedMatrix& p, const Acts& a, int64_t a0, int64_t t_begin, int64_t t_end, int64_t g_begin, int64_t n_out,
          float* y, int64_t row0) {
   const int64_t n_units = p.cols / L::kCols, g0 = row0 / kRows, n_groups = (n_out + kRows - 1) / kRows;
-  // Decode walks two groups side by side: two streams from DRAM in flight. Measured, 6144 x 1536
-  // matrices cycled over 1.2 GB, 1 token, median of 4: Q4_0 at 1 thread 12.2 -> 13.2 GB/s (4
-  // groups: 13.3), at 2 threads 24.0 -> 24.5; Q8_0, Q4_K, Q6_K within noise.
   if (t_end - t_begin == 1) {
-    constexpr int kNG = 2;
-    const int64_t n_items = (n_groups - g_begin + kNG - 1) / kNG;
+    const int64_t n_items = (n_groups - g_begin + kDecodeGroups - 1) / kDecodeGroups;
     parallel_stream(n_items, [&](int64_t i) {
-      const int64_t gi = g_begin + kNG * i, ng = std::min<int64_t>(kNG, n_groups - gi);
-      const uint8_t* gs[kNG];
-      for (int q = 0; q < kNG; ++q) gs[q] = p.data.get() + (g0 + gi + std::min<int64_t>(q, ng - 1)) * p.group_bytes;
-      alignas(64) float out[kNG * kRows];
-      if (ng == kNG) tile<L, 1, kNG>(gs, n_units, a, t_begin - a0, out);
-      else for (int q = 0; q < ng; ++q) tile<L, 1, 1>(gs + q, n_units, a, t_begin - a0, out + kRows * q);
-      for (int q = 0; q < ng; ++q) {
-        const int64_t first = (gi + q) * kRows, rows = std::min<int64_t>(kRows, n_out - first);
-        std::memcpy(y + t_begin * n_out + first, out + kRows * q, static_cast<size_t>(rows) * 4);
-      }
+      decode_item<L>(p, a, t_begin - a0, g0, g_begin + kDecodeGroups * i, n_groups, n_out, y + t_begin * n_out);
     });
     return;
   }
@@ -997,19 +1006,76 @@ bool cpu_has_amx() {
   return v;
 }
 
+// The best distance is the CPU's memory system's. Measured with weights in huge pages, tg32/64
+// t/s by distance. Sapphire Rapids VM, e2b Q4_0 at 2 threads: 2 KiB 22.3, 1 KiB 21.5, 512 B
+// 20.8, 3 KiB 22.1, 4 KiB 20.3 (e2b Q6_K at 1 thread: 2 KiB 7.5, 1 KiB 7.0; in 4 KiB pages
+// 1 KiB was best). AMD EPYC (Zen 5) VM, 2 KiB / 3 KiB / 4 KiB, 2-3 interleaved rounds: 1
+// thread e2b Q6_K 9.6-10.2 / 12.5-13.0 / 12.0-12.9 (6 KiB 9.7-10.1), Q4_K_M 12.3-13.7 /
+// 14.2-16.9 / 16.1-16.8, Q4_0 15.6-16.1 / 17.8-18.5 / 17.5-17.6, Q8_0 10.1-10.5 / 10.6-10.7
+// / 9.8-10.3, MoE Q4_0 31.5-31.6 / 31.5-33.5 / 31.6; 2 threads e2b Q6_K 16.7-17.3 /
+// 21.8-23.4 / 21.9-23.2, Q4_K_M 21.3-26.2 / 30.8-31.2 / 29.7-30.8, Q4_0 29.7-30.0 /
+// 30.8-31.6 / 29.8-29.8, MoE Q4_0 48.0-50.8 / 49.5-50.2 / 46.5-50.6.
+int decode_prefetch_bytes() {
+  static const int v = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    __get_cpuid(0, &a, &b, &c, &d);
+    const bool amd = b == 0x68747541 && d == 0x69746e65 && c == 0x444d4163;  // "AuthenticAMD"
+    const int dflt = amd ? 3072 : 2048;
+    const char* e = std::getenv("G4_DECODE_PREFETCH");
+    if (!e || !*e) return dflt;
+    char* end = nullptr;
+    const long n = std::strtol(e, &end, 10);
+    if (*end || n < 0 || n > 65536 || n % 64) {
+      // Read before main (kPrefetch): a warning, not an exception nothing could catch.
+      std::fprintf(stderr, "g4: G4_DECODE_PREFETCH='%s' ignored: expected a multiple of 64 in 0..65536 (bytes); "
+                   "using %d\n", e, dflt);
+      return dflt;
+    }
+    return static_cast<int>(n);
+  }();
+  return v;
+}
+
+// f(L{}) with the layout of p's type; false for a type without one.
+template <class F>
+bool with_layout(DType t, F&& f) {
+  switch (t) {
+    case DType::Q4_0: return f(Q4_0L{});
+    case DType::Q5_0: return f(Q5_0L{});
+    case DType::Q8_0: return f(Q8_0L{});
+    case DType::Q4_K: return f(Q4_KL{});
+    case DType::Q5_K: return f(Q5_KL{});
+    case DType::Q6_K: return f(Q6_KL{});
+    default: return false;
+  }
+}
+
 bool matmul_packed_avx512(const PackedMatrix& p, const float* x, int64_t n_tok, int64_t n_in, int64_t n_out, float* y,
                           int64_t row0, bool amx) {
   amx = amx && cpu_has_amx();
   if (n_in != p.cols || row0 % kRows != 0 || row0 < 0 || row0 + n_out > p.rows || n_tok < 1) return false;
-  switch (p.type) {
-    case DType::Q4_0: return matmul<Q4_0L>(p, x, n_tok, n_in, n_out, y, row0, amx);
-    case DType::Q5_0: return matmul<Q5_0L>(p, x, n_tok, n_in, n_out, y, row0, amx);
-    case DType::Q8_0: return matmul<Q8_0L>(p, x, n_tok, n_in, n_out, y, row0, amx);
-    case DType::Q4_K: return matmul<Q4_KL>(p, x, n_tok, n_in, n_out, y, row0, amx);
-    case DType::Q5_K: return matmul<Q5_KL>(p, x, n_tok, n_in, n_out, y, row0, amx);
-    case DType::Q6_K: return matmul<Q6_KL>(p, x, n_tok, n_in, n_out, y, row0, amx);
-    default: return false;
-  }
+  return with_layout(p.type, [&]<class L>(L) { return matmul<L>(p, x, n_tok, n_in, n_out, y, row0, amx); });
+}
+
+bool matmul_slices_packed_avx512(const PackedMatrix& p, const float* x, int64_t n_x, int64_t n_in, int64_t n_out, float* y,
+                                 std::span<const int64_t> row0s) {
+  const auto n = static_cast<int64_t>(row0s.size());
+  if (n_in != p.cols || n_out < 1 || n < 1 || (n_x != 1 && n_x != n)) return false;
+  for (const int64_t r : row0s)
+    if (r % kRows != 0 || r < 0 || r + n_out > p.rows) return false;
+  return with_layout(p.type, [&]<class L>(L) {
+    Acts& acts = scratch().acts;
+    quantize_acts(x, n_x, n_in, L::kZeroPoint, L::kScaleBlock, L::kMin, quantize_block_avx2, acts);
+    // Slice after slice, each in decode's items: the threads split the whole list, so a call
+    // waits once for its slowest thread, not once per slice.
+    const int64_t n_groups = (n_out + kRows - 1) / kRows, per = (n_groups + kDecodeGroups - 1) / kDecodeGroups;
+    parallel_stream(n * per, [&](int64_t i) {
+      const int64_t k = i / per;
+      decode_item<L>(p, acts, n_x == 1 ? 0 : k, row0s[static_cast<size_t>(k)] / kRows, kDecodeGroups * (i % per), n_groups,
+                     n_out, y + k * n_out);
+    });
+    return true;
+  });
 }
 
 }  // namespace g4::fast_detail

@@ -19,6 +19,8 @@ struct Activations {
   View g, u;                       // [cap, widest MLP]
   View ple, ple_tok, ple_g, ple_z;  // [cap, L*P] x2, [cap, P], [cap, H]
   View router, eu, ex, eo, eout;    // MoE
+  View eg;                          // MoE decode: [2K, moe_ff], the routed experts' gate rows, then their up rows
+  std::vector<int64_t> slices;      // MoE decode: [2K] the first weight row of each
   View logits;                      // [cap_out, vocab], grown on demand
   // Host-side MoE routing tables, [cap, K].
   std::vector<int32_t> ids, order, rows_in, rows_out, forced;
@@ -108,6 +110,8 @@ struct Session::Impl {
       act.ex = matrix(b, cap, H);
       act.eo = matrix(b, cap * K, H);
       act.eout = matrix(b, cap, H);
+      act.eg = matrix(b, 2 * K, s.moe_ff);
+      act.slices.resize(static_cast<size_t>(2 * K));
       act.ids.resize(static_cast<size_t>(cap * K));
       act.order.resize(act.ids.size());
       act.rows_in.resize(act.ids.size());
@@ -344,6 +348,7 @@ struct Session::Impl {
     // Expert inputs.
     const View u = act.eu.sub_rows(0, n);
     b.rms_norm(h1, lw.pre_ffn_norm_2, eps, u);
+    if (n == 1) return moe_decode(layer, lw, u, y);
     // Tokens grouped by expert (counting sort): each expert runs once on all its tokens.
     auto& start = act.expert_start;
     std::fill(start.begin(), start.end(), 0);
@@ -368,10 +373,40 @@ struct Session::Impl {
                 e * 2 * Ie, e * 2 * Ie + Ie, e * H);
       b.scatter_rows(oe, std::span<const int32_t>(act.rows_out.data(), m), eo);
     }
+    finish_moe(lw, eo, n, y);
+  }
+
+  // One token: every routed expert's gate and up rows in one matmul_slices call, then all
+  // their down rows in another, expert k's output straight into row k of eo (slot t K + k,
+  // t = 0): 2 calls where the loop over experts makes 3 K, each ending in a wait for the
+  // slowest thread, and no gather or scatter. Each row has the per-expert path's bits.
+  void moe_decode(int layer, const LayerWeights& lw, const View& u, const View& y) {
+    Backend& b = *be;
+    const int64_t H = s.hidden, K = s.top_k, Ie = s.moe_ff;
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t e = act.ids[k];
+      act.slices[k] = e * 2 * Ie;           // experts.gate_up_proj[e]: rows [0, Ie) gate,
+      act.slices[K + k] = e * 2 * Ie + Ie;  // [Ie, 2 Ie) up
+      trace(u, layer, LayerTensor::ExpertsGateUp, static_cast<int>(e));
+    }
+    const View gu = mat(act.eg, 2 * K, Ie), g = gu.sub_rows(0, K), up = gu.sub_rows(K, K);
+    b.matmul_slices(*lw.experts_gate_up, u, gu, act.slices);
+    b.gelu_mul(g, up);
+    for (int64_t k = 0; k < K; ++k) {
+      trace(g.sub_rows(k, 1), layer, LayerTensor::ExpertsDown, act.ids[k]);
+      act.slices[k] = act.ids[k] * H;  // experts.down_proj[e]: [H, Ie]
+    }
+    const View eo = act.eo.sub_rows(0, K);
+    b.matmul_slices(*lw.experts_down, g, eo, std::span<const int64_t>(act.slices.data(), static_cast<size_t>(K)));
+    finish_moe(lw, eo, 1, y);
+  }
+
+  // The routed experts' outputs eo ([n K, H], slot t K + k) weighted into y.
+  void finish_moe(const LayerWeights& lw, const View& eo, int64_t n, const View& y) {
     const View experts_out = act.eout.sub_rows(0, n);
-    b.moe_combine(eo, act.weights.data(), K, experts_out);
-    b.rms_norm(experts_out, lw.post_ffn_norm_2, eps, experts_out);
-    b.add(y, experts_out);
+    be->moe_combine(eo, act.weights.data(), s.top_k, experts_out);
+    be->rms_norm(experts_out, lw.post_ffn_norm_2, s.rms_eps, experts_out);
+    be->add(y, experts_out);
   }
 };
 

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <random>
 
+#include "kernels/fast.h"
 #include "util/error.h"
 #include "util/huge_pages.h"
 
@@ -48,20 +49,22 @@ double measure_read_bandwidth_gbps() {
   // 1 GiB read by every thread's share in parallel. Integer sums over 8 independent lanes, so
   // the loop is bound by loads (a float sum in order would measure the add latency instead),
   // in huge pages as the packed weights (with 4 KiB pages it read 28.0 GB/s where it now reads
-  // 36.5). The best of reads with a software prefetch 2 KiB ahead, as decode issues (without it
-  // a Sapphire Rapids VM read 22.7 GB/s where Q8_0 decode read 27.9), and without (an AMD EPYC
-  // VM: 25.0-25.4 GB/s without, 24.1-24.5 with, 1 thread), so that no plain read beats the probe.
+  // 36.5). The best of reads with a software prefetch as far ahead as decode's
+  // (fast_decode_prefetch_bytes(); without it a Sapphire Rapids VM read 22.7 GB/s where Q8_0
+  // decode read 27.9), and without (an AMD EPYC VM: 25.0-25.4 GB/s without, 24.1-24.5 with 2 KiB,
+  // 1 thread), so that no plain read beats the probe.
   const size_t n = size_t{1} << 27;  // uint64 words: 1 GiB
+  const int64_t ahead = fast_decode_prefetch_bytes() / 8;  // words
   std::vector<uint64_t, HugePageAllocator<uint64_t>> buf(n, 1);
   double best = 0;
   for (int rep = 0; rep < 6; ++rep) {
-    const bool prefetch = rep % 2 == 0;
+    const bool prefetch = ahead > 0 && rep % 2 == 0;
     const auto t0 = std::chrono::steady_clock::now();
     uint64_t total = 0;
 #pragma omp parallel for reduction(+ : total) schedule(static)
     for (int64_t i = 0; i < static_cast<int64_t>(n); i += 64) {
       if (prefetch)
-        for (int64_t k = 256; k < 320; k += 8)  // the 8 cache lines 2 KiB ahead
+        for (int64_t k = ahead; k < ahead + 64; k += 8)  // the 8 cache lines that far ahead
           __builtin_prefetch(&buf[static_cast<size_t>(std::min<int64_t>(i + k, static_cast<int64_t>(n) - 1))]);
       uint64_t s[8] = {};
       for (int k = 0; k < 64; k += 8)
