@@ -1036,7 +1036,7 @@ int decode_prefetch_bytes() {
   return v;
 }
 
-// f(L{}) with the layout of p's type; false for a type without one.
+// f(L{}) with the packed layout of type t; false for a type without one.
 template <class F>
 bool with_layout(DType t, F&& f) {
   switch (t) {
