@@ -97,6 +97,32 @@ TEST(Cli, DecodePrefetchDistanceIsReportedAndOverridable) {
 #endif
 }
 
+// Decode's groups per work item (1 or 2 by CPU, G4_DECODE_GROUPS) change no bits: brown-mini's
+// perplexity with one token per step, every matmul a decode, is the same number either way.
+TEST(Cli, DecodeGroupsChangeNoBits) {
+  test::ScratchDir d;
+  for (const char* file : {"gguf/brown-mini-Q4_0.gguf", "gguf/brown-mini-Q6_K.gguf"}) {
+    std::vector<double> ppl;
+    for (const char* env : {"1", "2", "3"}) {
+      ::setenv("G4_DECODE_GROUPS", env, 1);
+      const Out r = g4("perplexity -m " + test::fixture(file) + " -f " + kText + " -c 32 -b 1 --chunks 2 -t 2 --json", d);
+      ::unsetenv("G4_DECODE_GROUPS");
+      ASSERT_EQ(r.code, 0) << r.err;
+      const json j = json::parse(r.out, nullptr, false);
+      ASSERT_TRUE(j.is_object() && j.contains("ppl")) << r.out;
+      ppl.push_back(j["ppl"].get<double>());
+      std::printf("%s G4_DECODE_GROUPS=%s: PPL %.17g\n", file, env, ppl.back());
+#if defined(__x86_64__)
+      if (std::string(env) == "3" && (fast_kernel_isa() == "avx512vnni" || fast_kernel_isa() == "amx")) {
+        EXPECT_NE(r.err.find("G4_DECODE_GROUPS='3' ignored: expected 1 or 2"), std::string::npos) << r.err;
+      }
+#endif
+    }
+    EXPECT_EQ(ppl[0], ppl[1]) << file;
+    EXPECT_EQ(ppl[0], ppl[2]) << file;
+  }
+}
+
 // `g4 CMD --help`: flag name -> its help line (with the default it prints).
 std::map<std::string, std::string> help_of(const std::string& cmd, const test::ScratchDir& d) {
   const Out r = g4(cmd + " --help", d);

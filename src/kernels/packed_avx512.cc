@@ -50,6 +50,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #include "kernels/blocks.h"
 #include "kernels/fast_internal.h"
@@ -905,27 +906,29 @@ void run_amx(const PackedMatrix& p, const float* x, int64_t n_amx, int64_t n_out
   }
 }
 
-// Decode walks two groups side by side: two streams from DRAM in flight. Measured, 6144 x 1536
-// matrices cycled over 1.2 GB, 1 token, median of 4: Q4_0 at 1 thread 12.2 -> 13.2 GB/s (4
-// groups: 13.3), at 2 threads 24.0 -> 24.5; Q8_0, Q4_K, Q6_K within noise.
-constexpr int kDecodeGroups = 2;
-
-// One decode work item: groups [gi, gi + kDecodeGroups) of the n_groups (n_out rows) that
-// start at group g0 of p, against token t of a, into y[0, n_out).
-template <class L>
+// One decode work item: groups [gi, gi + NG) of the n_groups (n_out rows) that start at group
+// g0 of p, against token t of a, into y[0, n_out). NG groups side by side are NG streams from
+// DRAM in flight (decode_groups()).
+template <class L, int NG>
 void decode_item(const PackedMatrix& p, const Acts& a, int64_t t, int64_t g0, int64_t gi, int64_t n_groups, int64_t n_out,
                  float* y) {
-  constexpr int kNG = kDecodeGroups;
-  const int64_t n_units = p.cols / L::kCols, ng = std::min<int64_t>(kNG, n_groups - gi);
-  const uint8_t* gs[kNG];
-  for (int q = 0; q < kNG; ++q) gs[q] = p.data.get() + (g0 + gi + std::min<int64_t>(q, ng - 1)) * p.group_bytes;
-  alignas(64) float out[kNG * kRows];
-  if (ng == kNG) tile<L, 1, kNG>(gs, n_units, a, t, out);
+  const int64_t n_units = p.cols / L::kCols, ng = std::min<int64_t>(NG, n_groups - gi);
+  const uint8_t* gs[NG];
+  for (int q = 0; q < NG; ++q) gs[q] = p.data.get() + (g0 + gi + std::min<int64_t>(q, ng - 1)) * p.group_bytes;
+  alignas(64) float out[NG * kRows];
+  if (ng == NG) tile<L, 1, NG>(gs, n_units, a, t, out);
   else for (int q = 0; q < ng; ++q) tile<L, 1, 1>(gs + q, n_units, a, t, out + kRows * q);
   for (int q = 0; q < ng; ++q) {
     const int64_t first = (gi + q) * kRows, rows = std::min<int64_t>(kRows, n_out - first);
     std::memcpy(y + first, out + kRows * q, static_cast<size_t>(rows) * 4);
   }
+}
+
+// f(std::integral_constant<int, NG>{}) with decode's groups per item for layout L.
+template <class L, class F>
+void with_decode_groups(F&& f) {
+  if (decode_groups(L::kType) == 1) f(std::integral_constant<int, 1>{});
+  else f(std::integral_constant<int, 2>{});
 }
 
 // Tokens [t_begin, t_end) x groups [g_begin, ..) through the VNNI tile on a, the q8
@@ -935,9 +938,10 @@ void run(const PackedMatrix& p, const Acts& a, int64_t a0, int64_t t_begin, int6
          float* y, int64_t row0) {
   const int64_t n_units = p.cols / L::kCols, g0 = row0 / kRows, n_groups = (n_out + kRows - 1) / kRows;
   if (t_end - t_begin == 1) {
-    const int64_t n_items = (n_groups - g_begin + kDecodeGroups - 1) / kDecodeGroups;
-    parallel_stream(n_items, [&](int64_t i) {
-      decode_item<L>(p, a, t_begin - a0, g0, g_begin + kDecodeGroups * i, n_groups, n_out, y + t_begin * n_out);
+    with_decode_groups<L>([&]<int NG>(std::integral_constant<int, NG>) {
+      parallel_stream((n_groups - g_begin + NG - 1) / NG, [&](int64_t i) {
+        decode_item<L, NG>(p, a, t_begin - a0, g0, g_begin + NG * i, n_groups, n_out, y + t_begin * n_out);
+      });
     });
     return;
   }
@@ -1036,6 +1040,35 @@ int decode_prefetch_bytes() {
   return v;
 }
 
+// Groups per decode item: two side by side (two streams per thread) where that measured
+// faster, one elsewhere. Measured, 6144 x 1536 matrices from DRAM (BM_DecodeFromDram), 1
+// thread, GB/s with two / one: Sapphire Rapids Q4_0 12.2 / 13.2 (and +3-6% with the stream
+// skip of tile()); Q8_0, Q4_K, Q6_K within noise. AMD EPYC Zen 4 (family 19h) VM, two runs
+// each: Q4_0 15.4-18.6 / 28.0-29.2, Q8_0 15.0-15.4 / 25.0-27.3, Q4_K 13.0-14.4 / 16.9-18.4,
+// Q6_K 10.6-11.0 / 7.3-8.2; in the model, e2b tg32 at 1 thread, ABBA: Q4_0 11.9-14.3 /
+// 19.0-20.5 t/s, Q8_0 5.3-6.4 / 9.0-10.4, Q4_K_M 8.6 / 8.9-9.1. So on family 19h every type
+// but Q6_K takes one. G4_DECODE_GROUPS=1 or 2 sets it for every type.
+int decode_groups(DType t) {
+  static const int forced = [] {
+    const char* e = std::getenv("G4_DECODE_GROUPS");
+    if (!e || !*e) return 0;
+    if (std::strcmp(e, "1") == 0 || std::strcmp(e, "2") == 0) return e[0] - '0';
+    // Read at the first decode: a warning, as G4_DECODE_PREFETCH's.
+    std::fprintf(stderr, "g4: G4_DECODE_GROUPS='%s' ignored: expected 1 or 2\n", e);
+    return 0;
+  }();
+  static const bool zen4 = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    __get_cpuid(0, &a, &b, &c, &d);
+    const bool amd = b == 0x68747541 && d == 0x69746e65 && c == 0x444d4163;  // "AuthenticAMD"
+    __get_cpuid(1, &a, &b, &c, &d);
+    const unsigned family = ((a >> 8) & 0xf) + ((a >> 20) & 0xff);
+    return amd && family == 0x19;
+  }();
+  if (forced) return forced;
+  return zen4 && t != DType::Q6_K ? 1 : 2;
+}
+
 // f(L{}) with the packed layout of type t; false for a type without one.
 template <class F>
 bool with_layout(DType t, F&& f) {
@@ -1068,11 +1101,13 @@ bool matmul_slices_packed_avx512(const PackedMatrix& p, const float* x, int64_t 
     quantize_acts(x, n_x, n_in, L::kZeroPoint, L::kScaleBlock, L::kMin, quantize_block_avx2, acts);
     // Slice after slice, each in decode's items: the threads split the whole list, so a call
     // waits once for its slowest thread, not once per slice.
-    const int64_t n_groups = (n_out + kRows - 1) / kRows, per = (n_groups + kDecodeGroups - 1) / kDecodeGroups;
-    parallel_stream(n * per, [&](int64_t i) {
-      const int64_t k = i / per;
-      decode_item<L>(p, acts, n_x == 1 ? 0 : k, row0s[static_cast<size_t>(k)] / kRows, kDecodeGroups * (i % per), n_groups,
-                     n_out, y + k * n_out);
+    with_decode_groups<L>([&]<int NG>(std::integral_constant<int, NG>) {
+      const int64_t n_groups = (n_out + kRows - 1) / kRows, per = (n_groups + NG - 1) / NG;
+      parallel_stream(n * per, [&](int64_t i) {
+        const int64_t k = i / per;
+        decode_item<L, NG>(p, acts, n_x == 1 ? 0 : k, row0s[static_cast<size_t>(k)] / kRows, NG * (i % per), n_groups, n_out,
+                           y + k * n_out);
+      });
     });
     return true;
   });
