@@ -1042,12 +1042,13 @@ int decode_prefetch_bytes() {
 
 // Groups per decode item: two side by side (two streams per thread) where that measured
 // faster, one elsewhere. Measured, 6144 x 1536 matrices from DRAM (BM_DecodeFromDram), 1
-// thread, GB/s with two / one: Sapphire Rapids Q4_0 12.2 / 13.2 (and +3-6% with the stream
-// skip of tile()); Q8_0, Q4_K, Q6_K within noise. AMD EPYC Zen 4 (family 19h) VM, two runs
-// each: Q4_0 15.4-18.6 / 28.0-29.2, Q8_0 15.0-15.4 / 25.0-27.3, Q4_K 13.0-14.4 / 16.9-18.4,
-// Q6_K 10.6-11.0 / 7.3-8.2; in the model, e2b tg32 at 1 thread, ABBA: Q4_0 11.9-14.3 /
-// 19.0-20.5 t/s, Q8_0 5.3-6.4 / 9.0-10.4, Q4_K_M 8.6 / 8.9-9.1. So on family 19h every type
-// but Q6_K takes one. G4_DECODE_GROUPS=1 or 2 sets it for every type.
+// thread, GB/s: Sapphire Rapids VM, Q4_0 one group 12.2, two 13.2, four 13.3 (two then gained
+// 3-6% more with tile()'s stream skip); Q8_0, Q4_K, Q6_K within noise. AMD EPYC Zen 4 (family
+// 19h) VM, two runs each, two groups / one: Q4_0 15.4-18.6 / 28.0-29.2, Q8_0 15.0-15.4 /
+// 25.0-27.3, Q4_K 13.0-14.4 / 16.9-18.4, Q6_K 10.6-11.0 / 7.3-8.2; in the model, e2b tg32 at
+// 1 thread, ABBA: Q4_0 11.9-14.3 / 19.0-20.5 t/s, Q8_0 5.3-6.4 / 9.0-10.4, Q4_K_M 8.6 /
+// 8.9-9.1. So on family 19h every type but Q6_K takes one (Zen 5 is family 1Ah: two).
+// G4_DECODE_GROUPS=1 or 2 sets it for every type.
 int decode_groups(DType t) {
   static const int forced = [] {
     const char* e = std::getenv("G4_DECODE_GROUPS");
