@@ -73,9 +73,9 @@ BENCHMARK_CAPTURE(BM_DecodeFromDram, Q6_K, g4::DType::Q6_K)->UseRealTime()->MinT
 // (arg 0): 8 of 128 experts drawn at random per iteration, a gate and an up slice per expert
 // in one fast_matmul_slices_packed call, then their down rows in another. Arg 1: one slice
 // per expert for its adjacent gate and up rows. The layer's 2 x 285 MB (Q4_0) is far past
-// every cache. GB/s of expert weights read. On the AMD EPYC VM (stop 45), 1 thread: dense
-// BM_DecodeFromDram/Q4_0 18.5, arg 0 16.2-18.6, arg 1 15.3-18.0 (2 threads: 28.8-35.0 both):
-// arg 1 and a slice's last item prefetching the next slice's start were level with arg 0 in
+// every cache. GB/s of expert weights read. On the AMD EPYC Zen 4 VM (stop 45), 1 thread,
+// two groups per decode item: dense BM_DecodeFromDram/Q4_0 18.5, arg 0 16.2-18.6, arg 1
+// 15.3-18.0 (2 threads: 28.8-35.0 both): arg 1 and a slice's last item prefetching the next slice's start were level with arg 0 in
 // the model too (26B-A4B shape Q4_0 tg64, 3 ABBA rounds: 1 thread 25.8 against 26.0 t/s, 2
 // threads 43.0 against 43.3), so the session keeps two slices per expert.
 void BM_MoeDecodeFromDram(benchmark::State& state, g4::DType t) {
