@@ -1,7 +1,10 @@
 // Decode's weight streams from DRAM, where the README's bandwidth fractions come from:
 //   build/bench/g4_bench --benchmark_filter='Dram|StreamCompute'
-// - BM_DecodeFromDram: 1-token packed matmuls over 6144 x 1536 matrices cycled through 1.2 GB
-//   (no cache holds them), GB/s of weights read per type.
+// - BM_DecodeFromDram/rows/cols: 1-token packed matmuls over rows x cols matrices (6144 x 1536:
+//   e2b's ffn_gate; 3840 x 15360: 12b's ffn_down) cycled through 1.2 GB (no cache holds them),
+//   GB/s of weights read per type. AMD EPYC Zen 4 VM (stop 46), 1 thread, one group per item,
+//   6144 x 1536 / 3840 x 15360: Q4_K 21.9-25.9 / 21.7-22.9, Q6_K 21.2-26.3 / 18.4-20.5, Q5_K
+//   21.5-21.9 (its qh vectors read beside the first chunk's: two streams in a unit's first KB).
 // - BM_StreamCompute/dram/R: a plain read of the same amount with R independent int8 dot
 //   products (vpdpbusd) per 64-byte line, every line software-prefetched 1 KiB ahead; l2/R: the
 //   same loop over one 1 MiB buffer (its arithmetic rate). Measured on the 2-core Sapphire Rapids
@@ -35,7 +38,7 @@ namespace {
 constexpr double kSpan = 1.2e9;  // bytes cycled through: far past every cache
 
 void BM_DecodeFromDram(benchmark::State& state, g4::DType t) {
-  const int64_t rows = 6144, cols = 1536;
+  const int64_t rows = state.range(0), cols = state.range(1);
   std::mt19937 rng(7);
   std::normal_distribution<float> g(0.0f, 0.02f);
   std::vector<float> f(static_cast<size_t>(rows * cols)), x(cols), y(rows);
@@ -64,10 +67,11 @@ void BM_DecodeFromDram(benchmark::State& state, g4::DType t) {
   state.counters["GB/s"] = benchmark::Counter(static_cast<double>(bytes.size()) * static_cast<double>(state.iterations()),
                                               benchmark::Counter::kIsRate);
 }
-BENCHMARK_CAPTURE(BM_DecodeFromDram, Q4_0, g4::DType::Q4_0)->UseRealTime()->MinTime(1.0);
-BENCHMARK_CAPTURE(BM_DecodeFromDram, Q8_0, g4::DType::Q8_0)->UseRealTime()->MinTime(1.0);
-BENCHMARK_CAPTURE(BM_DecodeFromDram, Q4_K, g4::DType::Q4_K)->UseRealTime()->MinTime(1.0);
-BENCHMARK_CAPTURE(BM_DecodeFromDram, Q6_K, g4::DType::Q6_K)->UseRealTime()->MinTime(1.0);
+BENCHMARK_CAPTURE(BM_DecodeFromDram, Q4_0, g4::DType::Q4_0)->Args({6144, 1536})->Args({3840, 15360})->UseRealTime()->MinTime(1.0);
+BENCHMARK_CAPTURE(BM_DecodeFromDram, Q8_0, g4::DType::Q8_0)->Args({6144, 1536})->Args({3840, 15360})->UseRealTime()->MinTime(1.0);
+BENCHMARK_CAPTURE(BM_DecodeFromDram, Q4_K, g4::DType::Q4_K)->Args({6144, 1536})->Args({3840, 15360})->UseRealTime()->MinTime(1.0);
+BENCHMARK_CAPTURE(BM_DecodeFromDram, Q6_K, g4::DType::Q6_K)->Args({6144, 1536})->Args({3840, 15360})->UseRealTime()->MinTime(1.0);
+BENCHMARK_CAPTURE(BM_DecodeFromDram, Q5_K, g4::DType::Q5_K)->Args({6144, 1536})->Args({3840, 15360})->UseRealTime()->MinTime(1.0);
 
 // One decode token through a 26B-A4B MoE layer's routed experts as the session runs them
 // (arg 0): 8 of 128 experts drawn at random per iteration, a gate and an up slice per expert

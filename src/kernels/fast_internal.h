@@ -165,8 +165,8 @@ bool cpu_has_amx();
 // How far ahead of its reads decode's packed stream prefetches, in bytes: G4_DECODE_PREFETCH,
 // else this CPU vendor's measured best.
 int decode_prefetch_bytes();
-// Groups of 16 rows side by side in one decode work item (1 or 2), by CPU and type.
-int decode_groups(DType t);
+// Groups of 16 rows side by side in one decode work item (1 or 2), by CPU.
+int decode_groups();
 #endif
 
 // Tests: the in-register block decoders of one ISA, as floats (s * q + m per element, in

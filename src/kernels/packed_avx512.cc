@@ -19,8 +19,8 @@
 //   Q5_K unit (2880 B, +2%): the Q4_K header, vectors 0-7 of qh (bit j of qh[l]: the fifth bit
 //        of element l of sub-block j), then the Q4_K chunks.
 //   Q6_K unit (3360 B = 16 blocks): the 16 f16 d; the int8 scales [16][16]; then per half n
-//        (0, 1), for k = 0-7 vector k of ql[64n ..] and vector k of qh[32n ..], then vectors
-//        0-7 of ql[64n + 32 ..] (Q6_KL::ql, qh).
+//        (0, 1), for k = 0-7: vector k of ql[64n ..], of qh[32n ..], of ql[64n + 32 ..]
+//        (Q6_KL::ql, qh).
 // Each unit is laid out in the order the tile kernel first reads it (the scales before the
 // weights they scale; Q6_K decode reads a half's three vectors k together), so one prefetch
 // kPrefetch ahead of each first read covers every line: measured from DRAM, Q4_K and Q6_K +2-5% over the scales-last layout.
@@ -179,12 +179,16 @@ struct Q6_KL {
   static constexpr int kAmxMinTokens = 16;
   static constexpr bool kMin = false;
   static constexpr int kInt8TilesBelow = 0;
-  // Byte offsets in a unit: the header (d, scales), then per half n the vectors in the order the
-  // batch loop of tile() first reads them: ql (n, 0) and qh n alternating, then ql (n, 1) (decode
-  // reads the three vectors k together).
+  // Byte offsets in a unit: the header (d, scales), then per half n the three vectors k (ql low
+  // and high halves, qh) together, in the order decode reads them: a unit is read in address
+  // order. On Zen 4 that decides the rate: with the high ql halves after all of the rest (two
+  // ascending streams per unit) decode read 8.0-8.8 GB/s from DRAM at 1 thread (6144 x 1536,
+  // one group per item), in order 21.2-24.7 (plain read 24.9); 2 threads 17.7-18.1 -> 32.0-40.0
+  // (two groups per item, the default then, against one now); e2b Q6_K tg32 3.8-5.7 -> 10.9-11.6
+  // t/s. (Sapphire Rapids measured in-order 2-4% slower, stop 35, with the older kernel.)
   static constexpr int kD = 0, kSc = 32, kHead = 288;
-  static constexpr int ql(int n, int half, int k) { return kHead + 1536 * n + (half ? 1024 + 64 * k : 128 * k); }
-  static constexpr int qh(int n, int k) { return kHead + 1536 * n + 128 * k + 64; }
+  static constexpr int ql(int n, int half, int k) { return kHead + 1536 * n + 192 * k + (half ? 128 : 0); }
+  static constexpr int qh(int n, int k) { return kHead + 1536 * n + 192 * k + 64; }
   static void pack(const uint8_t* const* rows, uint8_t* out) {
     put_f16(rows, offsetof(block_q6_k, d), out + kD);
     for (int r = 0; r < kRows; ++r)
@@ -416,7 +420,6 @@ G4_AVX512 void tile(const uint8_t* const* groups, int64_t n_units, const Acts& a
       // order (the same bits as the loop below). Measured from DRAM (6144 x 1536, 1 token): 1
       // thread 14.9 -> 15.9 GB/s, 2 threads 28.4 -> 29.9; e2b Q6_K tg32 7.4 -> 8.2 t/s at 1
       // thread, 14.3 -> 15.7 at 2. With more tokens, 8T chains do not fit the registers.
-      // (Reading the three in address order, ql and qh laid out k by k, measured 2-4% slower.)
       if constexpr (T == 1) {
 #pragma GCC unroll 1
         for (int n = 0; n < 2; ++n) {
@@ -924,10 +927,10 @@ void decode_item(const PackedMatrix& p, const Acts& a, int64_t t, int64_t g0, in
   }
 }
 
-// f(std::integral_constant<int, NG>{}) with decode's groups per item for layout L.
-template <class L, class F>
+// f(std::integral_constant<int, NG>{}) with decode's groups per item.
+template <class F>
 void with_decode_groups(F&& f) {
-  if (decode_groups(L::kType) == 1) f(std::integral_constant<int, 1>{});
+  if (decode_groups() == 1) f(std::integral_constant<int, 1>{});
   else f(std::integral_constant<int, 2>{});
 }
 
@@ -938,7 +941,7 @@ void run(const PackedMatrix& p, const Acts& a, int64_t a0, int64_t t_begin, int6
          float* y, int64_t row0) {
   const int64_t n_units = p.cols / L::kCols, g0 = row0 / kRows, n_groups = (n_out + kRows - 1) / kRows;
   if (t_end - t_begin == 1) {
-    with_decode_groups<L>([&]<int NG>(std::integral_constant<int, NG>) {
+    with_decode_groups([&]<int NG>(std::integral_constant<int, NG>) {
       parallel_stream((n_groups - g_begin + NG - 1) / NG, [&](int64_t i) {
         decode_item<L, NG>(p, a, t_begin - a0, g0, g_begin + NG * i, n_groups, n_out, y + t_begin * n_out);
       });
@@ -1047,9 +1050,10 @@ int decode_prefetch_bytes() {
 // 19h) VM, two runs each, two groups / one: Q4_0 15.4-18.6 / 28.0-29.2, Q8_0 15.0-15.4 /
 // 25.0-27.3, Q4_K 13.0-14.4 / 16.9-18.4, Q6_K 10.6-11.0 / 7.3-8.2; in the model, e2b tg32 at
 // 1 thread, ABBA: Q4_0 11.9-14.3 / 19.0-20.5 t/s, Q8_0 5.3-6.4 / 9.0-10.4, Q4_K_M 8.6 /
-// 8.9-9.1. So on family 19h every type but Q6_K takes one (Zen 5 is family 1Ah: two).
-// G4_DECODE_GROUPS=1 or 2 sets it for every type.
-int decode_groups(DType t) {
+// 8.9-9.1. Q6_K's two were faster only while its unit was read out of address order (Q6_KL):
+// read in order, one group 21.2-24.7 GB/s, two 14.6. So family 19h takes one (Zen 5 is family
+// 1Ah: two). G4_DECODE_GROUPS=1 or 2 overrides.
+int decode_groups() {
   static const int forced = [] {
     const char* e = std::getenv("G4_DECODE_GROUPS");
     if (!e || !*e) return 0;
@@ -1067,7 +1071,7 @@ int decode_groups(DType t) {
     return amd && family == 0x19;
   }();
   if (forced) return forced;
-  return zen4 && t != DType::Q6_K ? 1 : 2;
+  return zen4 ? 1 : 2;
 }
 
 // f(L{}) with the packed layout of type t; false for a type without one.
@@ -1102,7 +1106,7 @@ bool matmul_slices_packed_avx512(const PackedMatrix& p, const float* x, int64_t 
     quantize_acts(x, n_x, n_in, L::kZeroPoint, L::kScaleBlock, L::kMin, quantize_block_avx2, acts);
     // Slice after slice, each in decode's items: the threads split the whole list, so a call
     // waits once for its slowest thread, not once per slice.
-    with_decode_groups<L>([&]<int NG>(std::integral_constant<int, NG>) {
+    with_decode_groups([&]<int NG>(std::integral_constant<int, NG>) {
       const int64_t n_groups = (n_out + kRows - 1) / kRows, per = (n_groups + NG - 1) / NG;
       parallel_stream(n * per, [&](int64_t i) {
         const int64_t k = i / per;
