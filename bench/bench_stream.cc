@@ -4,7 +4,7 @@
 //   e2b's ffn_gate; 3840 x 15360: 12b's ffn_down) cycled through 1.2 GB (no cache holds them),
 //   GB/s of weights read per type. AMD EPYC Zen 4 VM (stop 46), 1 thread, one group per item,
 //   6144 x 1536 / 3840 x 15360: Q4_K 21.9-25.9 / 21.7-22.9, Q6_K 21.2-26.3 / 18.4-20.5, Q5_K
-//   21.5-21.9 (its qh vectors read beside the first chunk's: two streams in a unit's first KB).
+//   21.5-21.9 (not tuned on this CPU).
 // - BM_StreamCompute/dram/R: a plain read of the same amount with R independent int8 dot
 //   products (vpdpbusd) per 64-byte line, every line software-prefetched 1 KiB ahead; l2/R: the
 //   same loop over one 1 MiB buffer (its arithmetic rate). Measured on the 2-core Sapphire Rapids
