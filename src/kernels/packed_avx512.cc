@@ -183,7 +183,7 @@ struct Q6_KL {
   // and high halves, qh) together, in the order decode reads them: a unit is read in address
   // order. On Zen 4 that decides the rate: with the high ql halves after all of the rest (two
   // ascending streams per unit) decode read 8.0-8.8 GB/s from DRAM at 1 thread (6144 x 1536,
-  // one group per item), in order 21.2-24.7 (plain read 24.9); 2 threads 17.7-18.1 -> 32.0-40.0
+  // one group per item), in order 21.2-26.3 (plain read 24.7-24.9); 2 threads 17.7-18.1 -> 32.0-40.0
   // (two groups per item, the default then, against one now); e2b Q6_K tg32 3.8-5.7 -> 10.9-11.6
   // t/s. (Sapphire Rapids measured in-order 2-4% slower, stop 35, with the older kernel.)
   static constexpr int kD = 0, kSc = 32, kHead = 288;
@@ -1013,6 +1013,19 @@ bool cpu_has_amx() {
   return v;
 }
 
+// The CPU family (19h: Zen 3/4, 1Ah: Zen 5) on AMD, 0 on any other vendor: decode's tuning is per
+// memory system.
+static unsigned amd_family() {
+  static const unsigned v = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    __get_cpuid(0, &a, &b, &c, &d);
+    if (!(b == 0x68747541 && d == 0x69746e65 && c == 0x444d4163)) return 0u;  // "AuthenticAMD"
+    __get_cpuid(1, &a, &b, &c, &d);
+    return ((a >> 8) & 0xf) + ((a >> 20) & 0xff);
+  }();
+  return v;
+}
+
 // The best distance is the CPU's memory system's. Measured with weights in huge pages, tg32/64
 // t/s by distance. Sapphire Rapids VM, e2b Q4_0 at 2 threads: 2 KiB 22.3, 1 KiB 21.5, 512 B
 // 20.8, 3 KiB 22.1, 4 KiB 20.3 (e2b Q6_K at 1 thread: 2 KiB 7.5, 1 KiB 7.0; in 4 KiB pages
@@ -1024,10 +1037,7 @@ bool cpu_has_amx() {
 // 30.8-31.6 / 29.8-29.8, MoE Q4_0 48.0-50.8 / 49.5-50.2 / 46.5-50.6.
 int decode_prefetch_bytes() {
   static const int v = [] {
-    unsigned a = 0, b = 0, c = 0, d = 0;
-    __get_cpuid(0, &a, &b, &c, &d);
-    const bool amd = b == 0x68747541 && d == 0x69746e65 && c == 0x444d4163;  // "AuthenticAMD"
-    const int dflt = amd ? 3072 : 2048;
+    const int dflt = amd_family() ? 3072 : 2048;
     const char* e = std::getenv("G4_DECODE_PREFETCH");
     if (!e || !*e) return dflt;
     char* end = nullptr;
@@ -1051,7 +1061,7 @@ int decode_prefetch_bytes() {
 // 25.0-27.3, Q4_K 13.0-14.4 / 16.9-18.4, Q6_K 10.6-11.0 / 7.3-8.2; in the model, e2b tg32 at
 // 1 thread, ABBA: Q4_0 11.9-14.3 / 19.0-20.5 t/s, Q8_0 5.3-6.4 / 9.0-10.4, Q4_K_M 8.6 /
 // 8.9-9.1. Q6_K's two were faster only while its unit was read out of address order (Q6_KL):
-// read in order, one group 21.2-24.7 GB/s, two 14.6. So family 19h takes one (Zen 5 is family
+// read in order, one group 21.2-26.3 GB/s, two 14.6-15.8. So family 19h takes one (Zen 5 is family
 // 1Ah: two). G4_DECODE_GROUPS=1 or 2 overrides.
 int decode_groups() {
   static const int forced = [] {
@@ -1062,16 +1072,8 @@ int decode_groups() {
     std::fprintf(stderr, "g4: G4_DECODE_GROUPS='%s' ignored: expected 1 or 2\n", e);
     return 0;
   }();
-  static const bool zen4 = [] {
-    unsigned a = 0, b = 0, c = 0, d = 0;
-    __get_cpuid(0, &a, &b, &c, &d);
-    const bool amd = b == 0x68747541 && d == 0x69746e65 && c == 0x444d4163;  // "AuthenticAMD"
-    __get_cpuid(1, &a, &b, &c, &d);
-    const unsigned family = ((a >> 8) & 0xf) + ((a >> 20) & 0xff);
-    return amd && family == 0x19;
-  }();
   if (forced) return forced;
-  return zen4 ? 1 : 2;
+  return amd_family() == 0x19 ? 1 : 2;
 }
 
 // f(L{}) with the packed layout of type t; false for a type without one.
